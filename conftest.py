@@ -1,0 +1,11 @@
+"""Test-wide settings: notebooks under nbval run at the smoke profile and write to a temp dir."""
+import os
+import tempfile
+
+
+def pytest_configure(config):
+    scratch = tempfile.mkdtemp(prefix="lipcore-tests-")
+    os.environ["LIPCORE_PROFILE"] = "smoke"
+    os.environ["LIPCORE_OUT"] = os.path.join(scratch, "figures")
+    os.environ["LIPCORE_CACHE"] = os.path.join(scratch, "cache")
+    os.environ.setdefault("MPLBACKEND", "Agg")

@@ -1,0 +1,58 @@
+"""Content-addressed cache of trained models.
+
+A model is stored under ``.cache/lipcore/<key>.pt`` (or ``$LIPCORE_CACHE``), where the key hashes
+everything that determines it: the config, the data fingerprint, the seed and the source code of
+the function that trains it. Changing any of them trains a new model; re-running a notebook with
+the same settings loads the stored one.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .io import atomic_path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def cache_dir() -> Path:
+    """``$LIPCORE_CACHE`` if set, else ``.cache/lipcore`` in the repository."""
+    return Path(os.environ.get("LIPCORE_CACHE") or REPO_ROOT / ".cache" / "lipcore")
+
+
+def code_version(fn: Callable) -> str:
+    """Hash of a trainer's source code, so an edited trainer never reuses a stale model."""
+    return hashlib.sha256(inspect.getsource(fn).encode()).hexdigest()[:16]
+
+
+def cache_key(config: dict[str, Any], data_fingerprint: str, seed: int, trainer: Callable) -> str:
+    """Hash of (config, data, seed, trainer source). ``config`` must be JSON-serialisable."""
+    try:
+        payload = json.dumps({"config": config, "data": data_fingerprint, "seed": seed,
+                              "trainer": f"{trainer.__module__}.{trainer.__qualname__}",
+                              "code": code_version(trainer)}, sort_keys=True)
+    except TypeError as exc:
+        raise TypeError(f"cache config must be JSON-serialisable (plain numbers, strings, "
+                        f"lists, dicts): {exc}") from exc
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+def cached(key: str, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Load the object stored under ``key``, or call ``build()`` and store its result atomically.
+
+    ``build`` returns a dict of tensors / plain values (e.g. a state dict plus training history).
+    """
+    path = cache_dir() / f"{key}.pt"
+    if path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=False)
+    obj = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return obj

@@ -1,0 +1,108 @@
+"""Architectures.
+
+Fully connected nets expose their weight matrices W^0 ... W^l in the order LipSDP needs
+(Pauli et al., eq. (3)): x^{i+1} = phi(W^i x^i + b^i), f(x) = W^l x^l + b^l.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Activation:
+    """A slope-restricted activation: alpha <= (phi(x) - phi(y)) / (x - y) <= beta (eq. (2))."""
+
+    name: str
+    module: type[nn.Module]
+    alpha: float
+    beta: float
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    "relu": Activation("relu", nn.ReLU, 0.0, 1.0),
+    "tanh": Activation("tanh", nn.Tanh, 0.0, 1.0),
+    "sigmoid": Activation("sigmoid", nn.Sigmoid, 0.0, 0.25),
+    "softplus": Activation("softplus", nn.Softplus, 0.0, 1.0),
+    "elu": Activation("elu", nn.ELU, 0.0, 1.0),
+}
+
+
+def activation(name: str) -> Activation:
+    """Look up a slope-restricted activation by name, with a helpful error."""
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}"
+        ) from None
+
+
+class FullyConnected(nn.Module):
+    """Feed-forward net ``widths[0] -> ... -> widths[-1]`` with one activation on every hidden layer
+    and a linear output layer (Pauli et al., eq. (3))."""
+
+    def __init__(self, widths: Sequence[int], activation_name: str = "relu"):
+        super().__init__()
+        if len(widths) < 2 or any(int(w) < 1 for w in widths):
+            raise ValueError(f"widths must list at least two positive sizes, got {list(widths)}")
+        self.widths = [int(w) for w in widths]
+        self.act = activation(activation_name)
+        layers: list[nn.Module] = []
+        for i, (n_in, n_out) in enumerate(zip(self.widths[:-1], self.widths[1:])):
+            layers.append(nn.Linear(n_in, n_out))
+            if i < len(self.widths) - 2:
+                layers.append(self.act.module())
+        self.net = nn.Sequential(nn.Flatten(), *layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    @property
+    def linears(self) -> list[nn.Linear]:
+        return [m for m in self.net if isinstance(m, nn.Linear)]
+
+    def weights(self) -> list[np.ndarray]:
+        """W^0, ..., W^l as float64 numpy arrays (W^i has shape n_{i+1} x n_i)."""
+        return [m.weight.detach().cpu().double().numpy() for m in self.linears]
+
+    def biases(self) -> list[np.ndarray]:
+        return [m.bias.detach().cpu().double().numpy() for m in self.linears]
+
+    @property
+    def slope_bounds(self) -> tuple[float, float]:
+        return self.act.alpha, self.act.beta
+
+
+def fully_connected(widths: Sequence[int], activation_name: str = "relu", seed: int | None = None
+                    ) -> FullyConnected:
+    """A randomly initialised :class:`FullyConnected` net (PyTorch's default init), seeded if asked."""
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return FullyConnected(widths, activation_name)
+    return FullyConnected(widths, activation_name)
+
+
+def from_weights(weights: Sequence[np.ndarray], biases: Sequence[np.ndarray],
+                 activation_name: str) -> FullyConnected:
+    """Build a :class:`FullyConnected` net with the given W^i and b^i (e.g. a net from a paper)."""
+    weights = [np.atleast_2d(np.asarray(w, dtype=np.float64)) for w in weights]
+    biases = [np.atleast_1d(np.asarray(b, dtype=np.float64)) for b in biases]
+    if len(weights) != len(biases):
+        raise ValueError(f"got {len(weights)} weight matrices but {len(biases)} bias vectors")
+    widths = [weights[0].shape[1]] + [w.shape[0] for w in weights]
+    for i, (w, b) in enumerate(zip(weights, biases)):
+        if w.shape[1] != widths[i] or b.shape != (w.shape[0],):
+            raise ValueError(f"layer {i}: W has shape {w.shape}, b has shape {b.shape}; "
+                             f"expected W of shape (n_out, {widths[i]}) and b of shape (n_out,)")
+    net = FullyConnected(widths, activation_name).double()
+    with torch.no_grad():
+        for lin, w, b in zip(net.linears, weights, biases):
+            lin.weight.copy_(torch.from_numpy(w))
+            lin.bias.copy_(torch.from_numpy(b))
+    return net

@@ -1,0 +1,157 @@
+"""The run context every notebook opens: validated parameters and staged, atomic outputs.
+
+``start_run`` checks the papermill parameters (profile, device, seed, data_dir, out_dir) and
+returns a :class:`NotebookRun`. Figures, tables and the comparison go to a hidden staging folder
+``out_dir/.<notebook>.partial``; ``finish()`` writes ``comparison.csv`` and ``results.json`` and only
+then swaps the staging folder into ``out_dir/<notebook>``. A run that fails half way therefore
+leaves the previous complete output untouched.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from .io import atomic_path, write_text
+
+PROFILES = ("smoke", "cpu", "paper")
+DEVICES = ("auto", "cpu", "cuda")
+COMPARISON_COLUMNS = ["artifact", "row", "metric", "paper", "reproduced", "unit", "note"]
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def resolve_profile(profile: str | None) -> str:
+    """``profile``, else ``$LIPCORE_PROFILE``, else ``paper`` with CUDA and ``cpu`` without."""
+    chosen = profile or os.environ.get("LIPCORE_PROFILE") or (
+        "paper" if torch.cuda.is_available() else "cpu")
+    if chosen not in PROFILES:
+        raise ValueError(f"unknown profile {chosen!r}; choose one of {PROFILES} "
+                         f"(smoke: seconds, for tests; cpu: real data, reduced budgets; "
+                         f"paper: the papers' settings, GPU)")
+    return chosen
+
+
+def resolve_device(device: str | None) -> str:
+    """``auto`` picks CUDA when available; asking for ``cuda`` without one is an error."""
+    chosen = device or os.environ.get("LIPCORE_DEVICE") or "auto"
+    if chosen not in DEVICES:
+        raise ValueError(f"unknown device {chosen!r}; choose one of {DEVICES}")
+    if chosen == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if chosen == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was asked for but torch sees no CUDA device; "
+                         "use device='auto' or 'cpu'")
+    return chosen
+
+
+def git_commit() -> str:
+    """HEAD of the repository, with '-dirty' if the working tree has uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO_ROOT,
+                              capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+        return head + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def device_description(device: str) -> str:
+    if device == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(0)})"
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+class NotebookRun:
+    """Outputs of one notebook execution; see the module docstring."""
+
+    def __init__(self, notebook: str, profile: str, device: str, seed: int, data_dir,
+                 out_dir: Path):
+        self.notebook, self.profile, self.device, self.seed = notebook, profile, device, seed
+        self.data_dir = data_dir
+        self.final_dir = out_dir / notebook
+        self.dir = out_dir / f".{notebook}.partial"
+        shutil.rmtree(self.dir, ignore_errors=True)        # leftovers of a failed run
+        self.dir.mkdir(parents=True)
+        self.data: dict[str, str] = {}
+        self.comparison: list[dict[str, Any]] = []
+        self.started = time.perf_counter()
+        torch.manual_seed(seed)
+
+    def __repr__(self) -> str:
+        return (f"NotebookRun({self.notebook!r}, profile={self.profile!r}, "
+                f"device={self.device!r}, seed={self.seed}, out={str(self.final_dir)!r})")
+
+    def budget(self, **per_profile: Any) -> Any:
+        """The value for this run's profile: ``run.budget(smoke=10, cpu=1_000, paper=60_000)``."""
+        missing = set(PROFILES) - set(per_profile)
+        if missing:
+            raise ValueError(f"budget needs a value for every profile; missing {sorted(missing)}")
+        return per_profile[self.profile]
+
+    def uses_data(self, name: str, source: str) -> None:
+        """Record that dataset ``name`` was ``real`` or ``synthetic`` (goes into results.json)."""
+        if source not in ("real", "synthetic"):
+            raise ValueError(f"data source must be 'real' or 'synthetic', got {source!r}")
+        self.data[name] = source
+
+    def save_figure(self, fig, stem: str) -> Path:
+        """Save ``fig`` as ``<stem>.png`` and ``<stem>.pdf``; returns the png path."""
+        for ext in ("png", "pdf"):
+            with atomic_path(self.dir / f"{stem}.{ext}") as tmp:
+                fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
+        return self.final_dir / f"{stem}.png"
+
+    def save_table(self, table: pd.DataFrame, stem: str) -> None:
+        """Save ``table`` as ``<stem>.csv`` and ``<stem>.md``."""
+        write_text(self.dir / f"{stem}.csv", table.to_csv(index=False))
+        write_text(self.dir / f"{stem}.md", table.to_markdown(index=False) + "\n")
+
+    def compare(self, artifact: str, row: str, metric: str, paper: float | None,
+                reproduced: float, unit: str = "", note: str = "") -> None:
+        """One number the paper reports, beside the value this run produced."""
+        if reproduced is None or pd.isna(reproduced):
+            raise ValueError(f"{artifact}/{row}/{metric}: reproduced value is missing or NaN")
+        self.comparison.append(dict(artifact=artifact, row=row, metric=metric, paper=paper,
+                                    reproduced=float(reproduced), unit=unit, note=note))
+
+    def finish(self, **fields: Any) -> dict[str, Any]:
+        """Write comparison.csv and results.json, then publish the outputs atomically."""
+        table = pd.DataFrame(self.comparison, columns=COMPARISON_COLUMNS)
+        write_text(self.dir / "comparison.csv", table.to_csv(index=False))
+        results = dict(notebook=self.notebook, profile=self.profile,
+                       device=device_description(self.device), seed=self.seed,
+                       git_commit=git_commit(),
+                       wall_seconds=round(time.perf_counter() - self.started, 2),
+                       data=self.data, **fields)
+        write_text(self.dir / "results.json", json.dumps(results, indent=2, default=float) + "\n")
+        old = self.final_dir.with_name(f".{self.notebook}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if self.final_dir.exists():
+            self.final_dir.rename(old)
+        self.dir.rename(self.final_dir)
+        shutil.rmtree(old, ignore_errors=True)
+        self.dir = self.final_dir
+        return results
+
+
+def start_run(notebook: str, profile: str | None = None, device: str | None = None,
+              seed: int = 0, data_dir=None, out_dir=None) -> NotebookRun:
+    """Validate a notebook's parameters and open its output folder.
+
+    ``None`` means: profile from ``$LIPCORE_PROFILE`` (else paper on CUDA, cpu otherwise),
+    out_dir from ``$LIPCORE_OUT`` (else ``figures/``); data_dir is resolved by lipcore.data.
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    out = Path(out_dir or os.environ.get("LIPCORE_OUT") or REPO_ROOT / "figures").resolve()
+    return NotebookRun(notebook, resolve_profile(profile), resolve_device(device), seed,
+                       data_dir, out)

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Reproduce every table and figure (./reproduce.sh [options]) or run the tests (./reproduce.sh test).
+#
+#   ./reproduce.sh [--profile smoke|cpu|paper] [--device auto|cpu|cuda] [--only NAME[,NAME]]
+#                  [--out DIR] [--data DIR]
+#   ./reproduce.sh test [pytest args]
+#
+# Python: $LIPCORE_PYTHON if set; else .venv/ if it exists; else the current python3 when it
+# already has everything (e.g. a GPU machine without a package registry); else a new .venv/ is
+# bootstrapped with pip (pip install -e .[dev] plus $LIPCORE_TORCH, default torch==2.14.1
+# torchvision==0.29.1, in the same step so that pip cannot swap torch).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$ROOT"
+TORCH_SPEC="${LIPCORE_TORCH:-torch==2.14.1 torchvision==0.29.1}"
+REQUIRED_MODULES="torch torchvision cvxpy scs clarabel numpy scipy pandas matplotlib tqdm papermill ipykernel pytest nbval tabulate eclipse_nn"
+
+die() { echo "reproduce.sh: $*" >&2; exit 1; }
+
+has_everything() {  # does interpreter $1 import every required module?
+    "$1" - "$REQUIRED_MODULES" <<'PY' 2>/dev/null
+import importlib.util, sys
+sys.exit(0 if all(importlib.util.find_spec(m) for m in sys.argv[1].split()) else 1)
+PY
+}
+
+choose_python() {
+    if [[ -n "${LIPCORE_PYTHON:-}" ]]; then
+        has_everything "$LIPCORE_PYTHON" || die "LIPCORE_PYTHON=$LIPCORE_PYTHON lacks one of: $REQUIRED_MODULES"
+        PY="$LIPCORE_PYTHON"
+    elif [[ -x .venv/bin/python ]] && has_everything .venv/bin/python; then
+        PY=.venv/bin/python
+    elif [[ ! -d .venv ]] && command -v python3 >/dev/null && has_everything python3; then
+        PY="$(command -v python3)"
+        echo "reproduce.sh: using $PY (it already has every required package)"
+    else
+        command -v python3 >/dev/null || die "python3 not found; install Python >= 3.10"
+        echo "reproduce.sh: bootstrapping .venv/ (pip install -e .[dev] $TORCH_SPEC) ..."
+        [[ -x .venv/bin/python ]] || python3 -m venv .venv || die "could not create .venv (python3 -m venv)"
+        .venv/bin/python -m pip install --quiet --upgrade pip
+        # shellcheck disable=SC2086  # TORCH_SPEC is a list of requirements
+        .venv/bin/python -m pip install --quiet $TORCH_SPEC -e ".[dev]" \
+            || die "pip install failed; see the messages above"
+        PY=.venv/bin/python
+    fi
+    export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+}
+
+run_tests() {
+    choose_python
+    export MPLBACKEND=Agg
+    exec "$PY" -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider "$@"
+}
+
+if [[ "${1:-}" == "test" ]]; then
+    shift
+    run_tests "$@"
+fi
+
+PROFILE="" DEVICE=auto ONLY="" OUT="$ROOT/figures" DATA="${LIPCORE_DATA:-}"
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --profile) PROFILE="${2:?--profile needs a value}"; shift 2 ;;
+        --device) DEVICE="${2:?--device needs a value}"; shift 2 ;;
+        --only) ONLY="${2:?--only needs a value}"; shift 2 ;;
+        --out) OUT="${2:?--out needs a value}"; shift 2 ;;
+        --data) DATA="${2:?--data needs a value}"; shift 2 ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        *) die "unknown option '$1' (see ./reproduce.sh --help)" ;;
+    esac
+done
+case "$DEVICE" in auto|cpu|cuda) ;; *) die "--device must be auto, cpu or cuda, not '$DEVICE'" ;; esac
+case "$PROFILE" in ""|smoke|cpu|paper) ;; *) die "--profile must be smoke, cpu or paper, not '$PROFILE'" ;; esac
+
+choose_python
+export MPLBACKEND=Agg
+if [[ -z "$PROFILE" ]]; then
+    PROFILE="$("$PY" -c 'import torch; print("paper" if torch.cuda.is_available() else "cpu")')"
+fi
+mkdir -p "$OUT" outputs
+OUT="$(cd "$OUT" && pwd)"
+[[ -z "$DATA" ]] || DATA="$(cd "$DATA" 2>/dev/null && pwd)" || die "--data directory '$DATA' does not exist"
+
+mapfile -t ALL < <(ls notebooks/*.ipynb | xargs -n1 basename | sed 's/\.ipynb$//')
+if [[ -n "$ONLY" ]]; then
+    IFS=',' read -r -a SELECTED <<< "$ONLY"
+    for name in "${SELECTED[@]}"; do
+        [[ -f "notebooks/$name.ipynb" ]] || die "no notebook named '$name' (have: ${ALL[*]})"
+    done
+else
+    SELECTED=("${ALL[@]}")
+fi
+
+echo "reproduce.sh: profile=$PROFILE device=$DEVICE out=$OUT data=${DATA:-<torchvision download>}"
+i=0
+for name in "${SELECTED[@]}"; do
+    i=$((i + 1))
+    echo "[$i/${#SELECTED[@]}] $name ..."
+    start=$(date +%s)
+    params=(-p profile "$PROFILE" -p device "$DEVICE" -p out_dir "$OUT")
+    [[ -z "$DATA" ]] || params+=(-p data_dir "$DATA")
+    if ! "$PY" -m papermill "notebooks/$name.ipynb" "outputs/$name.ipynb" --cwd notebooks \
+            --kernel python3 --progress-bar "${params[@]}"; then
+        die "notebook '$name' failed; the executed notebook with the error is outputs/$name.ipynb"
+    fi
+    echo "[$i/${#SELECTED[@]}] $name done in $(( $(date +%s) - start )) s"
+done
+"$PY" -m lipcore.report "$OUT"
+echo "reproduce.sh: report written to $OUT/REPORT.md"
