@@ -1,0 +1,123 @@
+"""Time the Lipschitz estimators at named sizes and compare bounds side by side.
+
+    python benchmarks/run.py                 # all sizes, writes benchmarks/results.json
+    python benchmarks/run.py --sizes mnist196 --repeat 3
+    python benchmarks/run.py --markdown      # print the README table from results.json
+
+Estimators: naive (product of spectral norms), LipSDP-neuron and -layer (lipcore, certified),
+ECLipsE-Fast (the eclipse-nn package, a published peer estimator), and the empirical lower
+bound that every upper bound must exceed. Nets are randomly initialised (PyTorch default init,
+seed 0), so the numbers measure the estimators, not trained models.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lipcore.estimators import empirical_lower_bound, lipsdp, naive_bound
+from lipcore.models import fully_connected
+from lipcore.run import git_commit
+
+SIZES = {  # name: (widths, activation, what the spec asks)
+    "mnist196": ([196, 50, 10], "tanh", "LipSDP-neuron < 2 s (Pauli et al. MNIST net)"),
+    "mnist784": ([784, 64, 64, 10], "relu", "LipSDP-neuron < 5 s (CLIP MNIST MLP size)"),
+    "wide256": ([784, 256, 256, 10], "relu", "stretch: LipSDP-neuron < 60 s"),
+}
+RESULTS = Path(__file__).with_name("results.json")
+
+
+def timed(fn, repeat: int):
+    """(result of the last call, fastest wall time in seconds)."""
+    best, out = np.inf, None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - start)
+    return out, best
+
+
+def eclipse_fast(weights: list[np.ndarray], alpha: float, beta: float) -> float:
+    from eclipse_nn import ECLipsE_Fast
+    hidden = len(weights) - 1
+    bound = ECLipsE_Fast([torch.from_numpy(w) for w in weights], [alpha] * hidden, [beta] * hidden)
+    return float(bound)
+
+
+def bench_size(name: str, repeat: int) -> list[dict]:
+    widths, act, spec = SIZES[name]
+    net = fully_connected(widths, act, seed=0)
+    W, (alpha, beta) = net.weights(), net.slope_bounds
+    lower = empirical_lower_bound(net, widths[0], n_random=512, seed=0).value
+    rows = []
+
+    def add(estimator, value, seconds, sound):
+        rows.append(dict(size=name, widths="-".join(map(str, widths)), activation=act,
+                         estimator=estimator, bound=value, seconds=round(seconds, 4),
+                         sound=sound, ratio_to_lower=value / lower, spec=spec))
+    value, seconds = timed(lambda: naive_bound(W, beta), repeat)
+    add("naive", value, seconds, "yes")
+    for coupling in ("neuron", "layer"):
+        r, seconds = timed(lambda: lipsdp(W, alpha, beta, coupling), repeat)
+        add(f"LipSDP-{coupling} (SCS)", r.bound, seconds, "yes, certified")
+    value, seconds = timed(lambda: eclipse_fast(W, alpha, beta), repeat)
+    add("ECLipsE-Fast (eclipse-nn)", value, seconds, "per its paper")
+    add("empirical lower bound", lower, float("nan"), "lower bound")
+    for row in rows:
+        if row["estimator"] != "empirical lower bound" and row["bound"] < lower:
+            raise AssertionError(f"{row['estimator']} on {name} is below the lower bound")
+    return rows
+
+
+def machine() -> dict:
+    return dict(platform=platform.platform(), processor=platform.processor() or platform.machine(),
+                cores=os.cpu_count(), python=platform.python_version(), torch=torch.__version__,
+                device="cuda: " + torch.cuda.get_device_name(0) if torch.cuda.is_available()
+                else "cpu")
+
+
+def markdown(results: dict) -> str:
+    lines = [f"Measured {results['date']} on {results['machine']['processor']} "
+             f"({results['machine']['cores']} cores), commit `{results['commit']}`; "
+             f"best of {results['repeat']}.", "",
+             "| net | estimator | bound | bound / lower | seconds |", "|---|---|---|---|---|"]
+    for r in results["rows"]:
+        seconds = "" if r["seconds"] != r["seconds"] else f"{r['seconds']:.3g}"
+        lines.append(f"| {r['widths']} {r['activation']} | {r['estimator']} | {r['bound']:.5g} | "
+                     f"{r['ratio_to_lower']:.3f} | {seconds} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default=",".join(SIZES), help=f"comma list of {list(SIZES)}")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per timing (best is kept)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--markdown", action="store_true", help="print the table of --out")
+    args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(args.out.read_text())))
+        return
+    unknown = set(args.sizes.split(",")) - set(SIZES)
+    if unknown:
+        parser.error(f"unknown sizes {sorted(unknown)}; choose from {list(SIZES)}")
+    rows = []
+    for name in args.sizes.split(","):
+        print(f"benchmarking {name} ...", file=sys.stderr)
+        rows += bench_size(name, args.repeat)
+    results = dict(date=time.strftime("%Y-%m-%d"), commit=git_commit(), repeat=args.repeat,
+                   machine=machine(), rows=rows)
+    text = json.dumps(results, indent=2)
+    print(text)
+    args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""benchmarks/run.py on a tiny net: every upper bound (ours and ECLipsE-Fast) >= the lower bound."""
+import importlib.util
+import json
+from pathlib import Path
+
+spec = importlib.util.spec_from_file_location(
+    "bench", Path(__file__).resolve().parents[1] / "benchmarks" / "run.py")
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+
+
+def test_benchmark_rows_and_markdown(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(bench.SIZES, "tiny", ([12, 10, 8, 3], "tanh", "test"))
+    out = tmp_path / "results.json"
+    bench.main(["--sizes", "tiny", "--out", str(out)])
+    results = json.loads(out.read_text())
+    rows = {r["estimator"]: r for r in results["rows"]}
+    lower = rows["empirical lower bound"]["bound"]
+    assert {"naive", "LipSDP-neuron (SCS)", "LipSDP-layer (SCS)",
+            "ECLipsE-Fast (eclipse-nn)"} <= set(rows)
+    assert all(r["bound"] >= lower for r in rows.values())
+    assert rows["LipSDP-neuron (SCS)"]["bound"] <= rows["naive"]["bound"]
+    assert results["machine"]["cores"] and results["commit"]
+    bench.main(["--markdown", "--out", str(out)])
+    assert "| 12-10-8-3 tanh | LipSDP-neuron (SCS) |" in capsys.readouterr().out
