@@ -9,3 +9,5 @@ def pytest_configure(config):
     os.environ["LIPCORE_OUT"] = os.path.join(scratch, "figures")
     os.environ["LIPCORE_CACHE"] = os.path.join(scratch, "cache")
     os.environ.setdefault("MPLBACKEND", "Agg")
+    if os.environ.get("LIPCORE_DATA"):     # notebook kernels run in notebooks/: make it absolute
+        os.environ["LIPCORE_DATA"] = os.path.abspath(os.environ["LIPCORE_DATA"])

@@ -44,6 +44,11 @@ choose_python() {
         PY=.venv/bin/python
     fi
     export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+    # notebooks run with notebooks/ as working directory: make a relative data path absolute
+    if [[ -n "${LIPCORE_DATA:-}" && -d "$LIPCORE_DATA" ]]; then
+        LIPCORE_DATA="$(cd "$LIPCORE_DATA" && pwd)"
+        export LIPCORE_DATA
+    fi
 }
 
 run_tests() {

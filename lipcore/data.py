@@ -211,3 +211,27 @@ def uniform_noise(x: torch.Tensor, b: float, generator: torch.Generator | None =
     u = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
     noisy = x + b * (2.0 * u - 1.0)
     return noisy.clamp(0.0, 1.0) if clamp else noisy
+
+
+def ring_label(points: np.ndarray) -> np.ndarray:
+    """Pauli et al. 2D classes by r^2 = |p - (0.5, 0.5)|^2: 2 inside radius 0.2, 1 in the ring
+    0.2-0.4, 0 outside."""
+    r2 = ((points - 0.5) ** 2).sum(axis=1)
+    return np.where(r2 <= 0.04, 2, np.where(r2 <= 0.16, 1, 0))
+
+
+def pauli_2d(seed: int = 1612111977, n_train: int = 50, n_test: int = 5000) -> ImageData:
+    """The 2D three-class toy data of Pauli et al. exactly as the original code drew it:
+    ``np.random.seed(seed)``, x = rand(n, 1), y = rand(n, 1) (uniform on [0, 1]^2), then a
+    discarded rand(100, 2) and the test points rand(n_test, 2), all from the same stream."""
+    state = np.random.RandomState(seed)           # the legacy global generator's algorithm
+    x, y = state.rand(n_train, 1), state.rand(n_train, 1)
+    train = np.hstack([x, y])
+    state.rand(100, 2)
+    test = state.rand(n_test, 2)
+
+    def dataset(p: np.ndarray) -> TensorDataset:
+        return TensorDataset(torch.from_numpy(p).float(), torch.from_numpy(ring_label(p)))
+    return ImageData("pauli_2d", dataset(train), dataset(test), 3, "real",
+                     f"generated as in the original code (seed {seed})",
+                     f"pauli2d-{seed}-{n_train}-{n_test}")

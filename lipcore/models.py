@@ -106,3 +106,37 @@ def from_weights(weights: Sequence[np.ndarray], biases: Sequence[np.ndarray],
             lin.weight.copy_(torch.from_numpy(w))
             lin.bias.copy_(torch.from_numpy(b))
     return net
+
+
+class PooledMLP(nn.Module):
+    """Fixed average pooling of 28x28 images to ``side x side`` (``side^2 = widths[0]``; 2x2
+    pooling to 14x14 = 196 inputs for the MNIST nets of Pauli et al., 196-50-10), followed by a
+    :class:`FullyConnected` net. LipSDP is computed on the fully connected part, as in the paper;
+    the pooling layer's own factor (spectral norm 1/kernel) is not included."""
+
+    def __init__(self, widths: Sequence[int], activation_name: str = "tanh"):
+        super().__init__()
+        side = int(round(np.sqrt(widths[0])))
+        if side * side != widths[0] or 28 % side:
+            raise ValueError(f"widths[0]={widths[0]} must be side^2 with side dividing 28")
+        self.pool = nn.AvgPool2d(28 // side)
+        self.mlp = FullyConnected(widths, activation_name)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.pool(x))
+
+    def weights(self) -> list[np.ndarray]:
+        return self.mlp.weights()
+
+    @property
+    def slope_bounds(self) -> tuple[float, float]:
+        return self.mlp.slope_bounds
+
+
+def pauli_mnist_net(activation_name: str = "tanh", widths: Sequence[int] = (196, 50, 10),
+                    seed: int | None = None) -> PooledMLP:
+    """Pauli et al. MNIST net: 2x2 average pooling, then 196-50-10 (paper: tanh; code: ReLU)."""
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        return PooledMLP(widths, activation_name)

@@ -115,6 +115,12 @@ class NotebookRun:
         write_text(self.dir / f"{stem}.csv", table.to_csv(index=False))
         write_text(self.dir / f"{stem}.md", table.to_markdown(index=False) + "\n")
 
+    def save_model(self, model: torch.nn.Module, name: str) -> None:
+        """Save ``model``'s state dict as ``models/<name>.pt`` (small nets, for independent checks)."""
+        (self.dir / "models").mkdir(exist_ok=True)
+        with atomic_path(self.dir / "models" / f"{name}.pt") as tmp:
+            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+
     def compare(self, artifact: str, row: str, metric: str, paper: float | None,
                 reproduced: float, unit: str = "", note: str = "") -> None:
         """One number the paper reports, beside the value this run produced."""

@@ -206,6 +206,20 @@ def certify(weights: Sequence[np.ndarray], T: np.ndarray, L2: float, alpha: floa
         f"inaccurate: tighten eps or change solver")
 
 
+def certified_L2(weights: Sequence[np.ndarray], T: np.ndarray, alpha: float = 0.0,
+                 beta: float = 1.0) -> tuple[float, np.ndarray, float]:
+    """A certified L^2 for ``weights`` with a fixed diagonal multiplier T (Theorem 1).
+
+    Returns (L^2, the T actually used, lambda_max of the full LMI at that point, <= 0).
+    Used by :func:`lipsdp` and by the ADMM trainer to certify W-bar for its fixed T.
+    """
+    weights = [np.atleast_2d(np.asarray(w, dtype=np.float64)) for w in weights]
+    reduced = [reduce_input_layer(weights[0]), *weights[1:]]
+    L2_exact, T = best_exact_L2(reduced, T, alpha, beta)
+    L2, top = certify(weights, T, L2_exact, alpha, beta)
+    return L2, T, top
+
+
 # ----------------------------------------------------------------------------------------------
 # The SDP (eq. (6)): minimise L^2 over (L^2, T)
 # ----------------------------------------------------------------------------------------------
@@ -310,14 +324,12 @@ def lipsdp(weights: Sequence[np.ndarray], alpha: float = 0.0, beta: float = 1.0,
                           f"{status!r}); try a looser eps, more iterations or another solver")
     L2_solver, T = unbalance(L2_bal, T_bal, c, weights)
     T = project_T(T, coupling, weights)
-    reduced = [W0, *weights[1:]]
     if coupling == "network":
         L2_final = L2_solver
         top = lmi_max_eig(weights, T, L2_final, alpha, beta)
         sound = False
     else:
-        L2_exact, T = best_exact_L2(reduced, T, alpha, beta)
-        L2_final, top = certify(weights, T, L2_exact, alpha, beta)
+        L2_final, T, top = certified_L2(weights, T, alpha, beta)
         sound = True
     return LipSDPResult(bound=float(np.sqrt(L2_final)), L2=float(L2_final), T=T, coupling=coupling,
                         solver=solver, status=status, solve_time=time.perf_counter() - start,

@@ -1,0 +1,1 @@
+"""Experiment pipelines behind the notebooks: settings per profile, cached training, tables."""

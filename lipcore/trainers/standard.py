@@ -1,0 +1,95 @@
+"""Plain supervised training (cross-entropy), optionally with L2 weight regularisation or an
+extra penalty (the ADMM W-step adds its augmented-Lagrangian term this way)."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+
+@dataclass
+class TrainConfig:
+    """``epochs`` passes over the data in minibatches of ``batch_size`` (None: full batch)."""
+
+    epochs: int = 5
+    batch_size: int | None = 100
+    lr: float = 0.01
+    optimizer: str = "adam"          # "adam" or "sgd"
+    l2: float = 0.0                  # lambda in lambda/2 * sum ||theta||^2 over all parameters
+    shuffle: bool = False            # the original Pauli et al. code did not shuffle
+
+    def __post_init__(self):
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if self.epochs < 0 or self.lr <= 0 or self.l2 < 0:
+            raise ValueError(f"need epochs >= 0, lr > 0, l2 >= 0; got {self}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 or None, got {self.batch_size}")
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.SGD
+    return cls(model.parameters(), lr=cfg.lr)
+
+
+def l2_penalty(model: nn.Module) -> torch.Tensor:
+    """1/2 sum ||theta||^2 over all parameters, biases included (as in the original code)."""
+    return 0.5 * sum(p.pow(2).sum() for p in model.parameters())
+
+
+def train(model: nn.Module, data: TensorDataset, cfg: TrainConfig, device: str = "cpu",
+          penalty: Callable[[nn.Module], torch.Tensor] | None = None,
+          optimizer: torch.optim.Optimizer | None = None, seed: int = 0) -> dict:
+    """Minimise CE + l2 * l2_penalty + penalty(model). Returns the history and the optimizer
+    (so that callers can keep its state across calls, as the ADMM code did)."""
+    model.to(device).train()
+    optimizer = optimizer or make_optimizer(model, cfg)
+    x_all, y_all = (t.to(device) for t in data.tensors)
+    n = len(x_all)
+    batch = n if cfg.batch_size is None else cfg.batch_size
+    gen = torch.Generator().manual_seed(seed)
+    losses, start = [], time.perf_counter()
+    for _ in range(cfg.epochs):
+        order = torch.randperm(n, generator=gen) if cfg.shuffle else torch.arange(n)
+        total = 0.0
+        for i in range(0, n, batch):
+            idx = order[i:i + batch].to(device)
+            loss = nn.functional.cross_entropy(model(x_all[idx]), y_all[idx])
+            objective = loss
+            if cfg.l2:
+                objective = objective + cfg.l2 * l2_penalty(model)
+            if penalty is not None:
+                objective = objective + penalty(model)
+            optimizer.zero_grad(set_to_none=True)
+            objective.backward()
+            optimizer.step()
+            total += loss.item() * len(idx)
+        losses.append(total / n)
+        if not torch.isfinite(torch.tensor(losses[-1])):
+            raise FloatingPointError(f"training diverged (loss {losses[-1]}); lower the "
+                                     f"learning rate (lr={cfg.lr})")
+    model.eval()
+    return dict(losses=losses, seconds=time.perf_counter() - start, optimizer=optimizer)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: TensorDataset, device: str = "cpu",
+             transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+             batch_size: int = 2000) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy in %) of ``model`` on ``data``, inputs passed through
+    ``transform`` first if given (e.g. noise)."""
+    model.to(device).eval()
+    x_all, y_all = data.tensors
+    loss, correct = 0.0, 0
+    for i in range(0, len(x_all), batch_size):
+        x, y = x_all[i:i + batch_size].to(device), y_all[i:i + batch_size].to(device)
+        if transform is not None:
+            x = transform(x)
+        logits = model(x)
+        loss += nn.functional.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+    return loss / len(x_all), 100.0 * correct / len(x_all)

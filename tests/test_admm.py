@@ -1,0 +1,106 @@
+"""ADMM with LipSDP (Pauli et al.): it lowers L, enforce mode keeps Theorem 6, the Lipschitz step
+is sound, and the 2D data match the original code."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from lipcore.data import pauli_2d, ring_label
+from lipcore.estimators import empirical_lower_bound, lipsdp
+from lipcore.models import fully_connected
+from lipcore.trainers import ADMMConfig, LipschitzStep, TrainConfig, admm_train, evaluate, train
+
+FAST_SGD = dict(batch_size=None, lr=0.1, optimizer="sgd")
+
+
+@pytest.fixture(scope="module")
+def toy():
+    """A 2-8-8-3 tanh net trained briefly on the Pauli 2D data (the ADMM starting point)."""
+    data = pauli_2d()
+    net = fully_connected([2, 8, 8, 3], "tanh", seed=0)
+    train(net, data.train, TrainConfig(epochs=1500, **FAST_SGD))
+    return data, net
+
+
+def _bound(net):
+    return lipsdp([m.weight.detach().double().numpy() for m in net.linears]).bound
+
+
+def test_2d_data_reproduce_the_original_code_stream():
+    data = pauli_2d()
+    state = np.random.RandomState(1612111977)
+    x, y = state.rand(50, 1), state.rand(50, 1)
+    np.testing.assert_allclose(data.train.tensors[0].numpy(), np.hstack([x, y]).astype(np.float32))
+    state.rand(100, 2)
+    np.testing.assert_allclose(data.test.tensors[0].numpy()[:5], state.rand(5, 2).astype(np.float32))
+    assert len(data.test) == 5000
+    assert ring_label(np.array([[0.5, 0.5], [0.5, 0.8], [0.0, 0.0]])).tolist() == [2, 1, 0]
+    counts = torch.bincount(data.train.tensors[1], minlength=3)
+    assert counts.sum() == 50 and (counts > 0).all()
+
+
+def test_admm_regularisation_lowers_the_bound(toy):
+    data, net = toy
+    start = _bound(net)
+    cfg = ADMMConfig(rho=0.25, mu=5e-2, iterations=3, max_iterations=3,
+                     w_step=TrainConfig(epochs=100, **FAST_SGD))
+    result = admm_train(copy.deepcopy(net), data.train, cfg)
+    assert len(result.history) == 3
+    assert result.history[-1]["L_Wbar"] < 0.9 * start
+    assert _bound(result.model) < start
+
+
+@pytest.mark.parametrize("L_des", [0.5, 2.0])
+def test_enforce_mode_never_lets_lipsdp_of_wbar_exceed_L_des(toy, L_des):
+    data, net = toy
+    assert _bound(net) > L_des                      # the constraint is active
+    cfg = ADMMConfig(rho=0.25, mu=None, L_des=L_des, iterations=3, max_iterations=3,
+                     w_step=TrainConfig(epochs=100, **FAST_SGD))
+    result = admm_train(copy.deepcopy(net), data.train, cfg)
+    assert all(h["L_Wbar"] <= L_des for h in result.history)
+    assert lipsdp(result.Wbar).bound <= L_des * (1 + 1e-4)       # an independent re-solve
+    assert _bound(result.model) <= L_des * (1 + 1e-4)            # the reported net is W-bar
+    lower = empirical_lower_bound(result.model, 2, n_random=256).value
+    assert lower <= L_des
+
+
+def test_lipschitz_step_returns_a_sound_bound_for_its_wbar():
+    net = fully_connected([6, 10, 8, 3], "tanh", seed=3)
+    W = net.weights()
+    T = lipsdp(W).T
+    t = np.split(np.diag(T), [10])
+    step = LipschitzStep([w.shape for w in W], ADMMConfig(rho=0.25, mu=0.1))
+    rng = np.random.default_rng(0)
+    Wbar, _ = step.solve([w + 0.1 * rng.normal(size=w.shape) for w in W], t)
+    L_step = float(np.sqrt(step.L2.value))
+    # the step's L is a LipSDP bound with T fixed, so it is >= the optimum over T (up to tolerance)
+    assert lipsdp(Wbar).bound <= L_step * (1 + 1e-3)
+    probe = fully_connected([6, 10, 8, 3], "tanh")
+    with torch.no_grad():
+        for m, w in zip(probe.linears, Wbar):
+            m.weight.copy_(torch.from_numpy(w))
+    assert empirical_lower_bound(probe, 6, n_random=256).value <= L_step
+
+
+def test_bad_admm_configs_are_rejected():
+    with pytest.raises(ValueError, match="exactly one"):
+        ADMMConfig(mu=1e-3, L_des=5.0)
+    with pytest.raises(ValueError, match="exactly one"):
+        ADMMConfig(mu=None)
+    with pytest.raises(ValueError, match="rho > 0"):
+        ADMMConfig(rho=0.0)
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainConfig(optimizer="lbfgs")
+
+
+def test_l2_training_lowers_the_weight_norm_and_evaluate_reports_accuracy(toy):
+    data, _ = toy
+    plain = fully_connected([2, 8, 8, 3], "tanh", seed=1)
+    shrunk = fully_connected([2, 8, 8, 3], "tanh", seed=1)
+    train(plain, data.train, TrainConfig(epochs=300, **FAST_SGD))
+    train(shrunk, data.train, TrainConfig(epochs=300, l2=5e-2, **FAST_SGD))
+    norm = lambda n: sum(p.pow(2).sum().item() for p in n.parameters())  # noqa: E731
+    assert norm(shrunk) < norm(plain)
+    loss, acc = evaluate(plain, data.test)
+    assert 0 <= acc <= 100 and loss > 0
