@@ -105,7 +105,7 @@ for name in "${SELECTED[@]}"; do
     params=(-p profile "$PROFILE" -p device "$DEVICE" -p out_dir "$OUT")
     [[ -z "$DATA" ]] || params+=(-p data_dir "$DATA")
     if ! "$PY" -m papermill "notebooks/$name.ipynb" "outputs/$name.ipynb" --cwd notebooks \
-            --kernel python3 --progress-bar "${params[@]}"; then
+            --kernel python3 --progress-bar --log-output "${params[@]}"; then
         die "notebook '$name' failed; the executed notebook with the error is outputs/$name.ipynb"
     fi
     echo "[$i/${#SELECTED[@]}] $name done in $(( $(date +%s) - start )) s"

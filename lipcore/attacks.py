@@ -29,3 +29,66 @@ def noise_accuracy_curve(model: nn.Module, data: TensorDataset, kind: str,
             return NOISES[kind](x.cpu(), level, gen, clamp=clamp).to(x.device)
         accuracies.append(evaluate(model, data, device, transform=corrupt)[1])
     return accuracies
+
+
+def project_l2_ball(delta: torch.Tensor, eps: float) -> torch.Tensor:
+    """Project each sample's perturbation onto the l2 ball of radius eps."""
+    norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
+    factor = (eps / norms).clamp(max=1.0)
+    return delta * factor.view(-1, *([1] * (delta.dim() - 1)))
+
+
+def pgd_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 2.0,
+           step: float = 0.25, iterations: int = 100, variant: str = "paper",
+           random_start: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    """l2 PGD of Bungert et al., eq. (13): x <- Pi(x + step * sign(grad CE)), where Pi projects
+    onto the l2 ball of radius eps around the clean x and then clamps to [0, 1] (clamping
+    cannot leave the ball, since the box contains x and is a product of intervals).
+
+    ``variant="code"`` follows the original CLIP code instead: every step rescales the
+    perturbation onto the sphere ||delta|| = eps, and a sample stops once it is misclassified
+    (use step=0.5 for its default). ``random_start`` draws delta uniformly in [-eps, eps] per
+    pixel, scaled to norm eps, as that code did.
+    """
+    if variant not in ("paper", "code"):
+        raise ValueError(f"variant must be 'paper' or 'code', got {variant!r}")
+    if eps <= 0 or step <= 0 or iterations < 0:
+        raise ValueError(f"need eps > 0, step > 0, iterations >= 0; got {eps}, {step}, {iterations}")
+    model.eval()
+    x = x.detach()
+    delta = torch.zeros_like(x)
+    if random_start:
+        u = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device) * 2 - 1
+        delta = eps * u / u.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
+    active = torch.ones(len(x), dtype=torch.bool, device=x.device)
+    for _ in range(iterations):
+        delta.requires_grad_(True)
+        logits = model((x + delta).clamp(0.0, 1.0))
+        loss = nn.functional.cross_entropy(logits, y)
+        grad, = torch.autograd.grad(loss, delta)
+        with torch.no_grad():
+            if variant == "code":
+                active &= logits.argmax(1) == y
+            moved = delta + step * grad.sign()
+            if variant == "code":
+                norms = moved.flatten(1).norm(dim=1).clamp_min(1e-12)
+                moved = moved * (eps / norms).view(-1, *([1] * (x.dim() - 1)))
+            else:
+                moved = project_l2_ball(moved, eps)
+            moved = (x + moved).clamp(0.0, 1.0) - x
+            mask = active.view(-1, *([1] * (x.dim() - 1)))
+            delta = torch.where(mask, moved, delta)
+    return (x + delta).clamp(0.0, 1.0).detach()
+
+
+def pgd_accuracy(model: nn.Module, data: TensorDataset, device: str = "cpu",
+                 batch_size: int = 500, **attack) -> float:
+    """Accuracy (%) on ``data`` under :func:`pgd_l2` (keyword arguments pass through)."""
+    x_all, y_all = data.tensors
+    correct = 0
+    for i in range(0, len(x_all), batch_size):
+        x, y = x_all[i:i + batch_size].to(device), y_all[i:i + batch_size].to(device)
+        adv = pgd_l2(model, x, y, **attack)
+        with torch.no_grad():
+            correct += (model(adv).argmax(1) == y).sum().item()
+    return 100.0 * correct / len(x_all)

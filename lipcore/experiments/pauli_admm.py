@@ -69,7 +69,7 @@ def settings(profile: str, activation: str = "tanh", l2_source: str = "paper"
     adam = dict(batch_size=100, lr=0.01, optimizer="adam")         # MNIST: Adam, batch 100
     budget = {  # base steps/epochs, ADMM (iterations, max, tol), W-step length, enforce iters
         "smoke": dict(s2=200, w2=50, it2=(2, 2, None), m=1, wm=1, itm=(1, 1, None), enf=1),
-        "cpu": dict(s2=10_000, w2=2_000, it2=(5, 5, None), m=5, wm=1, itm=(3, 3, None), enf=3),
+        "cpu": dict(s2=10_000, w2=5_000, it2=(10, 10, None), m=5, wm=2, itm=(8, 8, None), enf=3),
         "paper": dict(s2=10_000, w2=10_000, it2=(5, 30, 1.0), m=10, wm=5, itm=(2, 30, 0.5),
                       enf=5),
     }[profile]
