@@ -1,0 +1,89 @@
+"""CLIP (Bungert et al.): the adversarial update never lowers a quotient, the discrepancy
+principle moves lambda the right way, and the regulariser is exact on linear models."""
+import torch
+from torch import nn
+
+from lipcore.models import fully_connected
+from lipcore.trainers.clip import (STEP_GROWTH, LipschitzSet, adversarial_update,
+                                   discrepancy_update, lipschitz_regulariser, quotients)
+
+
+def _pairs(n=64, d=12, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return LipschitzSet.from_images(torch.rand(n, d, generator=gen), noise=0.1, tau=1.0,
+                                    generator=gen)
+
+
+def test_adversarial_update_never_lowers_a_quotient_and_adapts_step_sizes():
+    net = fully_connected([12, 16, 16, 4], "tanh", seed=0)
+    pairs = _pairs()
+    for _ in range(20):
+        before = quotients(net, pairs.u, pairs.v).detach()
+        tau = pairs.tau.clone()
+        after = adversarial_update(net, pairs)
+        assert torch.all(after >= before - 1e-6)
+        check = quotients(net, pairs.u, pairs.v).detach()
+        assert torch.allclose(check, after, atol=1e-5)          # returned values are current
+        accepted = after > before
+        assert torch.allclose(pairs.tau[accepted], tau[accepted] * STEP_GROWTH)
+        assert torch.allclose(pairs.tau[~accepted], tau[~accepted] / STEP_GROWTH)
+    assert quotients(net, pairs.u, pairs.v).max() > before.max() * 0.999
+
+
+def test_chunked_update_touches_only_its_pairs():
+    net = fully_connected([12, 8, 3], "relu", seed=1)
+    pairs = _pairs()
+    u0 = pairs.u.clone()
+    idx = pairs.next_chunk(10, worst=40)
+    adversarial_update(net, pairs, idx)
+    untouched = torch.ones(len(pairs), dtype=torch.bool)
+    untouched[idx] = False
+    assert torch.equal(pairs.u[untouched], u0[untouched])
+    assert 40 in idx.tolist() and len(idx) == 11 and pairs.cursor == 10
+
+
+def test_discrepancy_principle_moves_lambda_in_the_right_direction():
+    assert discrepancy_update(1.0, 0.97, 0.95, 0.1) == 1.1            # too accurate: regularise more
+    assert discrepancy_update(1.0, 0.90, 0.95, 0.1) == 0.9            # too inaccurate: less
+    assert discrepancy_update(0.05, 0.90, 0.95, 0.1) == 0.0           # never below zero
+
+
+def test_regulariser_is_at_most_the_linear_lipschitz_constant_and_equal_at_the_optimum():
+    torch.manual_seed(0)
+    lin = nn.Linear(10, 4)
+    true_L = torch.linalg.matrix_norm(lin.weight.detach(), 2)
+    pairs = _pairs(d=10)
+    q = quotients(lin, pairs.u, pairs.v).detach()
+    assert lipschitz_regulariser(q) <= true_L + 1e-6
+    assert torch.isclose(lipschitz_regulariser(q, squared=True), q.max() ** 2)
+    top = torch.linalg.svd(lin.weight.detach()).Vh[0]
+    u = torch.zeros(1, 10)
+    best = quotients(lin, u, u + 0.3 * top).detach()
+    assert torch.isclose(best[0], true_L, rtol=1e-5)
+    for _ in range(200):                      # the ascent approaches the optimum direction
+        q = adversarial_update(lin, pairs)
+    assert q.max() > 0.99 * true_L
+
+
+def test_clip_training_runs_its_discrepancy_loop_and_validates_config():
+    import pytest
+    from torch.utils.data import TensorDataset
+
+    from lipcore.trainers.clip import CLIPConfig, clip_train
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(256, 12, generator=gen)
+    y = (x[:, 0] > 0.5).long()
+    net = fully_connected([12, 16, 2], "sigmoid", seed=0)
+    pairs = _pairs(n=32, d=12)
+    easy = CLIPConfig(epochs=2, batch_size=32, lr=0.5, target=0.3, lam0=0.0, d_lambda=0.01,
+                      chunk=8)
+    out = clip_train(net, TensorDataset(x, y), easy, pairs)
+    assert out["lam"] == pytest.approx(16 * 0.01)  # above a 30% target on all 16 minibatches
+    assert [h["epoch"] for h in out["history"]] == [1, 2] and out["history"][-1]["lip_estimate"] > 0
+    hard = CLIPConfig(epochs=1, batch_size=32, target=1.0, lam0=0.05, d_lambda=0.01,
+                      regulariser="weight", update="epoch")
+    assert clip_train(net, TensorDataset(x, y), hard)["lam"] == pytest.approx(0.04)
+    with pytest.raises(ValueError, match="pairs"):
+        clip_train(net, TensorDataset(x, y), CLIPConfig())
+    with pytest.raises(ValueError, match="update"):
+        CLIPConfig(update="step")
