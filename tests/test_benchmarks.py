@@ -23,3 +23,9 @@ def test_benchmark_rows_and_markdown(tmp_path, monkeypatch, capsys):
     assert results["machine"]["cores"] and results["commit"]
     bench.main(["--markdown", "--out", str(out)])
     assert "| 12-10-8-3 tanh | LipSDP-neuron (SCS) |" in capsys.readouterr().out
+
+
+def test_clip_epoch_benchmark_reports_a_cost_ratio():
+    rows = bench.bench_clip_epoch(1, n_images=512)
+    assert [r["estimator"] for r in rows] == ["standard epoch", "clip epoch"]
+    assert rows[0]["ratio_to_lower"] == 1.0 and rows[1]["ratio_to_lower"] > 1.0

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from lipcore.cache import cache_key, cached
-from lipcore.models import ACTIVATIONS, activation, fully_connected, from_weights
+from lipcore.models import (ACTIVATIONS, activation, fully_connected, from_weights,
+                            pauli_mnist_net)
 
 
 def trainer_a(config):
@@ -71,3 +72,12 @@ def test_activation_slope_bounds_hold_numerically(name):
 def test_unknown_activation_lists_the_choices():
     with pytest.raises(ValueError, match="choose one of"):
         fully_connected([2, 2], "swish")
+
+
+def test_parameter_counts_are_pinned():
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(pauli_mnist_net("tanh")) == 196 * 50 + 50 + 50 * 10 + 10          # 10,360
+    assert count(fully_connected([2, 10, 10, 3], "tanh")) == 30 + 110 + 33          # Pauli 2D
+    assert count(fully_connected([784, 64, 64, 10], "sigmoid")) == 55_050           # CLIP MLP
+    with pytest.raises(ValueError, match="side"):
+        pauli_mnist_net("tanh", widths=(100, 10))

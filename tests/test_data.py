@@ -123,3 +123,18 @@ def test_noise_helpers_respect_their_ranges():
     assert (raw - x).abs().max() <= 0.3 + 1e-7 and (raw - x).min() < -0.2
     with pytest.raises(ValueError):
         gaussian_noise(x, -1.0)
+
+
+def test_failed_download_says_how_to_work_offline(monkeypatch, tmp_path):
+    import urllib.error
+
+    import torchvision
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+    monkeypatch.delenv("LIPCORE_DATA", raising=False)
+    monkeypatch.setattr("lipcore.data.DEFAULT_DOWNLOAD_ROOT", tmp_path)
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(DatasetNotFound, match="LIPCORE_DATA") as err:
+        load_dataset("cifar10")
+    assert "cifar10.npz" in str(err.value) and "could not download" in str(err.value)
