@@ -183,6 +183,9 @@ def admm_train(model: nn.Module, data: TensorDataset, cfg: ADMMConfig, T: np.nda
             c = cfg.L_des / L_bar * (1 - 1e-6)
             Wbar[-1] *= c
             L_bar = float(np.sqrt(certified_L2(Wbar, c ** 2 * certificate.T, 0.0, cfg.beta)[0]))
+        if cfg.mode == "enforce" and L_bar > cfg.L_des:                  # Theorem 6
+            raise LipSDPError(f"iteration {k + 1}: LipSDP(W-bar) = {L_bar:.6g} exceeds "
+                              f"L_des = {cfg.L_des:.6g} after rescaling; this is a bug")
         # (9c) dual update.
         Y = [y + cfg.rho * (w - wb) for y, w, wb in zip(Y, W, Wbar)]
         if cfg.update_T:
