@@ -140,3 +140,17 @@ def pauli_mnist_net(activation_name: str = "tanh", widths: Sequence[int] = (196,
         if seed is not None:
             torch.manual_seed(seed)
         return PooledMLP(widths, activation_name)
+
+
+def madry_cnn(activation_name: str = "relu", seed: int | None = None) -> nn.Sequential:
+    """The "simple CNN" of Madry et al. (MadryLab/mnist_challenge, model.py), used by Bungert et
+    al. for Fashion-MNIST: conv 5x5x32 (same padding), ReLU, 2x2 max-pool; conv 5x5x64, ReLU,
+    2x2 max-pool; FC 3136 -> 1024, ReLU; FC 1024 -> 10. 3,274,634 parameters."""
+    act = activation(activation_name).module
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        return nn.Sequential(
+            nn.Conv2d(1, 32, 5, padding=2), act(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 5, padding=2), act(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(7 * 7 * 64, 1024), act(), nn.Linear(1024, 10))

@@ -5,7 +5,7 @@ import torch
 
 from lipcore.cache import cache_key, cached
 from lipcore.models import (ACTIVATIONS, activation, fully_connected, from_weights,
-                            pauli_mnist_net)
+                            madry_cnn, pauli_mnist_net)
 
 
 def trainer_a(config):
@@ -79,5 +79,7 @@ def test_parameter_counts_are_pinned():
     assert count(pauli_mnist_net("tanh")) == 196 * 50 + 50 + 50 * 10 + 10          # 10,360
     assert count(fully_connected([2, 10, 10, 3], "tanh")) == 30 + 110 + 33          # Pauli 2D
     assert count(fully_connected([784, 64, 64, 10], "sigmoid")) == 55_050           # CLIP MLP
+    cnn = madry_cnn(seed=0)
+    assert count(cnn) == 3_274_634 and cnn(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     with pytest.raises(ValueError, match="side"):
         pauli_mnist_net("tanh", widths=(100, 10))
