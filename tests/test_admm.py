@@ -104,3 +104,32 @@ def test_l2_training_lowers_the_weight_norm_and_evaluate_reports_accuracy(toy):
     assert norm(shrunk) < norm(plain)
     loss, acc = evaluate(plain, data.test)
     assert 0 <= acc <= 100 and loss > 0
+
+
+@pytest.mark.parametrize("profile", ["smoke", "cpu", "paper"])
+def test_every_profile_builds_valid_settings(profile):
+    from lipcore.experiments.pauli_admm import settings
+    S = settings(profile, activation="relu", l2_source="code")
+    assert set(S) == {"2D", "MNIST"}
+    assert S["MNIST"].activation == "relu" and S["2D"].l2 == S["MNIST"].l2 == 5e-4
+    assert S["2D"].admm.rho == S["MNIST"].admm.rho == 0.25
+    assert (S["2D"].admm.mu, S["MNIST"].admm.mu) == (1e-5, 1e-2)
+    if profile == "paper":                       # the original code's stopping rules
+        assert (S["2D"].admm.iterations, S["2D"].admm.tol_L) == (5, 1.0)
+        assert (S["MNIST"].admm.iterations, S["MNIST"].admm.tol_L) == (2, 0.5)
+    model = S["MNIST"].model(0)
+    assert model(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
+    with pytest.raises(ValueError, match="l2_source"):
+        settings(profile, l2_source="matlab")
+
+
+def test_claims_are_evaluated_on_the_numbers():
+    from lipcore.experiments.pauli_admm import claims
+    rows = [dict(setting=s, net=n, L=L, test_accuracy=a) for s in ("2D", "MNIST")
+            for n, L, a in [("Nom-NN", 100, 96), ("L2-NN", 10, 90), ("Lip-NN", 8, 95.5)]]
+    noise = {"gaussian": {"levels": [0, 0.1, 0.2, 0.3],
+                          "accuracy": {"Nom-NN": [96, 90, 80, 60], "Lip-NN": [95.5, 93, 85, 55]}}}
+    verdicts = claims(rows, noise)
+    assert all(verdicts.values())
+    rows[2]["L"] = 11                                      # 2D Lip-NN no longer lowest
+    assert not claims(rows, noise)["2D: Lip-NN has the lowest L of the three"]
