@@ -52,13 +52,15 @@ def resolve_device(device: str | None) -> str:
     return chosen
 
 
-def git_commit() -> str:
-    """HEAD of the repository, with '-dirty' if the working tree has uncommitted changes."""
+def git_commit(root: Path = REPO_ROOT) -> str:
+    """HEAD of the repository, with '-dirty' if tracked files outside figures/ have uncommitted
+    changes (a previous notebook's fresh outputs do not make the code dirty)."""
     try:
-        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO_ROOT,
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root,
                               capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                ".", ":(exclude)figures"],      # outputs are not code
+                               cwd=root, capture_output=True, text=True).stdout.strip()
         return head + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

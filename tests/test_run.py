@@ -95,3 +95,24 @@ def test_report_lists_every_number_with_its_deviation(tmp_path):
     text = build_report(tmp_path).read_text()
     assert "## nb" in text and "certified accuracy" in text and "-4.16" in text
     assert "-6.5%" in text and "Synthetic stand-in data" in text and "nb/fig_b.png" in text
+
+
+def test_git_commit_ignores_fresh_outputs_but_not_code_changes(tmp_path):
+    import subprocess
+
+    from lipcore.run import git_commit
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+    git("init", "-q")
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "out.csv").write_text("a\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    clean = git_commit(tmp_path)
+    assert len(clean) == 12 and not clean.endswith("-dirty")
+    (tmp_path / "figures" / "out.csv").write_text("b\n")
+    assert git_commit(tmp_path) == clean
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_commit(tmp_path) == clean + "-dirty"
