@@ -31,11 +31,23 @@ def noise_accuracy_curve(model: nn.Module, data: TensorDataset, kind: str,
     return accuracies
 
 
+def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Shape one value per sample to broadcast against ``like`` (N, ...)."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _sample_norms(delta: torch.Tensor) -> torch.Tensor:
+    return delta.flatten(1).norm(dim=1).clamp_min(1e-12)
+
+
 def project_l2_ball(delta: torch.Tensor, eps: float) -> torch.Tensor:
     """Project each sample's perturbation onto the l2 ball of radius eps."""
-    norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
-    factor = (eps / norms).clamp(max=1.0)
-    return delta * factor.view(-1, *([1] * (delta.dim() - 1)))
+    return delta * _per_sample((eps / _sample_norms(delta)).clamp(max=1.0), delta)
+
+
+def scale_to_sphere(delta: torch.Tensor, eps: float) -> torch.Tensor:
+    """Rescale each sample's perturbation to norm exactly eps (the original CLIP code)."""
+    return delta * _per_sample(eps / _sample_norms(delta), delta)
 
 
 def pgd_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 2.0,
@@ -59,7 +71,7 @@ def pgd_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 2.0,
     delta = torch.zeros_like(x)
     if random_start:
         u = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device) * 2 - 1
-        delta = eps * u / u.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
+        delta = scale_to_sphere(u, eps)
     active = torch.ones(len(x), dtype=torch.bool, device=x.device)
     for _ in range(iterations):
         delta.requires_grad_(True)
@@ -70,14 +82,10 @@ def pgd_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 2.0,
             if variant == "code":
                 active &= logits.argmax(1) == y
             moved = delta + step * grad.sign()
-            if variant == "code":
-                norms = moved.flatten(1).norm(dim=1).clamp_min(1e-12)
-                moved = moved * (eps / norms).view(-1, *([1] * (x.dim() - 1)))
-            else:
-                moved = project_l2_ball(moved, eps)
+            moved = scale_to_sphere(moved, eps) if variant == "code" else \
+                project_l2_ball(moved, eps)
             moved = (x + moved).clamp(0.0, 1.0) - x
-            mask = active.view(-1, *([1] * (x.dim() - 1)))
-            delta = torch.where(mask, moved, delta)
+            delta = torch.where(_per_sample(active, x), moved, delta)
     return (x + delta).clamp(0.0, 1.0).detach()
 
 

@@ -26,6 +26,7 @@ from ..data import ImageData, load_dataset, pauli_2d
 from ..estimators import lipsdp
 from ..models import fully_connected, pauli_mnist_net
 from ..trainers import ADMMConfig, TrainConfig, admm_train, evaluate, train
+from ..trainers.admm import get_weights
 
 L2_PENALTIES = {"paper": {"2D": 4e-3, "MNIST": 3e-3}, "code": {"2D": 5e-4, "MNIST": 5e-4}}
 
@@ -74,7 +75,7 @@ def settings(profile: str, activation: str = "tanh", l2_source: str = "paper"
                       enf=5),
     }[profile]
 
-    def admm(mu, iters, w_step, levels=None):
+    def admm(mu, iters, w_step):
         return ADMMConfig(rho=0.25, mu=mu, iterations=iters[0], max_iterations=iters[1],
                           tol_L=iters[2], w_step=w_step)
     w2 = TrainConfig(epochs=budget["w2"], **sgd)
@@ -120,6 +121,13 @@ def _config(obj) -> dict:
     return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
 
 
+def _restore(setting: Setting, seed: int, state: dict, device: str) -> nn.Module:
+    """A fresh net of ``setting`` with the cached weights ``state``."""
+    model = setting.model(seed)
+    model.load_state_dict(state)
+    return model.to(device)
+
+
 def fit_standard(setting: Setting, data: ImageData, l2: float, seed: int, device: str,
                  name: str) -> TrainedNet:
     """Nom-NN (l2 = 0) or L2-NN, cached."""
@@ -133,9 +141,8 @@ def fit_standard(setting: Setting, data: ImageData, l2: float, seed: int, device
         out = train(model, data.train, cfg, device, seed=seed)
         return dict(state=model.cpu().state_dict(), seconds=out["seconds"], losses=out["losses"])
     stored = cached(key, build)
-    model = setting.model(seed)
-    model.load_state_dict(stored["state"])
-    return TrainedNet(name, model.to(device), stored["seconds"], losses=stored["losses"])
+    return TrainedNet(name, _restore(setting, seed, stored["state"], device), stored["seconds"],
+                      losses=stored["losses"])
 
 
 def fit_admm(setting: Setting, data: ImageData, init: TrainedNet, cfg: ADMMConfig, seed: int,
@@ -153,19 +160,17 @@ def fit_admm(setting: Setting, data: ImageData, init: TrainedNet, cfg: ADMMConfi
                     seconds=sum(h["w_step_seconds"] + h["lip_step_seconds"]
                                 for h in result.history))
     stored = cached(key, build)
-    model = setting.model(seed)
-    model.load_state_dict(stored["state"])
-    return TrainedNet(name, model.to(device), stored["seconds"], stored["history"], T=stored["T"])
+    return TrainedNet(name, _restore(setting, seed, stored["state"], device), stored["seconds"],
+                      stored["history"], T=stored["T"])
 
 
 def table_one_row(setting: Setting, net: TrainedNet, data: ImageData, device: str) -> dict:
     """CEL (training set), test accuracy, LipSDP-neuron bound L and training time of one net."""
     cel, _ = evaluate(net.model, data.train, device)
     _, accuracy = evaluate(net.model, data.test, device)
-    weights = [m.weight.detach().cpu().double().numpy() for m in net.model.modules()
-               if isinstance(m, nn.Linear)]
     row = dict(setting=setting.name, net=net.name, CEL=cel, test_accuracy=accuracy,
-               L=lipsdp(weights, 0.0, 1.0, "neuron").bound, train_seconds=net.seconds)
+               L=lipsdp(get_weights(net.model), 0.0, 1.0, "neuron").bound,
+               train_seconds=net.seconds)
     if net.history:
         row["loss_step_seconds"] = float(np.mean([h["w_step_seconds"] for h in net.history]))
         row["lip_step_seconds"] = float(np.mean([h["lip_step_seconds"] for h in net.history]))

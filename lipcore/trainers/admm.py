@@ -80,8 +80,7 @@ class LipschitzStep:
         objective = objective + cfg.rho / 2 * sum(cp.sum_squares(Wb - V) for Wb, V in
                                                    zip(self.Wbar, self.V))
         dims = [shapes[0][1]] + [s[0] for s in shapes]           # x^0 .. x^l, output y
-        zeros = [[np.zeros((dims[j], dims[k])) for k in range(l + 2)] for j in range(l + 2)]
-        blocks = zeros
+        blocks = [[np.zeros((dims[j], dims[k])) for k in range(l + 2)] for j in range(l + 2)]
         blocks[0][0] = -self.L2 * np.eye(dims[0])
         for k in range(1, l + 1):
             Tk = cp.diag(self.t[k - 1])

@@ -20,14 +20,21 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .standard import l2_penalty
+
 STEP_GROWTH = 1.3
+
+
+def pair_quotients(fu: torch.Tensor, fv: torch.Tensor, u: torch.Tensor, v: torch.Tensor
+                   ) -> torch.Tensor:
+    """||f(u) - f(v)|| / ||u - v|| per pair, from the outputs fu = f(u), fv = f(v)."""
+    return (fu - fv).flatten(1).norm(dim=1) / (u - v).flatten(1).norm(dim=1).clamp_min(1e-12)
 
 
 def quotients(model: nn.Module, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """||f(u) - f(v)|| / ||u - v|| for each pair (rows of u and v)."""
     out = model(torch.cat([u, v]))
-    fu, fv = out[:len(u)], out[len(u):]
-    return (fu - fv).flatten(1).norm(dim=1) / (u - v).flatten(1).norm(dim=1).clamp_min(1e-12)
+    return pair_quotients(out[:len(u)], out[len(u):], u, v)
 
 
 @dataclass
@@ -158,17 +165,16 @@ def clip_train(model: nn.Module, data, cfg: CLIPConfig, pairs: LipschitzSet | No
                 worst = None if stored_q is None else int(stored_q.argmax())
                 chunk = pairs.next_chunk(cfg.chunk, worst)
                 adversarial_update(model, pairs, chunk)
-                out = model(torch.cat([x, pairs.u[chunk], pairs.v[chunk]]))
-                logits, fu, fv = out[:len(x)], out[len(x):len(x) + len(chunk)], \
-                    out[len(x) + len(chunk):]
-                q = (fu - fv).flatten(1).norm(dim=1) / \
-                    (pairs.u[chunk] - pairs.v[chunk]).flatten(1).norm(dim=1).clamp_min(1e-12)
+                u, v = pairs.u[chunk], pairs.v[chunk]
+                out = model(torch.cat([x, u, v]))             # one pass for loss and regulariser
+                logits = out[:len(x)]
+                q = pair_quotients(out[len(x):len(x) + len(u)], out[len(x) + len(u):], u, v)
                 reg = lipschitz_regulariser(q, cfg.squared)
                 stored_q = _remember(stored_q, len(pairs), chunk, q.detach())
             else:
                 logits = model(x)
                 if cfg.regulariser == "weight":
-                    reg = 0.5 * sum(p.pow(2).sum() for p in model.parameters())
+                    reg = l2_penalty(model)
             loss = nn.functional.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
             (loss + lam * reg).backward()
