@@ -117,21 +117,23 @@ def bench_clip_epoch(repeat: int, n_images: int = 54_000) -> list[dict]:
     warm_up = torch.utils.data.TensorDataset(x[:2048], y[:2048])     # first calls pay set-up
     clip_train(fully_connected([784, 64, 64, 10], "sigmoid", seed=0), warm_up,
                CLIPConfig(epochs=1, regulariser="none"))
+    variants = [("standard epoch", "none", 1), ("clip epoch", "clip", 1),
+                ("clip epoch, ascent every 4th minibatch", "clip", 4)]
     seconds = {}
-    for name, regulariser in [("standard", "none"), ("clip", "clip")]:
+    for name, regulariser, every in variants:
         times = []
         for _ in range(repeat):
             net = fully_connected([784, 64, 64, 10], "sigmoid", seed=0)
             pairs = LipschitzSet.from_images(held_out, noise=0.1)
-            cfg = CLIPConfig(epochs=1, regulariser=regulariser, lam0=0.1)
+            cfg = CLIPConfig(epochs=1, regulariser=regulariser, lam0=0.1, ascent_every=every)
             start = time.perf_counter()
             clip_train(net, train_set, cfg, pairs if regulariser == "clip" else None)
             times.append(time.perf_counter() - start)
         seconds[name] = min(times)
     spec = f"CLIP epoch <= 2x standard epoch ({source}, {n_images} images, batch 128)"
     return [dict(size="clip_epoch", widths="784-64-64-10", activation="sigmoid",
-                 estimator=f"{name} epoch", bound=float("nan"), seconds=round(t, 4), sound="n/a",
-                 ratio_to_lower=t / seconds["standard"], spec=spec)
+                 estimator=name, bound=float("nan"), seconds=round(t, 4), sound="n/a",
+                 ratio_to_lower=t / seconds["standard epoch"], spec=spec)
             for name, t in seconds.items()]
 
 

@@ -27,8 +27,9 @@ def cache_dir() -> Path:
 
 
 def code_version(fn: Callable) -> str:
-    """Hash of a trainer's source code, so an edited trainer never reuses a stale model."""
-    return hashlib.sha256(inspect.getsource(fn).encode()).hexdigest()[:16]
+    """Hash of the source of the module that defines a trainer (the trainer and its helpers),
+    so an edited trainer never reuses a stale model."""
+    return hashlib.sha256(inspect.getsource(inspect.getmodule(fn)).encode()).hexdigest()[:16]
 
 
 def cache_key(config: dict[str, Any], data_fingerprint: str, seed: int, trainer: Callable) -> str:

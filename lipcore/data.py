@@ -31,6 +31,11 @@ DATASETS = {
     "stl10": (3, 96, 96, 10, "stl10.npz", "STL10"),
     "tiny_imagenet": (3, 64, 64, 200, "tiny_imagenet.npz", None),
 }
+CLASS_NAMES = {
+    "mnist": [str(d) for d in range(10)],
+    "fashion_mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                      "Sneaker", "Bag", "Ankle boot"],
+}
 DEFAULT_DOWNLOAD_ROOT = Path.home() / ".cache" / "lipcore" / "data"
 
 

@@ -142,6 +142,12 @@ def pauli_mnist_net(activation_name: str = "tanh", widths: Sequence[int] = (196,
         return PooledMLP(widths, activation_name)
 
 
+def with_output_activation(model: nn.Module, activation_name: str) -> nn.Sequential:
+    """``model`` followed by an activation on its output. The original CLIP code put one after
+    every linear layer, logits included, and the CLIP regression net ends in a sigmoid."""
+    return nn.Sequential(model, activation(activation_name).module())
+
+
 def madry_cnn(activation_name: str = "relu", seed: int | None = None) -> nn.Sequential:
     """The "simple CNN" of Madry et al. (MadryLab/mnist_challenge, model.py), used by Bungert et
     al. for Fashion-MNIST: conv 5x5x32 (same padding), ReLU, 2x2 max-pool; conv 5x5x64, ReLU,

@@ -87,3 +87,37 @@ def test_clip_training_runs_its_discrepancy_loop_and_validates_config():
         clip_train(net, TensorDataset(x, y), CLIPConfig())
     with pytest.raises(ValueError, match="update"):
         CLIPConfig(update="step")
+
+
+def test_fused_training_step_makes_exactly_algorithm_1s_update():
+    """clip_train shares one forward pass between the ascent's acceptance test and the training
+    step; with lr = 0 (parameters fixed) its pair updates must equal adversarial_update's."""
+    from torch.utils.data import TensorDataset
+
+    from lipcore.trainers.clip import CLIPConfig, clip_train
+    net = fully_connected([12, 16, 3], "sigmoid", seed=0)
+    x = torch.rand(64, 12, generator=torch.Generator().manual_seed(1))
+    data = TensorDataset(x, torch.zeros(64, dtype=torch.long))
+    fused, reference = _pairs(n=32), _pairs(n=32)
+    cfg = CLIPConfig(epochs=1, batch_size=16, lr=0.0, momentum=0.0, lam0=1.0, chunk=8,
+                     shuffle=False)
+    clip_train(net, data, cfg, fused)
+    known, worst = torch.zeros(32), None                      # the trainer's bookkeeping
+    for _ in range(4):                                       # the same four chunks, in order
+        idx = reference.next_chunk(8, worst)
+        known[idx] = adversarial_update(net, reference, idx)
+        worst = int(known.argmax())
+    assert torch.allclose(fused.u, reference.u) and torch.allclose(fused.tau, reference.tau)
+
+
+def test_ascent_every_kth_minibatch_updates_k_chunks_at_once():
+    from torch.utils.data import TensorDataset
+
+    from lipcore.trainers.clip import CLIPConfig, clip_train
+    net = fully_connected([12, 16, 3], "sigmoid", seed=0)
+    data = TensorDataset(torch.rand(64, 12), torch.zeros(64, dtype=torch.long))
+    pairs = _pairs(n=64)
+    clip_train(net, data, CLIPConfig(epochs=1, batch_size=16, lr=0.0, chunk=4, ascent_every=2),
+               pairs)
+    assert pairs.cursor == 2 * 4 * 2          # two ascents (minibatches 0 and 2) of 2 x 4 pairs
+    assert not torch.equal(pairs.tau, torch.ones(64))

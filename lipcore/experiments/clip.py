@@ -1,0 +1,403 @@
+"""Bungert et al. (2021), Section 4: CLIP on a 1D regression problem (Fig. 2) and on MNIST and
+Fashion-MNIST (Table 1, Fig. 1).
+
+Defaults follow the paper's text; the original code's choices are options (configs.md §2):
+* MNIST MLP output: linear logits (the paper says nothing) or ``output_sigmoid=True`` (code);
+* discrepancy principle every minibatch (paper) or ``lam_update="epoch"`` (code);
+* the plain quotient (paper) or ``squared=True`` (code's squared quotient);
+* noisy copies in the Lipschitz set: N(0, 0.1^2) (paper: unspecified) or ``pair_noise="uniform"``
+  (code: U[0, 0.1));
+* checkpoint: best validation PGD accuracy (paper) or ``checkpoint="code"`` (that score plus 1
+  when the training accuracy exceeds the target).
+
+Choices the paper leaves open:
+* d_lambda (and d_mu for weight regularisation) is not given. We set it to TRAVEL / (number of
+  minibatch updates of the run): the parameter can move at most TRAVEL over training, about twice
+  the largest final value in Table 1 (lambda 9.82, mu 9.1e-3). This makes the step independent of
+  the profile's budget; ``travel_scale`` multiplies TRAVEL for the sensitivity study.
+* The 6,000 held-out images are the last 6,000 of the training set; the checkpoint is chosen on
+  PGD (eps 2, step 0.25, fewer iterations) against the first of them.
+* Regression (no code exists): noise levels, pairs, optimiser and epochs are ours (REGRESSION).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from ..attacks import noise_accuracy_curve, pgd_accuracy
+from ..cache import cache_key, cached
+from ..data import ImageData, load_dataset
+from ..estimators import naive_bound
+from ..models import fully_connected, madry_cnn, with_output_activation
+from ..trainers.clip import CLIPConfig, LipschitzSet, adversarial_update, clip_train, quotients
+from ..trainers.standard import evaluate
+
+# Table 1 of the paper: (train, test, noise, PGD accuracy %, final mu or lambda)
+PAPER_TABLE_1 = {
+    ("MNIST", "Standard"): (95.6, 89.8, 71.8, 25.3, 0.0),
+    ("MNIST", "Weight Reg. 95"): (93.1, 89.0, 71.4, 25.4, 3e-4),
+    ("MNIST", "Weight Reg. 90"): (89.8, 89.7, 71.9, 24.8, 1.5e-3),
+    ("MNIST", "Weight Reg. 85"): (84.8, 87.2, 72.3, 24.9, 3.1e-3),
+    ("MNIST", "CLIP 95"): (95.3, 90.7, 70.3, 24.4, 0.01),
+    ("MNIST", "CLIP 90"): (91.8, 91.6, 78.0, 36.2, 3.91),
+    ("MNIST", "CLIP 85"): (87.6, 87.2, 74.5, 37.7, 9.82),
+    ("Fashion-MNIST", "Standard"): (98.5, 92.0, 25.7, 1.9, 0.0),
+    ("Fashion-MNIST", "Weight Reg. 95"): (94.8, 91.2, 26.9, 3.5, 1.1e-3),
+    ("Fashion-MNIST", "Weight Reg. 90"): (89.8, 89.6, 28.1, 6.0, 2.3e-3),
+    ("Fashion-MNIST", "Weight Reg. 85"): (85.3, 85.4, 34.2, 10.2, 9.1e-3),
+    ("Fashion-MNIST", "CLIP 95"): (94.6, 91.9, 19.8, 9.1, 0.18),
+    ("Fashion-MNIST", "CLIP 90"): (90.6, 88.9, 23.3, 13.0, 0.74),
+    ("Fashion-MNIST", "CLIP 85"): (85.9, 83.1, 31.9, 14.9, 4.18),
+}
+METRICS = ("train", "test", "noise", "pgd", "param")
+
+# Table 1's rows: (name, regulariser, target accuracy)
+ROWS = [("Standard", "none", None)] + [
+    (f"{label} {t}", reg, t / 100) for label, reg in (("Weight Reg.", "weight"), ("CLIP", "clip"))
+    for t in (95, 90, 85)]
+TRAVEL = {"clip": 20.0, "weight": 0.02, "none": 0.0}
+
+HELD_OUT = 6000
+PGD = dict(eps=2.0, step=0.25)
+
+
+@dataclass
+class TableSetting:
+    """One half of Table 1 at one profile."""
+
+    name: str                      # "MNIST" or "Fashion-MNIST"
+    dataset: str                   # lipcore.data name
+    epochs: int
+    n_train: int | None            # training images used (None: all but the held-out ones)
+    held_out: int                  # Lipschitz-set images removed from the training set
+    n_test_pgd: int | None         # test images attacked with PGD-100 (None: all)
+    val_pgd: tuple[int, int]       # checkpoint selection: (validation images, PGD iterations)
+    pgd_iterations: int = 100
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    chunk: int = 16
+    output_sigmoid: bool = False
+    n_test: int | None = None      # test images evaluated (None: all; the smoke profile's subset)
+
+    def model(self, seed: int) -> nn.Module:
+        if self.name == "MNIST":
+            net = fully_connected([784, 64, 64, 10], "sigmoid", seed=seed)
+            return with_output_activation(net, "sigmoid") if self.output_sigmoid else net
+        return madry_cnn("relu", seed=seed)
+
+
+def table_settings(profile: str, output_sigmoid: bool = False) -> dict[str, TableSetting]:
+    """MNIST (MLP 784-64-64-10, sigmoid) and Fashion-MNIST (Madry et al. CNN) for ``profile``.
+
+    ``cpu`` trains MNIST for 10 epochs on all 54,000 images, and Fashion-MNIST for 16 epochs
+    on 5,000 of them, so that the training accuracy reaches the targets and the discrepancy
+    principle acts; it attacks 200 Fashion-MNIST test images. ``paper`` runs 100 epochs on all
+    images and attacks the whole test sets."""
+    if profile == "smoke":
+        mk = dict(epochs=1, n_train=512, held_out=128, n_test_pgd=64, val_pgd=(32, 3),
+                  pgd_iterations=5, chunk=8, n_test=256)
+        return {"MNIST": TableSetting("MNIST", "mnist", output_sigmoid=output_sigmoid, **mk),
+                "Fashion-MNIST": TableSetting("Fashion-MNIST", "fashion_mnist",
+                                              **{**mk, "n_train": 256})}
+    if profile == "cpu":
+        return {"MNIST": TableSetting("MNIST", "mnist", 10, None, HELD_OUT, None, (1000, 10),
+                                      output_sigmoid=output_sigmoid),
+                "Fashion-MNIST": TableSetting("Fashion-MNIST", "fashion_mnist", 16, 5_000,
+                                              HELD_OUT, 200, (200, 10))}
+    return {"MNIST": TableSetting("MNIST", "mnist", 100, None, HELD_OUT, None, (1000, 20),
+                                  output_sigmoid=output_sigmoid),
+            "Fashion-MNIST": TableSetting("Fashion-MNIST", "fashion_mnist", 100, None, HELD_OUT,
+                                          None, (1000, 20))}
+
+
+@dataclass
+class Split:
+    """Training images, the held-out Lipschitz-set images (with labels, for validation) and the
+    test set of one setting."""
+
+    train: TensorDataset
+    held_out: TensorDataset
+    test: TensorDataset
+    fingerprint: str
+    source: str
+    origin: str
+
+
+def load_split(setting: TableSetting, data_dir=None) -> Split:
+    """Remove the last ``held_out`` training images for the Lipschitz set (the paper's 6,000)."""
+    data: ImageData = load_dataset(setting.dataset, data_dir)
+    x, y = data.train.tensors
+    if len(x) <= setting.held_out:
+        raise ValueError(f"{setting.dataset} has {len(x)} training images; cannot hold out "
+                         f"{setting.held_out}")
+    keep = len(x) - setting.held_out
+    n_train = keep if setting.n_train is None else min(setting.n_train, keep)
+    test = data.test if setting.n_test is None else \
+        TensorDataset(*(t[:setting.n_test] for t in data.test.tensors))
+    return Split(TensorDataset(x[:n_train], y[:n_train]), TensorDataset(x[keep:], y[keep:]),
+                 test, f"{data.fingerprint}-{n_train}-{setting.held_out}-{len(test)}",
+                 data.source, data.origin)
+
+
+def row_config(setting: TableSetting, split: Split, regulariser: str, target: float | None,
+               travel_scale: float = 1.0, lam_update: str = "batch", squared: bool = False
+               ) -> CLIPConfig:
+    """Algorithm 2's settings for one row; d = TRAVEL * travel_scale / (number of updates)."""
+    batches = -(-len(split.train) // setting.batch_size)
+    updates = setting.epochs * (batches if lam_update == "batch" else 1)
+    return CLIPConfig(epochs=setting.epochs, batch_size=setting.batch_size, lr=setting.lr,
+                      momentum=setting.momentum, regulariser=regulariser,
+                      target=target if target is not None else 1.0, lam0=0.0,
+                      d_lambda=TRAVEL[regulariser] * travel_scale / updates, update=lam_update,
+                      chunk=setting.chunk, squared=squared)
+
+
+def lipschitz_pairs(split: Split, seed: int, kind: str = "gaussian") -> LipschitzSet:
+    """The held-out images and their noisy copies (noise level 0.1)."""
+    gen = torch.Generator().manual_seed(seed)
+    return LipschitzSet.from_images(split.held_out.tensors[0], noise=0.1, generator=gen, kind=kind)
+
+
+@dataclass
+class TrainedRow:
+    name: str
+    model: nn.Module
+    history: list
+    lam: float                     # lambda or mu after training
+    best_epoch: int
+    seconds: float
+    top_pairs: dict | None         # CLIP: the 5 pairs of largest final quotient, before and after
+
+
+def fit_row(setting: TableSetting, split: Split, name: str, cfg: CLIPConfig, seed: int,
+            device: str, pair_noise: str = "gaussian", checkpoint: str = "paper",
+            log: Callable[[dict], None] | None = None) -> TrainedRow:
+    """Train one row of Table 1 and keep the checkpoint with the best validation PGD accuracy
+    (``checkpoint="code"`` adds 1 when the epoch's training accuracy exceeds the target). Cached."""
+    if checkpoint not in ("paper", "code"):
+        raise ValueError(f"checkpoint must be 'paper' or 'code', got {checkpoint!r}")
+    n_val, val_iterations = setting.val_pgd
+    val = TensorDataset(*(t[:n_val] for t in split.held_out.tensors))
+    key = cache_key(dict(kind="clip_table", setting=dataclasses.asdict(setting), row=name,
+                         cfg=dataclasses.asdict(cfg), pair_noise=pair_noise,
+                         checkpoint=checkpoint), split.fingerprint, seed, clip_train)
+
+    def build():
+        model = setting.model(seed)
+        pairs = lipschitz_pairs(split, seed, pair_noise) if cfg.regulariser == "clip" else None
+        initial = copy.deepcopy(pairs)
+        best = dict(score=-np.inf, state=None, epoch=0)
+
+        def checkpoint_on_pgd(net: nn.Module, record: dict) -> dict:
+            robust = pgd_accuracy(net, val, device, iterations=val_iterations, **PGD)
+            score = robust + (1.0 if checkpoint == "code" and
+                              record["train_accuracy"] > 100 * cfg.target else 0.0)
+            if score >= best["score"]:
+                best.update(score=score, epoch=record["epoch"],
+                            state={k: v.detach().cpu().clone() for k, v in net.state_dict().items()})
+            if log is not None:
+                log(dict(row=name, **record, val_pgd_accuracy=robust))
+            return dict(val_pgd_accuracy=robust)
+
+        start = time.perf_counter()
+        out = clip_train(model, split.train, cfg, pairs, device, seed, on_epoch=checkpoint_on_pgd)
+        return dict(state=best["state"], history=out["history"], lam=out["lam"],
+                    seconds=time.perf_counter() - start, best_epoch=best["epoch"],
+                    top_pairs=_top_pairs(model, initial, pairs) if pairs is not None else None)
+    stored = cached(key, build)
+    model = setting.model(seed)
+    model.load_state_dict(stored["state"])
+    return TrainedRow(name, model.to(device).eval(), stored["history"], stored["lam"],
+                      stored["best_epoch"], stored["seconds"], stored["top_pairs"])
+
+
+def _top_pairs(model: nn.Module, initial: LipschitzSet, final: LipschitzSet, k: int = 5) -> dict:
+    """Fig. 1's material: the k pairs with the largest final quotient, before and after the
+    adversarial updates, with the trained net's class and confidence for every image."""
+    model.eval()
+    with torch.no_grad():
+        q_final = quotients(model, final.u, final.v)
+        top = q_final.topk(min(k, len(q_final))).indices
+        out = dict(index=top.cpu(), q_before=quotients(model, initial.u[top], initial.v[top]).cpu(),
+                   q_after=q_final[top].cpu())
+        for stage, s in (("before", initial), ("after", final)):
+            for side in ("u", "v"):
+                images = getattr(s, side)[top]
+                probs = model(images).softmax(1)
+                out[f"{side}_{stage}"] = images.cpu()
+                out[f"{side}_{stage}_class"] = probs.argmax(1).cpu()
+                out[f"{side}_{stage}_confidence"] = probs.max(1).values.cpu()
+    return out
+
+
+def evaluate_row(setting: TableSetting, split: Split, net: TrainedRow, device: str,
+                 seed: int = 0) -> dict:
+    """Table 1's columns for one net: accuracy (%) on the training and test sets, under Gaussian
+    noise N(0, 1) clamped to [0, 1], and under l2 PGD (eps 2, step 0.25) on the first
+    ``n_test_pgd`` test images; plus the final mu or lambda."""
+    pgd_set = split.test if setting.n_test_pgd is None else \
+        TensorDataset(*(t[:setting.n_test_pgd] for t in split.test.tensors))
+    start = time.perf_counter()
+    row = dict(setting=setting.name, net=net.name,
+               train=evaluate(net.model, split.train, device)[1],
+               test=evaluate(net.model, split.test, device)[1],
+               noise=noise_accuracy_curve(net.model, split.test, "gaussian", [1.0], clamp=True,
+                                          seed=seed, device=device)[0],
+               pgd=pgd_accuracy(net.model, pgd_set, device, iterations=setting.pgd_iterations,
+                                **PGD),
+               param=net.lam, best_epoch=net.best_epoch, epochs=setting.epochs,
+               pgd_images=len(pgd_set.tensors[0]), train_seconds=net.seconds)
+    row["eval_seconds"] = time.perf_counter() - start
+    return row
+
+
+def claims(rows: list[dict], similar: float = 3.0) -> dict[str, bool]:
+    """The paper's qualitative claims about Table 1, evaluated on the reproduced rows.
+
+    "Similar test accuracy" means within ``similar`` points; the standard net is always compared."""
+    out = {}
+    for setting in dict.fromkeys(r["setting"] for r in rows):
+        by = {r["net"]: r for r in rows if r["setting"] == setting}
+        for target in (90, 85):
+            clip = by[f"CLIP {target}"]
+            peers = [by["Standard"]] + [by[f"Weight Reg. {t}"] for t in (95, 90, 85)
+                                        if abs(by[f"Weight Reg. {t}"]["test"] - clip["test"]) <= similar]
+            names = ", ".join(p["net"] for p in peers)
+            out[f"{setting}: CLIP {target} is more robust to PGD than {names}"] = \
+                all(clip["pgd"] > p["pgd"] for p in peers)
+        lams = [by[f"CLIP {t}"]["param"] for t in (95, 90, 85)]
+        out[f"{setting}: lambda grows as the target accuracy falls (95 -> 90 -> 85)"] = \
+            lams[0] <= lams[1] <= lams[2]
+    return out
+
+
+# ---------------------------------------------------------------- regression (Fig. 2)
+
+def target_function(x: torch.Tensor) -> torch.Tensor:
+    """f(x) = max(|x| - 3, 0) / 2."""
+    return (x.abs() - 3).clamp_min(0) / 2
+
+
+@dataclass
+class RegressionSetting:
+    """Fig. 2. Everything except the target, the data set and the net is our choice."""
+
+    n_samples: int = 100
+    data_noise: float = 0.05          # std of the noise on the samples of f
+    n_pairs: int = 100                # Lipschitz pairs, re-drawn every epoch on [-4, 4]
+    pair_noise: float = 0.1           # x' = x + N(0, pair_noise^2)
+    loss: str = "sse"                 # summed squared error; see the notebook for why
+    batch_size: int = 100             # full batch
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    pretrain_epochs: int = 4000       # the unregularised net (also lambda = 0 in the figure)
+    epochs: int = 1500                # per lambda of the warm-start chain
+    lambdas: tuple = (10.0, 1.0, 1e-10)
+
+
+def regression_settings(profile: str) -> RegressionSetting:
+    if profile == "smoke":
+        return RegressionSetting(pretrain_epochs=20, epochs=10)
+    if profile == "cpu":
+        return RegressionSetting()
+    return RegressionSetting(pretrain_epochs=5000, epochs=3000)
+
+
+INTERVALS = ((-4.0, -3.0), (-0.3, 0.3), (3.0, 4.0))
+
+
+def regression_data(setting: RegressionSetting, seed: int) -> TensorDataset:
+    """n noisy samples of f, uniform on [-4,-3] u [-0.3,0.3] u [3,4]."""
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([b - a for a, b in INTERVALS])
+    which = torch.multinomial(lengths, setting.n_samples, replacement=True, generator=gen)
+    lo = torch.tensor([a for a, _ in INTERVALS])[which]
+    x = (lo + lengths[which] * torch.rand(setting.n_samples, generator=gen)).unsqueeze(1)
+    y = target_function(x) + setting.data_noise * torch.randn(x.shape, generator=gen)
+    return TensorDataset(x, y)
+
+
+def regression_net(seed: int) -> nn.Module:
+    """MLP 1-500-200-100-1 with sigmoid, also on the output (as the paper explains)."""
+    return with_output_activation(fully_connected([1, 500, 200, 100, 1], "sigmoid", seed=seed),
+                                  "sigmoid")
+
+
+def fit_regression_chain(setting: RegressionSetting, seed: int, device: str
+                         ) -> dict[float, nn.Module]:
+    """lambda = 0 (pretrained, unregularised), then 10 from it, 1 from 10, 1e-10 from 1. Cached."""
+    data = regression_data(setting, seed)
+
+    def sampler(epoch: int) -> LipschitzSet:
+        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        x = 8 * torch.rand(setting.n_pairs, 1, generator=gen) - 4
+        return LipschitzSet.from_images(x, setting.pair_noise, generator=gen)
+
+    key = cache_key(dict(kind="clip_regression", setting=dataclasses.asdict(setting)),
+                    "regression", seed, clip_train)
+
+    def build():
+        model, states = regression_net(seed), {}
+        base = dict(batch_size=setting.batch_size, lr=setting.lr, optimizer=setting.optimizer,
+                    loss=setting.loss, d_lambda=0.0, chunk=setting.n_pairs)
+        clip_train(model, data, CLIPConfig(epochs=setting.pretrain_epochs, regulariser="none",
+                                           **base), device=device, seed=seed)
+        states[0.0] = copy.deepcopy(model.state_dict())
+        for lam in setting.lambdas:
+            clip_train(model, data, CLIPConfig(epochs=setting.epochs, lam0=lam, **base),
+                       device=device, seed=seed, pair_sampler=sampler)
+            states[lam] = copy.deepcopy(model.state_dict())
+        return dict(states={k: {n: t.cpu() for n, t in v.items()} for k, v in states.items()})
+    stored = cached(key, build)
+    nets = {}
+    for lam, state in stored["states"].items():
+        nets[lam] = regression_net(seed)
+        nets[lam].load_state_dict(state)
+        nets[lam].to(device).eval()
+    return nets
+
+
+def lipschitz_1d(model: nn.Module, lo: float = -4.0, hi: float = 4.0, n: int = 20_001
+                 ) -> dict[str, float]:
+    """Lipschitz constant of a 1D net on [lo, hi]: max |f'| on a grid (an estimate from below,
+    tight up to the grid) and the naive product bound (sound: sigmoid slopes are <= 1/4)."""
+    device = next(model.parameters()).device
+    with torch.enable_grad():
+        x = torch.linspace(lo, hi, n, device=device).unsqueeze(1).requires_grad_(True)
+        grad, = torch.autograd.grad(model(x).sum(), x)
+    weights = [m.weight.detach().cpu().double().numpy() for m in model.modules()
+               if isinstance(m, nn.Linear)]
+    return dict(grid_estimate=float(grad.abs().max()),
+                naive_upper_bound=naive_bound(weights, beta=0.25) * 0.25)   # output sigmoid too
+
+
+def regression_error(model: nn.Module, n: int = 2001) -> float:
+    """Root-mean-square distance to f on a uniform grid of [-4, 4]."""
+    device = next(model.parameters()).device
+    x = torch.linspace(-4, 4, n, device=device).unsqueeze(1)
+    with torch.no_grad():
+        return float((model(x) - target_function(x)).pow(2).mean().sqrt())
+
+
+def regression_claims(lipschitz: dict[float, float], error: dict[float, float]
+                      ) -> dict[str, bool]:
+    """Fig. 2's qualitative claims, on each net's Lipschitz estimate and distance to f."""
+    chain = sorted((lam for lam in lipschitz if lam > 0), reverse=True)        # 10, 1, 1e-10
+    labels = " -> ".join(f"{lam:g}" for lam in chain)
+    return {
+        f"the Lipschitz estimate grows as lambda decreases ({labels})":
+            all(lipschitz[a] <= lipschitz[b] for a, b in zip(chain, chain[1:])),
+        f"the nets approach the ground truth as lambda decreases ({labels})":
+            all(error[a] >= error[b] for a, b in zip(chain, chain[1:])),
+        "the unregularised net (lambda = 0) is rougher than the lambda = 1e-10 net "
+        "(larger Lipschitz estimate)": lipschitz[0.0] > lipschitz[chain[-1]],
+    }
