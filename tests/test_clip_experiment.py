@@ -105,3 +105,10 @@ def test_bad_options_fail_with_a_clear_message():
     with pytest.raises(ValueError, match="regression"):
         from lipcore.trainers.clip import CLIPConfig
         CLIPConfig(loss="sse", d_lambda=0.1)
+
+
+def test_code_checkpoint_rule_prefers_any_epoch_that_reached_the_target():
+    early = cx.checkpoint_score(55.0, 80.0, 0.9, "code")       # robust but under target
+    late = cx.checkpoint_score(20.0, 91.0, 0.9, "code")
+    assert late > early
+    assert cx.checkpoint_score(55.0, 80.0, 0.9, "paper") > cx.checkpoint_score(20.0, 91.0, 0.9, "paper")
