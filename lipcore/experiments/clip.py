@@ -38,7 +38,7 @@ from ..cache import cache_key, cached
 from ..data import ImageData, load_dataset
 from ..estimators import naive_bound
 from ..models import fully_connected, madry_cnn, with_output_activation
-from ..trainers.clip import CLIPConfig, LipschitzSet, adversarial_update, clip_train, quotients
+from ..trainers.clip import CLIPConfig, LipschitzSet, clip_train, quotients
 from ..trainers.standard import evaluate
 
 # Table 1 of the paper: (train, test, noise, PGD accuracy %, final mu or lambda)
@@ -58,7 +58,6 @@ PAPER_TABLE_1 = {
     ("Fashion-MNIST", "CLIP 90"): (90.6, 88.9, 23.3, 13.0, 0.74),
     ("Fashion-MNIST", "CLIP 85"): (85.9, 83.1, 31.9, 14.9, 4.18),
 }
-METRICS = ("train", "test", "noise", "pgd", "param")
 
 # Table 1's rows: (name, regulariser, target accuracy)
 ROWS = [("Standard", "none", None)] + [
@@ -192,8 +191,8 @@ def checkpoint_score(pgd_accuracy: float, train_accuracy: float, target: float, 
 def fit_row(setting: TableSetting, split: Split, name: str, cfg: CLIPConfig, seed: int,
             device: str, pair_noise: str = "gaussian", checkpoint: str = "paper",
             log: Callable[[dict], None] | None = None) -> TrainedRow:
-    """Train one row of Table 1 and keep the checkpoint with the best validation PGD accuracy
-    (``checkpoint="code"`` adds 1 when the epoch's training accuracy exceeds the target). Cached."""
+    """Train one row of Table 1 and keep the epoch with the best :func:`checkpoint_score`
+    (validation PGD accuracy; with ``checkpoint="code"``, epochs above the target win). Cached."""
     if checkpoint not in ("paper", "code"):
         raise ValueError(f"checkpoint must be 'paper' or 'code', got {checkpoint!r}")
     n_val, val_iterations = setting.val_pgd
