@@ -89,25 +89,79 @@ def test_clip_training_runs_its_discrepancy_loop_and_validates_config():
         CLIPConfig(update="step")
 
 
-def test_fused_training_step_makes_exactly_algorithm_1s_update():
-    """clip_train shares one forward pass between the ascent's acceptance test and the training
-    step; with lr = 0 (parameters fixed) its pair updates must equal adversarial_update's."""
+def test_training_moves_pairs_exactly_as_algorithm_1():
+    """With lr = 0 (parameters fixed) clip_train's pair updates equal adversarial_update's on
+    the same chunks, each including the worst pair so far."""
     from torch.utils.data import TensorDataset
 
     from lipcore.trainers.clip import CLIPConfig, clip_train
     net = fully_connected([12, 16, 3], "sigmoid", seed=0)
     x = torch.rand(64, 12, generator=torch.Generator().manual_seed(1))
     data = TensorDataset(x, torch.zeros(64, dtype=torch.long))
-    fused, reference = _pairs(n=32), _pairs(n=32)
+    trained, reference = _pairs(n=32), _pairs(n=32)
     cfg = CLIPConfig(epochs=1, batch_size=16, lr=0.0, momentum=0.0, lam0=1.0, chunk=8,
-                     shuffle=False)
-    clip_train(net, data, cfg, fused)
+                     ascent_every=1, shuffle=False)
+    clip_train(net, data, cfg, trained)
     known, worst = torch.zeros(32), None                      # the trainer's bookkeeping
     for _ in range(4):                                       # the same four chunks, in order
         idx = reference.next_chunk(8, worst)
         known[idx] = adversarial_update(net, reference, idx)
         worst = int(known.argmax())
-    assert torch.allclose(fused.u, reference.u) and torch.allclose(fused.tau, reference.tau)
+    assert torch.allclose(trained.u, reference.u) and torch.allclose(trained.tau, reference.tau)
+
+
+def test_closed_form_gradients_equal_autograd():
+    """The ascent's direction and the regulariser's seed are written in closed form; both must
+    equal what autograd gives for the quotient itself."""
+    from lipcore.trainers.clip import pair_quotients, quotient_gradients
+    net = fully_connected([12, 16, 3], "tanh", seed=0)
+    pairs = _pairs(n=8)
+    fu, fv = net(pairs.u).detach().requires_grad_(True), net(pairs.v).detach()
+    for squared in (False, True):
+        q = pair_quotients(fu, fv, pairs.u, pairs.v)
+        (expected,) = torch.autograd.grad((q ** 2 if squared else q).sum(), fu)
+        value, grad = quotient_gradients(fu.detach(), fv, pairs.u, pairs.v, squared)
+        assert torch.allclose(value, q.detach()) and torch.allclose(grad, expected, atol=1e-6)
+    u, v = pairs.u.clone().requires_grad_(True), pairs.v.clone().requires_grad_(True)
+    q = quotients(net, u, v)
+    grad_u, grad_v = torch.autograd.grad(q.sum(), [u, v])
+    u0, v0, scale = pairs.u.clone(), pairs.v.clone(), (pairs.tau * q.detach()).unsqueeze(1)
+    accepted = adversarial_update(net, pairs) > q.detach()
+    assert accepted.any()
+    assert torch.allclose(pairs.u[accepted], (u0 + scale * grad_u)[accepted], atol=1e-6)
+    assert torch.allclose(pairs.v[accepted], (v0 + scale * grad_v)[accepted], atol=1e-6)
+
+
+def test_training_step_equals_sgd_on_loss_plus_lambda_lip():
+    """One CLIP step (Algorithm 1, then SGD on loss + lambda * Lip(f, X_Lip)) matches the same
+    step written with plain autograd, although the trainer seeds the regulariser's gradient."""
+    import copy
+
+    from torch.utils.data import TensorDataset
+
+    from lipcore.trainers.clip import CLIPConfig, clip_train
+    net = fully_connected([12, 16, 3], "sigmoid", seed=0)
+    reference_net = copy.deepcopy(net)
+    gen = torch.Generator().manual_seed(2)
+    x, y = torch.rand(16, 12, generator=gen), torch.randint(0, 3, (16,), generator=gen)
+    trained, reference = _pairs(n=8), _pairs(n=8)
+    for squared in (False, True):
+        cfg = CLIPConfig(epochs=1, batch_size=16, lr=0.5, momentum=0.0, lam0=2.0, d_lambda=0.0,
+                         chunk=8, ascent_every=1, squared=squared)
+        clip_train(net, TensorDataset(x, y), cfg, trained)
+        q = adversarial_update(reference_net, reference, reference.next_chunk(8, 0))
+        k = int(q.argmax())
+        lip = quotients(reference_net, reference.u[k:k + 1], reference.v[k:k + 1])[0]
+        loss = nn.functional.cross_entropy(reference_net(x), y) + 2.0 * lipschitz_regulariser(
+            lip, squared)
+        reference_net.zero_grad()
+        loss.backward()
+        with torch.no_grad():
+            for p in reference_net.parameters():
+                p -= 0.5 * p.grad
+        assert torch.allclose(trained.u, reference.u)
+        for p, r in zip(net.parameters(), reference_net.parameters()):
+            assert torch.allclose(p, r, atol=1e-6)
 
 
 def test_ascent_every_kth_minibatch_updates_k_chunks_at_once():

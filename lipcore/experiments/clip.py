@@ -358,7 +358,8 @@ def fit_regression_chain(setting: RegressionSetting, seed: int, device: str
     def build():
         model, states = regression_net(seed), {}
         base = dict(batch_size=setting.batch_size, lr=setting.lr, optimizer=setting.optimizer,
-                    loss=setting.loss, d_lambda=0.0, chunk=setting.n_pairs)
+                    loss=setting.loss, d_lambda=0.0, chunk=setting.n_pairs,
+                    ascent_every=1)            # the whole set, every (full-batch) step
         clip_train(model, data, CLIPConfig(epochs=setting.pretrain_epochs, regulariser="none",
                                            **base), device=device, seed=seed)
         states[0.0] = copy.deepcopy(model.state_dict())
