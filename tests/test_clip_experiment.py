@@ -81,6 +81,8 @@ def test_claims_compare_clip_with_similar_weight_regularised_nets_and_check_lamb
     verdicts = cx.claims(_rows(pgd_clip90=25.0, test_wr90=89.5, lams=(1.0, 0.5, 5.0)))
     assert not verdicts["MNIST: CLIP 90 is more robust to PGD than Standard, Weight Reg. 90"]
     assert not verdicts["MNIST: lambda grows as the target accuracy falls (95 -> 90 -> 85)"]
+    flat = cx.claims(_rows(pgd_clip90=35.0, test_wr90=89.5, lams=(0.0, 0.0, 0.0)))
+    assert not flat["MNIST: lambda grows as the target accuracy falls (95 -> 90 -> 85)"]
     # weight-regularised nets 9 points less accurate are not "similar" ones
     assert not any("Weight Reg. 95" in claim or "Weight Reg. 85" in claim for claim in verdicts)
 
