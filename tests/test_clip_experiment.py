@@ -54,14 +54,15 @@ def test_the_kept_checkpoint_is_the_epoch_with_the_best_validation_pgd_accuracy(
     setting = dataclasses.replace(cx.table_settings("smoke")["MNIST"], epochs=4, val_pgd=(48, 3))
     split = _synthetic_split()
     cfg = cx.row_config(setting, split, "clip", 0.9)
-    net = cx.fit_row(setting, split, "CLIP 90", cfg, seed=0, device="cpu")
+    net = cx.fit_row(setting, split, "CLIP 90", cfg, seed=0, device="cpu", checkpoint="paper")
     scores = [h["val_pgd_accuracy"] for h in net.history]
     assert net.best_epoch == max(i + 1 for i, s in enumerate(scores) if s == max(scores))
     val = TensorDataset(*(t[:48] for t in split.held_out.tensors))
     assert pgd_accuracy(net.model, val, iterations=3, **cx.PGD) == pytest.approx(max(scores))
     top = net.top_pairs
     assert torch.all(top["q_after"] >= top["q_before"] - 1e-6)   # pairs only ever move uphill
-    again = cx.fit_row(setting, split, "CLIP 90", cfg, seed=0, device="cpu")   # from the cache
+    again = cx.fit_row(setting, split, "CLIP 90", cfg, seed=0, device="cpu",   # from the cache
+                       checkpoint="paper")
     assert again.best_epoch == net.best_epoch and again.lam == net.lam
 
 
@@ -114,3 +115,40 @@ def test_code_checkpoint_rule_prefers_any_epoch_that_reached_the_target():
     late = cx.checkpoint_score(20.0, 91.0, 0.9, "code")
     assert late > early
     assert cx.checkpoint_score(55.0, 80.0, 0.9, "paper") > cx.checkpoint_score(20.0, 91.0, 0.9, "paper")
+
+
+def test_target_rule_keeps_only_epochs_that_reached_the_target_with_a_nonzero_parameter():
+    robust_early = cx.checkpoint_score(55.0, 80.0, 0.9, "target", param=0.0, regularised=True)
+    at_target = cx.checkpoint_score(20.0, 89.5, 0.9, "target", param=0.3, regularised=True)
+    unregularised = cx.checkpoint_score(30.0, 92.0, 0.9, "target", param=0.0, regularised=True)
+    assert at_target > robust_early and at_target > unregularised      # lambda = 0: not reached
+    assert cx.reached_target(100 * 0.9 - cx.TARGET_TOLERANCE, 0.9, 0.1, True)
+    assert not cx.reached_target(100 * 0.9 - cx.TARGET_TOLERANCE - 0.1, 0.9, 0.1, True)
+    assert cx.reached_target(91.0, 0.9, 0.0, regularised=False)        # standard training
+    with pytest.raises(ValueError, match="checkpoint"):
+        cx.checkpoint_score(50.0, 90.0, 0.9, "best")
+
+
+def test_the_target_rule_reports_whether_the_kept_epoch_met_the_target(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIPCORE_CACHE", str(tmp_path))
+    setting = dataclasses.replace(cx.table_settings("smoke")["MNIST"], epochs=3, val_pgd=(48, 3))
+    split = _synthetic_split()
+    cfg = cx.row_config(setting, split, "clip", 0.5)          # synthetic data: reached at once
+    net = cx.fit_row(setting, split, "CLIP 50", cfg, seed=0, device="cpu")
+    kept = net.history[net.best_epoch - 1]
+    assert net.met_target == kept["met_target"]
+    qualifying = [h for h in net.history if h["met_target"]]
+    if qualifying:
+        assert kept["met_target"]
+        assert kept["val_pgd_accuracy"] == max(h["val_pgd_accuracy"] for h in qualifying)
+
+
+def test_claims_are_judged_under_each_attack_column():
+    rows = _rows(pgd_clip90=35.0, test_wr90=89.5)
+    for r in rows:
+        r["robust"] = r["pgd"] / 4
+    rows[5]["robust"] = 1.0                                  # CLIP 90 loses under strong attacks
+    verdicts = cx.claims(rows, attacks=("pgd", "robust"))
+    assert verdicts["MNIST: CLIP 90 is more robust to PGD than Standard, Weight Reg. 90"]
+    assert not verdicts["MNIST: CLIP 90 is more robust to the strong attacks than Standard, "
+                        "Weight Reg. 90"]

@@ -21,7 +21,9 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from ..attacks import robust_accuracy
 from ..cache import cache_key, cached
+from ..certify import certified_accuracy, certified_radii, lipschitz_bound
 from ..data import ImageData, load_dataset, pauli_2d
 from ..estimators import lipsdp
 from ..models import fully_connected, pauli_mnist_net
@@ -38,6 +40,8 @@ PAPER_TABLE_I = {
     ("MNIST", "Lip-NN"): (0.20, 96.45, 8.74, 2566.0),
 }
 PAPER_STEP_TIMES = {"2D": (41.3, 0.63), "MNIST": (365.0, 111.0)}   # s per loss step / Lip step
+# l2 radii (input scale [0, 1]) for the strong attacks and certificates (not in the paper)
+ROBUSTNESS_RADII = {"2D": (0.01, 0.02, 0.05), "MNIST": (0.25, 0.5, 1.0)}
 
 
 @dataclass
@@ -53,6 +57,7 @@ class Setting:
     enforce_levels: list[float]
     enforce: ADMMConfig               # template for the enforced runs (L_des set per level)
     subset: tuple[int, int] | None = None   # (train, test) sizes for the smoke profile
+    attack: tuple[int, int | None] = (100, None)   # strong attacks: (iterations, test points; None: all)
 
     def model(self, seed: int) -> nn.Module:
         if self.name == "MNIST":
@@ -78,18 +83,19 @@ def settings(profile: str, activation: str = "tanh", l2_source: str = "paper"
     def admm(mu, iters, w_step):
         return ADMMConfig(rho=0.25, mu=mu, iterations=iters[0], max_iterations=iters[1],
                           tol_L=iters[2], w_step=w_step)
+    attack = (10, 300) if profile == "smoke" else (100, None)
     w2 = TrainConfig(epochs=budget["w2"], **sgd)
     wm = TrainConfig(epochs=budget["wm"], **adam)
     enf2 = (budget["enf"], budget["enf"], None)
     return {
         "2D": Setting("2D", [2, 10, 10, 3], "tanh", TrainConfig(epochs=budget["s2"], **sgd),
                       l2["2D"], admm(1e-5, budget["it2"], w2), [10.0, 30.0, 100.0],
-                      admm(1e-5, enf2, w2)),
+                      admm(1e-5, enf2, w2), attack=attack),
         "MNIST": Setting("MNIST", [49, 16, 10] if profile == "smoke" else [196, 50, 10], activation,
                          TrainConfig(epochs=budget["m"], **adam), l2["MNIST"],
                          admm(0.01, budget["itm"], wm), [5.0, 10.0, 20.0],
                          admm(0.01, enf2, wm),
-                         subset=(3000, 1000) if profile == "smoke" else None),
+                         subset=(3000, 1000) if profile == "smoke" else None, attack=attack),
     }
 
 
@@ -176,6 +182,31 @@ def table_one_row(setting: Setting, net: TrainedNet, data: ImageData, device: st
         row["lip_step_seconds"] = float(np.mean([h["lip_step_seconds"] for h in net.history]))
         row["admm_iterations"] = len(net.history)
     return row
+
+
+def robustness_rows(setting: Setting, net: TrainedNet, data: ImageData, device: str,
+                    seed: int = 0) -> tuple[list[dict], torch.Tensor]:
+    """Certified and strong-attack accuracy (%) of one net at each radius of ROBUSTNESS_RADII,
+    on the first ``setting.attack[1]`` test points, and every test point's certified radius. The
+    bound is LipSDP-neuron of the whole input-output map: for MNIST that includes the 2x2 average
+    pooling (factor 1/2), which Table I's L leaves out. Raises if an attack breaks a certified
+    point (an unsound bound)."""
+    bound = lipschitz_bound(net.model, "lipsdp")
+    iterations, n_points = setting.attack
+    test = TensorDataset(*(t[:n_points] for t in data.test.tensors))
+    radii = certified_radii(net.model, test, bound.value, device)
+    rows = []
+    for eps in ROBUSTNESS_RADII[setting.name]:
+        attacked = robust_accuracy(net.model, test, eps=eps, device=device, seed=seed,
+                                   iterations=iterations)
+        if not attacked.robust[radii > eps].all():
+            raise RuntimeError(f"{setting.name} {net.name}: an attack broke a point certified by "
+                               f"LipSDP at eps {eps}; the bound is not sound")
+        rows.append(dict(setting=setting.name, net=net.name, eps=eps, L=bound.value,
+                         points=len(radii),
+                         clean=attacked.clean_accuracy, robust=attacked.accuracy,
+                         certified=certified_accuracy(radii, eps)))
+    return rows, radii
 
 
 def logits_along_line(model: nn.Module, x2: float = 0.5, n: int = 100) -> tuple[np.ndarray,

@@ -1,0 +1,21 @@
+"""Progress bars for long work: ``tqdm.auto`` (a widget in JupyterLab, a text bar in a terminal),
+silenced by ``LIPCORE_PROGRESS=0`` (the tests set it)."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from tqdm.auto import tqdm
+
+
+def progress_enabled(show: bool | None = None) -> bool:
+    """``show`` if given, else on unless the environment says ``LIPCORE_PROGRESS=0``."""
+    if show is not None:
+        return show
+    return os.environ.get("LIPCORE_PROGRESS", "1") != "0"
+
+
+def bar(total: int, desc: str, show: bool | None = None, **kwargs: Any) -> tqdm:
+    """A progress bar over ``total`` steps (closed by the caller, or used as a context)."""
+    return tqdm(total=total, desc=desc, disable=not progress_enabled(show), leave=False,
+                dynamic_ncols=True, **kwargs)
