@@ -24,6 +24,7 @@ from .io import atomic_path, write_text
 
 PROFILES = ("smoke", "cpu", "paper")
 DEVICES = ("auto", "cpu", "cuda")
+DATA_SOURCES = ("real", "generated", "synthetic")
 COMPARISON_COLUMNS = ["artifact", "row", "metric", "paper", "reproduced", "unit", "note"]
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -100,9 +101,12 @@ class NotebookRun:
         return per_profile[self.profile]
 
     def uses_data(self, name: str, source: str) -> None:
-        """Record that dataset ``name`` was ``real`` or ``synthetic`` (goes into results.json)."""
-        if source not in ("real", "synthetic"):
-            raise ValueError(f"data source must be 'real' or 'synthetic', got {source!r}")
+        """Record where dataset ``name`` came from (goes into results.json): ``real`` (the real
+        dataset), ``generated`` (data the paper itself generates, such as its 2D or 1D toy
+        problems, drawn as it describes) or ``synthetic`` (a stand-in for a real dataset that is
+        not available; REPORT.md then warns that the numbers do not measure the paper's claims)."""
+        if source not in DATA_SOURCES:
+            raise ValueError(f"data source must be one of {DATA_SOURCES}, got {source!r}")
         self.data[name] = source
 
     def save_figure(self, fig, stem: str) -> Path:

@@ -79,7 +79,7 @@ def test_nan_reproduced_values_and_bad_data_labels_are_refused(tmp_path):
     run = start_run("nb", profile="smoke", out_dir=tmp_path)
     with pytest.raises(ValueError, match="NaN"):
         run.compare("T", "r", "m", 1.0, float("nan"))
-    with pytest.raises(ValueError, match="real' or 'synthetic"):
+    with pytest.raises(ValueError, match="data source must be one of"):
         run.uses_data("cifar10", "fake")
     with pytest.raises(ValueError, match="missing"):
         run.budget(smoke=1)
@@ -116,3 +116,12 @@ def test_git_commit_ignores_fresh_outputs_but_not_code_changes(tmp_path):
     assert git_commit(tmp_path) == clean
     (tmp_path / "code.py").write_text("x = 2\n")
     assert git_commit(tmp_path) == clean + "-dirty"
+
+
+def test_data_the_paper_generates_is_not_called_a_synthetic_stand_in(tmp_path):
+    run = start_run("toy", profile="smoke", out_dir=tmp_path)
+    run.uses_data("pauli_2d", "generated")
+    run.compare("Table I", "2D", "L", 1.0, 1.0)
+    run.finish()
+    text = build_report(tmp_path).read_text()
+    assert "pauli_2d (generated)" in text and "Synthetic stand-in" not in text
