@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce every table and figure (./reproduce.sh [options]) or run the tests (./reproduce.sh test).
+# Each run also keeps its executed notebook in OUT/NAME/NAME.ipynb and renders OUT/site/index.html.
 #
 #   ./reproduce.sh [--profile smoke|cpu|paper] [--device auto|cpu|cuda] [--only NAME[,NAME]]
 #                  [--out DIR] [--data DIR]
@@ -82,6 +83,7 @@ case "$PROFILE" in ""|smoke|cpu|paper) ;; *) die "--profile must be smoke, cpu o
 
 choose_python
 export MPLBACKEND=Agg
+export LIPCORE_PROGRESS="${LIPCORE_PROGRESS:-text}"   # plain-text bars show in the terminal log
 if [[ -z "$PROFILE" ]]; then
     PROFILE="$("$PY" -c 'import torch; print("paper" if torch.cuda.is_available() else "cpu")')"
 fi
@@ -111,7 +113,10 @@ for name in "${SELECTED[@]}"; do
             --kernel python3 --progress-bar --log-output "${params[@]}"; then
         die "notebook '$name' failed; the executed notebook with the error is outputs/$name.ipynb"
     fi
+    cp "outputs/$name.ipynb" "$OUT/$name/$name.ipynb"    # the results, readable on GitHub/JupyterLab
     echo "[$i/${#SELECTED[@]}] $name done in $(( $(date +%s) - start )) s"
 done
 "$PY" -m lipcore.report "$OUT"
 echo "reproduce.sh: report written to $OUT/REPORT.md"
+"$PY" -m lipcore.site "$OUT" >/dev/null
+echo "reproduce.sh: HTML book written to $OUT/site/index.html"

@@ -1,10 +1,12 @@
-"""Progress bars for long work: ``tqdm.auto`` (a widget in JupyterLab, a text bar in a terminal),
-silenced by ``LIPCORE_PROGRESS=0`` (the tests set it)."""
+"""Progress bars for long work: ``tqdm.auto`` (a widget in JupyterLab, a text bar in a terminal).
+``LIPCORE_PROGRESS=0`` silences them (the tests set it); ``LIPCORE_PROGRESS=text`` forces text
+bars, which papermill streams to the terminal (reproduce.sh sets it)."""
 from __future__ import annotations
 
 import os
 from typing import Any
 
+from tqdm import tqdm as text_tqdm
 from tqdm.auto import tqdm
 
 
@@ -17,5 +19,6 @@ def progress_enabled(show: bool | None = None) -> bool:
 
 def bar(total: int, desc: str, show: bool | None = None, **kwargs: Any) -> tqdm:
     """A progress bar over ``total`` steps (closed by the caller, or used as a context)."""
-    return tqdm(total=total, desc=desc, disable=not progress_enabled(show), leave=False,
+    kind = text_tqdm if os.environ.get("LIPCORE_PROGRESS") == "text" else tqdm
+    return kind(total=total, desc=desc, disable=not progress_enabled(show), leave=False,
                 dynamic_ncols=True, **kwargs)

@@ -45,6 +45,16 @@ def notebook_section(folder: Path) -> str:
     if any(v == "synthetic" for v in results.get("data", {}).values()):
         lines += ["**Synthetic stand-in data: these numbers do not measure the paper's claims.**",
                   ""]
+    claims = results.get("claims", {})
+    if claims:
+        lines.append("The paper's claims on this run's numbers:")
+        lines += [f"* {'holds' if ok else '**does not hold**'}: {claim}"
+                  for claim, ok in claims.items()]
+        lines.append("")
+    executed = folder / f"{folder.name}.ipynb"
+    if executed.is_file():
+        lines += [f"The executed notebook, with its prose and figures: [{executed.name}]"
+                  f"({folder.name}/{executed.name}).", ""]
     comparison = folder / "comparison.csv"
     if comparison.is_file():
         table = pd.read_csv(comparison)

@@ -125,3 +125,13 @@ def test_data_the_paper_generates_is_not_called_a_synthetic_stand_in(tmp_path):
     run.finish()
     text = build_report(tmp_path).read_text()
     assert "pauli_2d (generated)" in text and "Synthetic stand-in" not in text
+
+
+def test_report_lists_the_claims_and_links_the_executed_notebook(tmp_path):
+    run = start_run("nb", profile="smoke", out_dir=tmp_path)
+    run.compare("T", "r", "m", 1.0, 1.0)
+    run.finish(claims={"A beats B": True, "B beats A": False})
+    (tmp_path / "nb" / "nb.ipynb").write_text("{}")
+    text = build_report(tmp_path).read_text()
+    assert "* holds: A beats B" in text and "* **does not hold**: B beats A" in text
+    assert "(nb/nb.ipynb)" in text

@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from ..estimators.lipsdp import LipSDPError, certified_L2, chordal_nsd, lipsdp
+from ..progress import bar
 from .standard import TrainConfig, evaluate, make_optimizer, train
 
 ENFORCE_MARGIN = 1e-3     # solve the enforced LMI at (1 - margin) L_des, then certify
@@ -159,6 +160,7 @@ def admm_train(model: nn.Module, data: TensorDataset, cfg: ADMMConfig, T: np.nda
     optimizer = make_optimizer(model, cfg.w_step)
     history: list[dict] = []
     L_prev = None
+    pbar = bar(cfg.max_iterations, "ADMM iterations (at most)")
     for k in range(cfg.max_iterations):
         # (9a) W-step: training with the augmented Lagrangian terms.
         target = [torch.as_tensor(wb - y / cfg.rho, dtype=torch.float32, device=device)
@@ -197,12 +199,16 @@ def admm_train(model: nn.Module, data: TensorDataset, cfg: ADMMConfig, T: np.nda
                       gap=float(np.sqrt(sum(((w - wb) ** 2).sum() for w, wb in zip(W, Wbar)))),
                       w_step_seconds=trained["seconds"], lip_step_seconds=lip_seconds)
         history.append(record)
+        pbar.set_postfix(loss=f"{loss:.4g}", L_W=f"{L_W:.4g}", L_Wbar=f"{L_bar:.4g}",
+                         refresh=False)
+        pbar.update()
         if log is not None:
             log(record)
         converged = cfg.tol_L is None or (L_prev is not None and abs(L_W - L_prev) < cfg.tol_L)
         L_prev = L_W
         if k + 1 >= cfg.iterations and converged:
             break
+    pbar.close()
     if cfg.mode == "enforce":
         set_weights(model, Wbar)
     return ADMMResult(model=model, history=history, T=np.diag(np.concatenate(t_blocks)),

@@ -27,6 +27,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..progress import bar
 from .standard import l2_penalty
 
 STEP_GROWTH = 1.3
@@ -211,6 +212,7 @@ def clip_train(model: nn.Module, data, cfg: CLIPConfig, pairs: LipschitzSet | No
     known_q = torch.zeros(len(pairs), device=device) if clip and pairs is not None else None
     classify = cfg.loss == "cross_entropy"
     moves_lam = classify and cfg.regulariser != "none"
+    pbar = bar(cfg.epochs, f"CLIP epochs ({cfg.regulariser})")
     for epoch in range(cfg.epochs):
         if pair_sampler is not None:
             pairs = pair_sampler(epoch).to(device)
@@ -254,6 +256,11 @@ def clip_train(model: nn.Module, data, cfg: CLIPConfig, pairs: LipschitzSet | No
             record.update(on_epoch(model, record))
             model.train()
         history.append(record)
+        pbar.set_postfix({k: f"{v:.4g}" for k, v in (("loss", record["loss"]),
+                          ("acc", record["train_accuracy"]), ("lambda", lam),
+                          ("Lip", record["lip_estimate"])) if v is not None}, refresh=False)
+        pbar.update()
+    pbar.close()
     model.eval()
     return dict(history=history, lam=lam)
 

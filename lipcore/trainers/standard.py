@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from ..progress import bar
+
 
 @dataclass
 class TrainConfig:
@@ -53,6 +55,7 @@ def train(model: nn.Module, data: TensorDataset, cfg: TrainConfig, device: str =
     batch = n if cfg.batch_size is None else cfg.batch_size
     gen = torch.Generator().manual_seed(seed)
     losses, start = [], time.perf_counter()
+    pbar = bar(cfg.epochs, "training epochs")
     for _ in range(cfg.epochs):
         order = torch.randperm(n, generator=gen) if cfg.shuffle else torch.arange(n)
         total = 0.0
@@ -69,9 +72,12 @@ def train(model: nn.Module, data: TensorDataset, cfg: TrainConfig, device: str =
             optimizer.step()
             total += loss.item() * len(idx)
         losses.append(total / n)
+        pbar.set_postfix(loss=f"{losses[-1]:.4g}", refresh=False)
+        pbar.update()
         if not torch.isfinite(torch.tensor(losses[-1])):
             raise FloatingPointError(f"training diverged (loss {losses[-1]}); lower the "
                                      f"learning rate (lr={cfg.lr})")
+    pbar.close()
     model.eval()
     return dict(losses=losses, seconds=time.perf_counter() - start, optimizer=optimizer)
 
