@@ -3,8 +3,12 @@
 # Each run also keeps its executed notebook in OUT/NAME/NAME.ipynb and renders OUT/site/index.html.
 #
 #   ./reproduce.sh [--profile smoke|cpu|paper] [--device auto|cpu|cuda] [--only NAME[,NAME]]
-#                  [--out DIR] [--data DIR]
+#                  [--out DIR] [--data DIR] [--chunk-seconds N] [--resume]
 #   ./reproduce.sh test [pytest args]
+#
+# Chunked runs: --chunk-seconds N stops starting new training N seconds in (trained models stay
+# cached) and exits with status 75; the same command with --resume then skips the notebooks
+# already finished and continues. Exit 0 means every selected notebook finished.
 #
 # Python: $LIPCORE_PYTHON if set; else .venv/ if it exists; else the current python3 when it
 # already has everything (e.g. a GPU machine without a package registry); else a new .venv/ is
@@ -66,7 +70,7 @@ if [[ "${1:-}" == "test" ]]; then
     run_tests "$@"
 fi
 
-PROFILE="" DEVICE=auto ONLY="" OUT="$ROOT/figures" DATA="${LIPCORE_DATA:-}"
+PROFILE="" DEVICE=auto ONLY="" OUT="$ROOT/figures" DATA="${LIPCORE_DATA:-}" CHUNK="" RESUME=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --profile) PROFILE="${2:?--profile needs a value}"; shift 2 ;;
@@ -74,12 +78,15 @@ while [[ $# -gt 0 ]]; do
         --only) ONLY="${2:?--only needs a value}"; shift 2 ;;
         --out) OUT="${2:?--out needs a value}"; shift 2 ;;
         --data) DATA="${2:?--data needs a value}"; shift 2 ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        --chunk-seconds) CHUNK="${2:?--chunk-seconds needs a value}"; shift 2 ;;
+        --resume) RESUME=1; shift ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) die "unknown option '$1' (see ./reproduce.sh --help)" ;;
     esac
 done
 case "$DEVICE" in auto|cpu|cuda) ;; *) die "--device must be auto, cpu or cuda, not '$DEVICE'" ;; esac
 case "$PROFILE" in ""|smoke|cpu|paper) ;; *) die "--profile must be smoke, cpu or paper, not '$PROFILE'" ;; esac
+[[ -z "$CHUNK" || "$CHUNK" =~ ^[0-9]+$ ]] || die "--chunk-seconds must be a whole number of seconds, not '$CHUNK'"
 
 choose_python
 export MPLBACKEND=Agg
@@ -102,17 +109,33 @@ else
 fi
 
 echo "reproduce.sh: profile=$PROFILE device=$DEVICE out=$OUT data=${DATA:-<torchvision download>}"
+FINISHED="outputs/.finished-$PROFILE"         # notebooks done by earlier chunks of this run
+[[ -n "$RESUME" ]] || : > "$FINISHED"
+touch "$FINISHED"
+if [[ -n "$CHUNK" ]]; then
+    LIPCORE_DEADLINE=$(( $(date +%s) + CHUNK ))
+    export LIPCORE_DEADLINE
+fi
 i=0
 for name in "${SELECTED[@]}"; do
     i=$((i + 1))
+    if grep -qx "$name" "$FINISHED"; then
+        echo "[$i/${#SELECTED[@]}] $name: finished by an earlier chunk (--resume), skipped"
+        continue
+    fi
     echo "[$i/${#SELECTED[@]}] $name ..."
     start=$(date +%s)
     params=(-p profile "$PROFILE" -p device "$DEVICE" -p out_dir "$OUT")
     [[ -z "$DATA" ]] || params+=(-p data_dir "$DATA")
     if ! "$PY" -m papermill "notebooks/$name.ipynb" "outputs/$name.ipynb" --cwd notebooks \
             --kernel python3 --progress-bar --log-output "${params[@]}"; then
+        if grep -q DeadlineReached "outputs/$name.ipynb"; then
+            echo "reproduce.sh: chunk ended in '$name' (--chunk-seconds $CHUNK); trained models are cached: run the same command with --resume to continue" >&2
+            exit 75
+        fi
         die "notebook '$name' failed; the executed notebook with the error is outputs/$name.ipynb"
     fi
+    echo "$name" >> "$FINISHED"
     cp "outputs/$name.ipynb" "$OUT/$name/$name.ipynb"    # the results, readable on GitHub/JupyterLab
     echo "[$i/${#SELECTED[@]}] $name done in $(( $(date +%s) - start )) s"
 done

@@ -4,6 +4,12 @@ A model is stored under ``.cache/lipcore/<key>.pt`` (or ``$LIPCORE_CACHE``), whe
 everything that determines it: the config, the data fingerprint, the seed and the source code of
 the function that trains it. Changing any of them trains a new model; re-running a notebook with
 the same settings loads the stored one.
+
+Chunked runs. With ``LIPCORE_DEADLINE`` (a Unix time) set, :func:`cached` refuses to *start*
+training once that time has passed, raising :class:`DeadlineReached`; models already trained
+stay in the cache, so running the same notebook again resumes where it stopped. Each process
+trains at least one model before it stops, so every chunk makes progress. ``reproduce.sh
+--chunk-seconds N`` uses this to split long runs (a GPU lease of 10-minute commands).
 """
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ import hashlib
 import inspect
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -44,14 +51,35 @@ def cache_key(config: dict[str, Any], data_fingerprint: str, seed: int, trainer:
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
+class DeadlineReached(RuntimeError):
+    """The chunk's time (``LIPCORE_DEADLINE``) is up; run again to resume from the cache."""
+
+
+_builds_this_process = 0
+
+
+def _check_deadline() -> None:
+    """Raise DeadlineReached if ``LIPCORE_DEADLINE`` has passed and this process has already
+    trained a model (so that every chunk makes progress)."""
+    deadline = os.environ.get("LIPCORE_DEADLINE")
+    if deadline and _builds_this_process > 0 and time.time() > float(deadline):
+        raise DeadlineReached(f"the chunk's time budget ended after {_builds_this_process} "
+                              "trained model(s); they are cached, so running the same command "
+                              "again resumes from here")
+
+
 def cached(key: str, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """Load the object stored under ``key``, or call ``build()`` and store its result atomically.
 
     ``build`` returns a dict of tensors / plain values (e.g. a state dict plus training history).
+    Raises :class:`DeadlineReached` instead of building once ``LIPCORE_DEADLINE`` has passed.
     """
+    global _builds_this_process
     path = cache_dir() / f"{key}.pt"
     if path.is_file():
         return torch.load(path, map_location="cpu", weights_only=False)
+    _check_deadline()
+    _builds_this_process += 1
     obj = build()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:

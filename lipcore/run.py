@@ -55,7 +55,10 @@ def resolve_device(device: str | None) -> str:
 
 def git_commit(root: Path = REPO_ROOT) -> str:
     """HEAD of the repository, with '-dirty' if tracked files outside figures/ have uncommitted
-    changes (a previous notebook's fresh outputs do not make the code dirty)."""
+    changes (a previous notebook's fresh outputs do not make the code dirty). A copy without
+    git (a GPU machine's) takes it from ``$LIPCORE_GIT_COMMIT``, set by whoever sent the copy."""
+    if os.environ.get("LIPCORE_GIT_COMMIT"):
+        return os.environ["LIPCORE_GIT_COMMIT"]
     try:
         head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root,
                               capture_output=True, text=True, check=True).stdout.strip()

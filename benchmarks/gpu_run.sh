@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# One call of a GPU lease (see docs/gpu.md), run on the GPU machine from the repository root:
+#
+#   benchmarks/gpu_run.sh install                      # once per machine: carried .whl/ -> /tmp/site
+#   benchmarks/gpu_run.sh run NOTEBOOK[,NOTEBOOK] [CHUNK_SECONDS] [--fresh]
+#
+# "run" executes one chunk of ./reproduce.sh --profile paper on the GPU, resuming from the model
+# cache and the notebooks finished by earlier calls (--fresh starts over), with the datasets from
+# the carried .data/ folder. It exits 75 when the chunk ended before every notebook finished (call
+# it again), 0 when all finished. Each notebook's output folder, the run log and any failed
+# executed notebook are packed into $OUT (at most 8 files) for the device tool to bring back.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+SITE=/tmp/site
+export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+
+case "${1:-}" in
+    install)
+        [[ -d .whl ]] || { echo "gpu_run.sh: no .whl/ here; carry it (benchmarks/gpu_wheels.sh)" >&2; exit 2; }
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target "$SITE" .whl/*.whl || exit 1
+        python3 -c "import papermill, cvxpy, scs, art, nbconvert, torch; print('gpu_run.sh: ready,', torch.cuda.get_device_name(0))"
+        exit $? ;;
+    run) ;;
+    *) sed -n '2,12p' "$0"; exit 2 ;;
+esac
+
+ONLY="${2:?which notebooks? e.g. pauli_admm,clip}"
+CHUNK="${3:-480}"
+RESUME=--resume
+[[ "${4:-}" == "--fresh" ]] && RESUME=""
+DATA="${LIPCORE_DATA:-.data}"
+PROFILE="${GPU_RUN_PROFILE:-paper}" DEVICE="${GPU_RUN_DEVICE:-cuda}"   # overridable to test off a GPU
+[[ -d "$DATA" ]] || { echo "gpu_run.sh: no $DATA/ here; carry the .npz files (docs/gpu.md)" >&2; exit 2; }
+log="outputs/gpu_run.log"
+mkdir -p outputs
+start=$(date +%s)
+LIPCORE_PYTHON="${LIPCORE_PYTHON:-python3}" ./reproduce.sh --profile "$PROFILE" --device "$DEVICE" \
+    --only "$ONLY" --data "$DATA" --chunk-seconds "$CHUNK" $RESUME 2>&1 | tee -a "$log"
+status=${PIPESTATUS[0]}
+echo "gpu_run.sh: chunk of $(( $(date +%s) - start )) s ended with status $status" | tee -a "$log"
+
+if [[ -n "${OUT:-}" ]]; then                # pack what the device tool brings back
+    for name in ${ONLY//,/ }; do
+        grep -qs "\"profile\": \"$PROFILE\"" "figures/$name/results.json" \
+            && tar czf "$OUT/$name.tar.gz" -C figures "$name"
+        [[ $status -ne 0 && -f "outputs/$name.ipynb" ]] && cp "outputs/$name.ipynb" "$OUT/failed_$name.ipynb"
+    done
+    cp "$log" "$OUT/"
+fi
+exit "$status"
