@@ -25,11 +25,11 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from .attacks.ensemble import as_tensors
-from .estimators import lipsdp
+from .estimators import liplt, lipsdp
 from .estimators.layerwise import layer_bound, layerwise_bound
 from .models import ACTIVATIONS, FullyConnected, PooledMLP
 
-BOUND_METHODS = {"lipsdp": "LipSDP-neuron", "naive": "naive (layer-wise product)"}
+BOUND_METHODS = {"lipsdp": "LipSDP-neuron", "liplt": "LipLT", "naive": "naive (layer-wise product)"}
 
 
 @dataclass
@@ -54,23 +54,25 @@ def _mlp_core(model: nn.Module) -> tuple[FullyConnected, float, float]:
         slopes = {a.module: a.beta for a in ACTIVATIONS.values()}
         if type(model[1]) in slopes:
             return core, pre, post * slopes[type(model[1])]
-    raise ValueError(f"LipSDP needs a fully connected net (FullyConnected, PooledMLP, optionally "
+    raise ValueError(f"LipSDP and LipLT (here) need a fully connected net (FullyConnected, PooledMLP, optionally "
                      f"with an output activation), not {type(model).__name__}; use method='naive'")
 
 
 def lipschitz_bound(model: nn.Module, method: str = "lipsdp",
                     input_shape: tuple[int, ...] | None = None) -> LipschitzBound:
-    """A sound l2 Lipschitz bound of ``model``'s outputs: ``"lipsdp"`` (LipSDP-neuron on the fully
-    connected core, times the sound factors of pooling before it and an output activation after
-    it) or ``"naive"`` (the product of sound layer bounds, for dense and conv nets;
+    """A sound l2 Lipschitz bound of ``model``'s outputs: ``"lipsdp"`` (LipSDP-neuron) or
+    ``"liplt"`` (LipLT, Theorem 3.3) on the fully connected core, times the sound factors of
+    pooling before it and an output activation after it, or ``"naive"`` (the product of sound layer bounds, for dense and conv nets;
     ``input_shape`` without the batch axis is needed unless the model is fully connected)."""
     if method not in BOUND_METHODS:
         raise ValueError(f"unknown bound method {method!r}; choose one of {sorted(BOUND_METHODS)}")
     start = time.perf_counter()
-    if method == "lipsdp":
+    if method in ("lipsdp", "liplt"):
         core, pre, post = _mlp_core(model)
         alpha, beta = core.slope_bounds
-        value = pre * lipsdp(core.weights(), alpha, beta, coupling="neuron").bound * post
+        inner = lipsdp(core.weights(), alpha, beta, coupling="neuron").bound \
+            if method == "lipsdp" else float(liplt(core.weights(), alpha, beta).L)
+        value = pre * inner * post
     else:
         if input_shape is None:
             core, _, _ = _mlp_core(model)

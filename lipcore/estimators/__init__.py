@@ -2,8 +2,10 @@
 from .empirical import LowerBoundResult, empirical_lower_bound
 from .lipsdp import (LipSDPError, LipSDPResult, UnsoundCouplingWarning, certified_L2, chordal_nsd,
                      lipsdp, lmi_matrix, lmi_max_eig, reduce_input_layer)
+from .liplt import LipLTResult, liplt, naive_pairwise
 from .naive import naive_bound
 
-__all__ = ["LipSDPError", "LipSDPResult", "LowerBoundResult", "UnsoundCouplingWarning",
-           "certified_L2", "chordal_nsd", "empirical_lower_bound", "lipsdp", "lmi_matrix",
-           "lmi_max_eig", "naive_bound", "reduce_input_layer"]
+__all__ = ["LipLTResult", "LipSDPError", "LipSDPResult", "LowerBoundResult",
+           "UnsoundCouplingWarning", "certified_L2", "chordal_nsd", "empirical_lower_bound",
+           "liplt", "lipsdp", "lmi_matrix", "lmi_max_eig", "naive_bound", "naive_pairwise",
+           "reduce_input_layer"]
