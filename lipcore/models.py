@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .resnets import CifarResNet, residual_net  # noqa: F401  (the residual nets live there)
+
 
 @dataclass(frozen=True)
 class Activation:
@@ -160,3 +162,15 @@ def madry_cnn(activation_name: str = "relu", seed: int | None = None) -> nn.Sequ
             nn.Conv2d(1, 32, 5, padding=2), act(), nn.MaxPool2d(2),
             nn.Conv2d(32, 64, 5, padding=2), act(), nn.MaxPool2d(2),
             nn.Flatten(), nn.Linear(7 * 7 * 64, 1024), act(), nn.Linear(1024, 10))
+
+
+def usama_mnist_cnn(seed: int | None = None) -> nn.Sequential:
+    """Usama & Chang's MNIST net: "one convolutional layer, one fully connected layer and an
+    output layer", sizes unstated. Our choice: conv 5x5x32 (same padding), ReLU, 2x2 max-pool;
+    FC 6272 -> 128, ReLU; FC 128 -> 10 (805,066 parameters)."""
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        return nn.Sequential(nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                             nn.Flatten(), nn.Linear(14 * 14 * 32, 128), nn.ReLU(),
+                             nn.Linear(128, 10))

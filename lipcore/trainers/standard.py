@@ -1,5 +1,6 @@
-"""Plain supervised training (cross-entropy), optionally with L2 weight regularisation or an
-extra penalty (the ADMM W-step adds its augmented-Lagrangian term this way)."""
+"""Plain supervised training (cross-entropy), optionally with L2 weight regularisation, an extra
+penalty on the weights (the ADMM W-step adds its augmented-Lagrangian term this way) or on each
+minibatch (Usama & Chang's Lipschitz loss), and a step learning-rate schedule."""
 from __future__ import annotations
 
 import time
@@ -23,19 +24,22 @@ class TrainConfig:
     optimizer: str = "adam"          # "adam" or "sgd"
     l2: float = 0.0                  # lambda in lambda/2 * sum ||theta||^2 over all parameters
     shuffle: bool = False            # the original Pauli et al. code did not shuffle
+    momentum: float = 0.0            # SGD only
+    milestones: tuple[int, ...] = ()  # epochs after which the learning rate is divided by 10
 
     def __post_init__(self):
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
-        if self.epochs < 0 or self.lr <= 0 or self.l2 < 0:
-            raise ValueError(f"need epochs >= 0, lr > 0, l2 >= 0; got {self}")
+        if self.epochs < 0 or self.lr <= 0 or self.l2 < 0 or not 0 <= self.momentum < 1:
+            raise ValueError(f"need epochs >= 0, lr > 0, l2 >= 0, 0 <= momentum < 1; got {self}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 or None, got {self.batch_size}")
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.SGD
-    return cls(model.parameters(), lr=cfg.lr)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
 
 
 def l2_penalty(model: nn.Module) -> torch.Tensor:
@@ -43,13 +47,21 @@ def l2_penalty(model: nn.Module) -> torch.Tensor:
     return 0.5 * sum(p.pow(2).sum() for p in model.parameters())
 
 
+BatchPenalty = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 def train(model: nn.Module, data: TensorDataset, cfg: TrainConfig, device: str = "cpu",
           penalty: Callable[[nn.Module], torch.Tensor] | None = None,
-          optimizer: torch.optim.Optimizer | None = None, seed: int = 0) -> dict:
-    """Minimise CE + l2 * l2_penalty + penalty(model). Returns the history and the optimizer
-    (so that callers can keep its state across calls, as the ADMM code did)."""
+          optimizer: torch.optim.Optimizer | None = None, seed: int = 0,
+          batch_penalty: BatchPenalty | None = None) -> dict:
+    """Minimise CE + l2 * l2_penalty + penalty(model) + batch_penalty(model, x, y, logits) per
+    minibatch, dividing the learning rate by 10 after each epoch in ``cfg.milestones``. Returns
+    the history and the optimizer (so that callers can keep its state across calls, as the ADMM
+    code did)."""
     model.to(device).train()
     optimizer = optimizer or make_optimizer(model, cfg)
+    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.milestones)) \
+        if cfg.milestones else None
     x_all, y_all = (t.to(device) for t in data.tensors)
     n = len(x_all)
     batch = n if cfg.batch_size is None else cfg.batch_size
@@ -61,17 +73,23 @@ def train(model: nn.Module, data: TensorDataset, cfg: TrainConfig, device: str =
         total = 0.0
         for i in range(0, n, batch):
             idx = order[i:i + batch].to(device)
-            loss = nn.functional.cross_entropy(model(x_all[idx]), y_all[idx])
+            x, y = x_all[idx], y_all[idx]
+            logits = model(x)
+            loss = nn.functional.cross_entropy(logits, y)
             objective = loss
             if cfg.l2:
                 objective = objective + cfg.l2 * l2_penalty(model)
             if penalty is not None:
                 objective = objective + penalty(model)
+            if batch_penalty is not None:
+                objective = objective + batch_penalty(model, x, y, logits)
             optimizer.zero_grad(set_to_none=True)
             objective.backward()
             optimizer.step()
             total += loss.item() * len(idx)
         losses.append(total / n)
+        if schedule is not None:
+            schedule.step()
         pbar.set_postfix(loss=f"{losses[-1]:.4g}", refresh=False)
         pbar.update()
         if not torch.isfinite(torch.tensor(losses[-1])):
