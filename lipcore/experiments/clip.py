@@ -303,8 +303,9 @@ def evaluate_row(setting: TableSetting, split: Split, net: TrainedRow, device: s
     [0, 1], under l2 PGD as in eq. (13) (``pgd``) and under the strong ensemble (``robust``, per
     image the worst of APGD-CE and APGD-DLR), both at eps 2 on the first ``n_test_pgd`` test
     images; ``certified``: the test images whose certified radius from the tightest sound bound
-    exceeds 2 (``certified_naive`` from the naive bound); the final mu or lambda. Raises if an
-    attack breaks a certified image, which would mean an unsound bound."""
+    exceeds 2 (``certified_naive`` from the naive bound); the final mu or lambda (``param``, as in
+    the paper's Table 1) and its value at the kept epoch. Raises if an attack breaks a certified
+    image, which would mean an unsound bound."""
     pgd_set = split.test if setting.n_test_pgd is None else \
         TensorDataset(*(t[:setting.n_test_pgd] for t in split.test.tensors))
     start = time.perf_counter()
@@ -329,7 +330,8 @@ def evaluate_row(setting: TableSetting, split: Split, net: TrainedRow, device: s
                certified_naive=certified_accuracy(radii["naive"], STRONG["eps"]),
                bound=bounds[best].label, lipschitz=bounds[best].value,
                lipschitz_naive=bounds["naive"].value,
-               param=net.lam, best_epoch=net.best_epoch, met_target=net.met_target,
+               param=net.lam, param_at_checkpoint=net.history[net.best_epoch - 1]["lam"],
+               best_epoch=net.best_epoch, met_target=net.met_target,
                epochs=setting.epochs, pgd_images=len(pgd_set.tensors[0]),
                train_seconds=net.seconds)
     row["eval_seconds"] = time.perf_counter() - start
