@@ -1,0 +1,55 @@
+"""The committed results: every notebook has an executed copy with its outputs, and the HTML book
+builds offline from them with every link and figure in place."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from lipcore.site import build_site, executed_notebooks
+
+ROOT = Path(__file__).resolve().parents[1]
+FIGURES = ROOT / "figures"
+MAX_NOTEBOOK_BYTES = 5 * 2 ** 20         # executed notebooks embed their figures; keep them small
+
+
+def test_every_notebook_has_an_executed_copy_with_outputs_and_images():
+    sources = sorted(p.stem for p in (ROOT / "notebooks").glob("*.ipynb"))
+    executed = {p.stem: p for p in executed_notebooks(FIGURES)}
+    assert sorted(executed) == sources
+    for name, path in executed.items():
+        assert path.stat().st_size <= MAX_NOTEBOOK_BYTES, f"{name}: executed notebook too large"
+        cells = json.loads(path.read_text())["cells"]
+        outputs = [o for c in cells if c["cell_type"] == "code" for o in c.get("outputs", [])]
+        assert not any(o.get("output_type") == "error" for o in outputs), name
+        assert any("image/png" in o.get("data", {}) for o in outputs), f"{name}: no figure"
+
+
+def test_source_notebooks_stay_output_free():
+    for path in (ROOT / "notebooks").glob("*.ipynb"):
+        cells = json.loads(path.read_text())["cells"]
+        assert all(not c.get("outputs") for c in cells if c["cell_type"] == "code"), path.name
+
+
+def test_the_site_builds_from_the_committed_outputs_and_every_link_resolves(tmp_path):
+    index = build_site(FIGURES, tmp_path / "site")
+    site = index.parent
+    pages = re.findall(r"href='([^']+\.html)'", index.read_text())
+    assert {f"{p.stem}.html" for p in executed_notebooks(FIGURES)} | {"report.html"} == set(pages)
+    for page in pages:
+        text = (site / page).read_text()
+        assert len(text) > 1000
+        for link in re.findall(r'(?:href|src)="([^"#:]+)"', text):     # relative links only
+            assert (site / link).resolve().exists(), f"{page} links to missing {link}"
+    report = (site / "report.html").read_text()
+    assert "<table>" in report and ".png" in report
+
+
+def test_building_without_executed_notebooks_says_what_to_do(tmp_path):
+    with pytest.raises(FileNotFoundError, match="reproduce.sh"):
+        build_site(tmp_path)
+
+
+def test_every_committed_figure_exists_as_png_and_pdf():
+    for png in FIGURES.glob("*/*.png"):
+        assert png.with_suffix(".pdf").is_file(), f"{png} has no PDF twin"
