@@ -89,7 +89,8 @@ case "$PROFILE" in ""|smoke|cpu|paper) ;; *) die "--profile must be smoke, cpu o
 [[ -z "$CHUNK" || "$CHUNK" =~ ^[0-9]+$ ]] || die "--chunk-seconds must be a whole number of seconds, not '$CHUNK'"
 
 choose_python
-export MPLBACKEND=Agg
+# the kernel's inline backend embeds every figure in the executed notebook (Agg would drop them)
+export MPLBACKEND=module://matplotlib_inline.backend_inline
 export LIPCORE_PROGRESS="${LIPCORE_PROGRESS:-text}"   # plain-text bars show in the terminal log
 if [[ -z "$PROFILE" ]]; then
     PROFILE="$("$PY" -c 'import torch; print("paper" if torch.cuda.is_available() else "cpu")')"
@@ -139,6 +140,7 @@ for name in "${SELECTED[@]}"; do
     cp "outputs/$name.ipynb" "$OUT/$name/$name.ipynb"    # the results, readable on GitHub/JupyterLab
     echo "[$i/${#SELECTED[@]}] $name done in $(( $(date +%s) - start )) s"
 done
+export MPLBACKEND=Agg
 "$PY" -m lipcore.report "$OUT"
 echo "reproduce.sh: report written to $OUT/REPORT.md"
 "$PY" -m lipcore.site "$OUT" >/dev/null

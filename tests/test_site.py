@@ -40,7 +40,7 @@ def test_the_site_builds_from_the_committed_outputs_and_every_link_resolves(tmp_
         text = (site / page).read_text()
         assert len(text) > 1000
         for link in re.findall(r'(?:href|src)="([^"#:]+)"', text):     # relative links only
-            assert (site / link).resolve().exists(), f"{page} links to missing {link}"
+            assert (FIGURES / "site" / link).resolve().exists(), f"{page} links to missing {link}"
     report = (site / "report.html").read_text()
     assert "<table>" in report and ".png" in report
 
