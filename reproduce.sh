@@ -3,8 +3,11 @@
 # Each run also keeps its executed notebook in OUT/NAME/NAME.ipynb and renders OUT/site/index.html.
 #
 #   ./reproduce.sh [--profile smoke|cpu|paper] [--device auto|cpu|cuda] [--only NAME[,NAME]]
-#                  [--out DIR] [--data DIR] [--chunk-seconds N] [--resume]
+#                  [--out DIR] [--data DIR] [--chunk-seconds N] [--resume] [--grid-address ADDR]
 #   ./reproduce.sh test [pytest args]
+#
+# Grids of training runs (lipschitz_loss) go to a Dask cluster: by default a local one (one
+# worker per GPU, or one CPU worker); --grid-address tcp://host:8786 names a running scheduler.
 #
 # Chunked runs: --chunk-seconds N stops starting new training N seconds in (trained models stay
 # cached) and exits with status 75; the same command with --resume then skips the notebooks
@@ -18,7 +21,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$ROOT"
 TORCH_SPEC="${LIPCORE_TORCH:-torch==2.14.1 torchvision==0.29.1}"
-RUN_MODULES="torch torchvision cvxpy scs clarabel numpy scipy pandas matplotlib tqdm papermill ipykernel tabulate art"
+RUN_MODULES="torch torchvision cvxpy scs clarabel numpy scipy pandas matplotlib tqdm papermill ipykernel tabulate art distributed"
 TEST_MODULES="$RUN_MODULES pytest nbval yaml eclipse_nn"
 REQUIRED_MODULES="$RUN_MODULES"   # the test command asks for TEST_MODULES
 
@@ -80,7 +83,8 @@ while [[ $# -gt 0 ]]; do
         --data) DATA="${2:?--data needs a value}"; shift 2 ;;
         --chunk-seconds) CHUNK="${2:?--chunk-seconds needs a value}"; shift 2 ;;
         --resume) RESUME=1; shift ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        --grid-address) export LIPCORE_GRID_ADDRESS="${2:?--grid-address needs a value}"; shift 2 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) die "unknown option '$1' (see ./reproduce.sh --help)" ;;
     esac
 done

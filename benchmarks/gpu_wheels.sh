@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Download, here, the wheels that a GPU machine without a package registry lacks to run the
-# notebooks (papermill and its kernel, cvxpy and its solvers, ART, nbconvert), for its Python
+# notebooks (papermill and its kernel, cvxpy and its solvers, ART, nbconvert, Dask), for its Python
 # 3.12 on x86-64, into .whl/ (ignored by git). Packages its image already has (torch, numpy,
 # scipy, pandas, matplotlib, scikit-learn, ...; the device tool's KINDS.md lists them) are left
 # out, so the folder stays well under the 64 MiB a device call can carry. See docs/gpu.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WANT="papermill ipykernel nbconvert cvxpy scs==3.2.7 clarabel adversarial-robustness-toolbox"
+WANT="papermill ipykernel nbconvert cvxpy scs==3.2.7 clarabel adversarial-robustness-toolbox dask[distributed]"
 # scs 3.2.7: 10 MB; 3.3 ships a 43 MB wheel that alone would fill most of a call's carry.
 # On the GPU image already (KINDS.md, 2026-11-17); never carried.
 HAVE="attrs certifi charset-normalizer click contourpy cycler filelock fonttools fsspec idna jinja2

@@ -35,6 +35,9 @@ CLASS_NAMES = {
     "mnist": [str(d) for d in range(10)],
     "fashion_mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                       "Sneaker", "Bag", "Ankle boot"],
+    "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                "truck"],
+    "stl10": ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"],
 }
 DEFAULT_DOWNLOAD_ROOT = Path.home() / ".cache" / "lipcore" / "data"
 

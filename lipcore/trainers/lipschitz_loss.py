@@ -51,8 +51,10 @@ class LipschitzLossConfig:
 
 def noisy_copy(x: torch.Tensor, sigma: float, clamp: bool,
                generator: torch.Generator | None = None) -> torch.Tensor:
-    """x + N(0, sigma^2) per pixel (clamped to [0, 1] if asked)."""
-    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+    """x + N(0, sigma^2) per pixel (clamped to [0, 1] if asked), drawn on the generator's
+    device (x's device when no generator is given)."""
+    where = generator.device if generator is not None else x.device
+    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=where).to(x.device)
     noisy = x + sigma * noise
     return noisy.clamp(0.0, 1.0) if clamp else noisy
 
@@ -75,12 +77,15 @@ def hinge(k: torch.Tensor, cfg: LipschitzLossConfig) -> torch.Tensor:
 
 def lipschitz_penalty(cfg: LipschitzLossConfig, seed: int = 0):
     """The loss's second term as a ``batch_penalty`` for :func:`lipcore.trainers.train`, with its
-    own noise stream (``seed``) so runs are reproducible."""
-    gen = torch.Generator().manual_seed(seed)
+    own noise stream (``seed``) so runs are reproducible. The stream lives on the data's device,
+    so a GPU step needs no host-to-device copy of the noise."""
+    generators: dict[torch.device, torch.Generator] = {}
 
     def penalty(model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor
                 ) -> torch.Tensor:
-        x_bar = noisy_copy(x, cfg.sigma, cfg.clamp, gen)
+        if x.device not in generators:
+            generators[x.device] = torch.Generator(x.device).manual_seed(seed)
+        x_bar = noisy_copy(x, cfg.sigma, cfg.clamp, generators[x.device])
         return hinge(difference_quotients(logits, model(x_bar), x, x_bar, cfg.outputs), cfg)
     return penalty
 
