@@ -35,6 +35,8 @@ SIZES = {  # name: (widths, activation, what the spec asks)
 }
 NEURON_ONLY = {"wide256"}      # layer coupling is not worth minutes of SCS there
 RESULTS = Path(__file__).with_name("results.json")
+PARTS = {"estimators": set(), "trainers": {"admm_step", "clip_epoch"},     # estimators: --sizes
+         "crm": {"crm_step", "crm_epoch", "crm_certificate"}}
 
 
 def timed(fn, repeat: int):
@@ -140,6 +142,58 @@ def bench_clip_epoch(repeat: int, n_images: int = 54_000) -> list[dict]:
             for name, t in times.items()]
 
 
+def bench_crm(repeat: int, n_images: int = 10_000) -> list[dict]:
+    """CRM on 4C3F: the pairwise constants per training step (LipLT vs naive power iteration, on
+    4C3F and 6C2F; spec: at most 2x), a CRM epoch vs a standard epoch on real MNIST (or a
+    stand-in), and the sound LipLT certificate of a 4C3F net (one-off, CPU)."""
+    from lipcore.data import load_dataset, synthetic_dataset
+    from lipcore.estimators import liplt_ops
+    from lipcore.experiments.crm_liplt import step_timings
+    from lipcore.models import crm_net
+    from lipcore.trainers.crm import CRMConfig, crm_train
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows = []
+    steps = [step_timings(device) for _ in range(repeat)]
+    for i, arch_rows in enumerate(zip(*steps)):
+        arch = arch_rows[0]["arch"]
+        for label in ("LipLT pairwise", "naive pairwise"):
+            best = min(r[f"{label} (s)"] for r in arch_rows)
+            naive = min(r["naive pairwise (s)"] for r in arch_rows)
+            rows.append(dict(size="crm_step", widths=arch, activation="relu",
+                             estimator=f"{label}, one training step ({arch_rows[0]['power_iterations']} power iterations, with gradient)",
+                             bound=float("nan"), seconds=round(best, 4), sound="estimate",
+                             ratio_to_lower=best / naive, spec="LipLT step <= 2x naive step"))
+    try:
+        data, source = load_dataset("mnist"), "real MNIST"
+    except Exception:                                    # offline without data: say so
+        data, source = synthetic_dataset("mnist", n_images, 10, seed=0), "synthetic stand-in"
+    x, y = data.train.tensors
+    subset = torch.utils.data.TensorDataset(x[:n_images], y[:n_images])
+    times = {"standard": [], "crm": []}
+    for _ in range(repeat):
+        for loss in times:
+            cfg = CRMConfig(loss=loss, epochs=1, robust_start=0, decay_epoch=1)
+            out = crm_train(crm_net("4C3F", 0), subset, cfg, device)
+            times[loss].append(out["seconds"])
+    for loss, t in times.items():
+        rows.append(dict(size="crm_epoch", widths="4C3F", activation="relu",
+                         estimator=f"{loss} epoch ({source}, {n_images} images, batch 512)",
+                         bound=float("nan"), seconds=round(min(t), 3), sound="n/a",
+                         ratio_to_lower=min(t) / min(times["standard"]),
+                         median_ratio=float(np.median(t) / np.median(times["standard"])),
+                         spec="CRM epoch vs standard epoch"))
+    net = crm_net("4C3F", 0)
+    chain = liplt_ops.operator_chain(net, (1, 28, 28))
+    bound, seconds = timed(lambda: liplt_ops.liplt_bounds(chain, liplt_ops.sound_norms(chain),
+                                                          sound=True), 1)
+    rows.append(dict(size="crm_certificate", widths="4C3F", activation="relu",
+                     estimator="sound LipLT (materialise <= 4096 dims, DFT, splits), CPU",
+                     bound=float(bound.L), seconds=round(seconds, 2), sound=True,
+                     ratio_to_lower=float("nan"), spec="one-off per trained net"))
+    return rows
+
+
 def machine() -> dict:
     return dict(platform=platform.platform(), processor=platform.processor() or platform.machine(),
                 cores=os.cpu_count(), python=platform.python_version(), torch=torch.__version__,
@@ -170,7 +224,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs per timing (best is kept)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--markdown", action="store_true", help="print the table of --out")
-    parser.add_argument("--no-trainers", action="store_true", help="skip the trainer timings")
+    parser.add_argument("--parts", default="estimators,trainers,crm",
+                        help="comma list of estimators, trainers, crm; rows of parts not run are "
+                             "kept from --out")
     args = parser.parse_args(argv)
     if args.markdown:
         print(markdown(json.loads(args.out.read_text())))
@@ -178,15 +234,27 @@ def main(argv: list[str] | None = None) -> None:
     unknown = set(args.sizes.split(",")) - set(SIZES)
     if unknown:
         parser.error(f"unknown sizes {sorted(unknown)}; choose from {list(SIZES)}")
+    parts = set(args.parts.split(","))
+    if parts - PARTS.keys():
+        parser.error(f"unknown parts {sorted(parts - PARTS.keys())}; choose from {list(PARTS)}")
+    ran = set().union(*(set(args.sizes.split(",")) if p == "estimators" else PARTS[p]
+                        for p in parts))
     rows = []
-    for name in args.sizes.split(","):
-        print(f"benchmarking {name} ...", file=sys.stderr)
-        rows += bench_size(name, args.repeat)
-    if not args.no_trainers:
+    if "estimators" in parts:
+        for name in args.sizes.split(","):
+            print(f"benchmarking {name} ...", file=sys.stderr)
+            rows += bench_size(name, args.repeat)
+    if "trainers" in parts:
         print("benchmarking the ADMM Lipschitz step ...", file=sys.stderr)
         rows += bench_admm_step(args.repeat)
         print("benchmarking a CLIP epoch against a standard one ...", file=sys.stderr)
         rows += bench_clip_epoch(args.repeat)
+    if "crm" in parts:
+        print("benchmarking CRM's LipLT steps, epochs and certificate ...", file=sys.stderr)
+        rows += bench_crm(args.repeat)
+    if parts != set(PARTS) and args.out.is_file():
+        kept = [r for r in json.loads(args.out.read_text())["rows"] if r["size"] not in ran]
+        rows = kept + rows
     results = dict(date=time.strftime("%Y-%m-%d"), commit=git_commit(), repeat=args.repeat,
                    machine=machine(), rows=rows)
     text = json.dumps(results, indent=2)

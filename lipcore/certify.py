@@ -27,6 +27,7 @@ from torch.utils.data import TensorDataset
 from .attacks.ensemble import as_tensors
 from .estimators import liplt, lipsdp
 from .estimators.layerwise import layer_bound, layerwise_bound
+from .estimators.liplt_ops import liplt_bounds, operator_chain, sound_norms
 from .models import ACTIVATIONS, FullyConnected, PooledMLP
 
 BOUND_METHODS = {"lipsdp": "LipSDP-neuron", "liplt": "LipLT", "naive": "naive (layer-wise product)"}
@@ -58,16 +59,30 @@ def _mlp_core(model: nn.Module) -> tuple[FullyConnected, float, float]:
                      f"with an output activation), not {type(model).__name__}; use method='naive'")
 
 
+def _is_mlp(model: nn.Module) -> bool:
+    try:
+        _mlp_core(model)
+    except ValueError:
+        return False
+    return True
+
+
 def lipschitz_bound(model: nn.Module, method: str = "lipsdp",
                     input_shape: tuple[int, ...] | None = None) -> LipschitzBound:
     """A sound l2 Lipschitz bound of ``model``'s outputs: ``"lipsdp"`` (LipSDP-neuron) or
     ``"liplt"`` (LipLT, Theorem 3.3) on the fully connected core, times the sound factors of
-    pooling before it and an output activation after it, or ``"naive"`` (the product of sound layer bounds, for dense and conv nets;
-    ``input_shape`` without the batch axis is needed unless the model is fully connected)."""
+    pooling before it and an output activation after it; ``"liplt"`` on a plain conv net uses the
+    sound operator version (:mod:`lipcore.estimators.liplt_ops`); ``"naive"`` is the product of
+    sound layer bounds, for dense and conv nets. Conv nets need ``input_shape`` (no batch axis)."""
     if method not in BOUND_METHODS:
         raise ValueError(f"unknown bound method {method!r}; choose one of {sorted(BOUND_METHODS)}")
     start = time.perf_counter()
-    if method in ("lipsdp", "liplt"):
+    if method == "liplt" and not _is_mlp(model):
+        if input_shape is None:
+            raise ValueError("method='liplt' on a conv net needs input_shape (without the batch axis)")
+        chain = operator_chain(model, input_shape)
+        value = float(liplt_bounds(chain, sound_norms(chain), sound=True).L)
+    elif method in ("lipsdp", "liplt"):
         core, pre, post = _mlp_core(model)
         alpha, beta = core.slope_bounds
         inner = lipsdp(core.weights(), alpha, beta, coupling="neuron").bound \

@@ -174,3 +174,47 @@ def usama_mnist_cnn(seed: int | None = None) -> nn.Sequential:
         return nn.Sequential(nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
                              nn.Flatten(), nn.Linear(14 * 14 * 32, 128), nn.ReLU(),
                              nn.Linear(128, 10))
+
+
+# Fazlyab, Entesari et al.'s nets (configs.md 3.2): conv (in, out, kernel, stride, padding),
+# then dense widths; ReLU after every layer but the last.
+CRM_ARCHITECTURES: dict[str, tuple[tuple[int, int], list[tuple[int, int, int, int, int]], list[int]]] = {
+    # name: ((channels, side) of the input, convs, dense widths after the flatten)
+    "4C3F": ((1, 28), [(1, 32, 3, 1, 1), (32, 32, 4, 2, 1), (32, 64, 3, 1, 1), (64, 64, 4, 2, 1)],
+             [512, 512, 10]),
+    "6C2F": ((3, 32), [(3, 32, 3, 1, 1), (32, 32, 4, 2, 1), (32, 64, 3, 1, 1), (64, 64, 4, 2, 1),
+                       (64, 64, 3, 1, 1), (64, 64, 4, 2, 1)], [512, 10]),
+    "6C2F-LocalLip": ((3, 32), [(3, 32, 3, 1, 1), (32, 32, 3, 1, 1), (32, 32, 4, 2, 1),
+                                (32, 64, 3, 1, 1), (64, 64, 3, 1, 1), (64, 64, 4, 2, 1)],
+                      [512, 10]),
+    "8C2F": ((3, 64), [(3, 64, 3, 1, 1), (64, 64, 3, 1, 0), (64, 64, 4, 2, 0), (64, 128, 3, 1, 1),
+                       (128, 128, 3, 1, 1), (128, 128, 4, 2, 0), (128, 256, 3, 1, 1),
+                       (256, 256, 4, 2, 0)], [256, 200]),
+}
+
+
+def crm_net(name: str, seed: int | None = None) -> nn.Sequential:
+    """4C3F (MNIST), 6C2F (CIFAR-10, the official code's variant), 6C2F-LocalLip (the variant of
+    Huang et al. the paper cites) or 8C2F (Tiny-ImageNet, the paper's 8C2F* with padding 0 on the
+    second conv), exactly as configs.md 3.2 lists them."""
+    if name not in CRM_ARCHITECTURES:
+        raise ValueError(f"unknown architecture {name!r}; choose one of {sorted(CRM_ARCHITECTURES)}")
+    (channels, side), convs, dense = CRM_ARCHITECTURES[name]
+    layers: list[nn.Module] = []
+    for c_in, c_out, k, s, p in convs:
+        layers += [nn.Conv2d(c_in, c_out, k, s, p), nn.ReLU()]
+        side = (side + 2 * p - k) // s + 1
+    width = convs[-1][1] * side * side
+    layers.append(nn.Flatten())
+    for i, out in enumerate(dense):
+        layers.append(nn.Linear(width, out))
+        if i < len(dense) - 1:
+            layers.append(nn.ReLU())
+        width = out
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        for m in layers:
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+    return nn.Sequential(*layers)

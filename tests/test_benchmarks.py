@@ -12,7 +12,7 @@ spec.loader.exec_module(bench)
 def test_benchmark_rows_and_markdown(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(bench.SIZES, "tiny", ([12, 10, 8, 3], "tanh", "test"))
     out = tmp_path / "results.json"
-    bench.main(["--sizes", "tiny", "--out", str(out), "--no-trainers"])
+    bench.main(["--sizes", "tiny", "--out", str(out), "--parts", "estimators"])
     results = json.loads(out.read_text())
     rows = {r["estimator"]: r for r in results["rows"]}
     lower = rows["empirical lower bound"]["bound"]

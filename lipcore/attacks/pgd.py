@@ -1,4 +1,5 @@
-"""l2 PGD exactly as Bungert et al. (2021) wrote it, eq. (13), and the original CLIP code's variant.
+"""l2 PGD exactly as Bungert et al. (2021) wrote it, eq. (13), the original CLIP code's variant,
+and the PGD protocol of Fazlyab, Entesari et al.'s code (configs.md 3.4).
 
 These are the paper-specific attacks: sign steps are steepest ascent for l-infinity, not l2, so
 they overstate l2 robustness. Robust accuracy worth trusting comes from
@@ -8,6 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
+
+
+PGD_VARIANTS = ("paper", "code", "crm")
 
 
 def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -40,9 +44,13 @@ def pgd_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 2.0,
     perturbation onto the sphere ||delta|| = eps, and a sample stops once it is misclassified
     (use step=0.5 for its default). ``random_start`` draws delta uniformly in [-eps, eps] per
     pixel, scaled to norm eps, as that code did.
+
+    ``variant="crm"`` is the CRM code's protocol (use step=0.001): ascent on
+    -log(1 + softmax_y) of the mean-centred logits with sign steps, every step rescaling the
+    perturbation onto the sphere ||delta|| = eps before the clamp, no early stop.
     """
-    if variant not in ("paper", "code"):
-        raise ValueError(f"variant must be 'paper' or 'code', got {variant!r}")
+    if variant not in PGD_VARIANTS:
+        raise ValueError(f"variant must be one of {PGD_VARIANTS}, got {variant!r}")
     if eps <= 0 or step <= 0 or iterations < 0:
         raise ValueError(f"need eps > 0, step > 0, iterations >= 0; got {eps}, {step}, {iterations}")
     model.eval()
@@ -55,14 +63,18 @@ def pgd_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 2.0,
     for _ in range(iterations):
         delta.requires_grad_(True)
         logits = model((x + delta).clamp(0.0, 1.0))
-        loss = nn.functional.cross_entropy(logits, y)
+        if variant == "crm":
+            centred = logits - logits.mean(1, keepdim=True)
+            loss = -torch.log1p(centred.softmax(1).gather(1, y[:, None])).sum()
+        else:
+            loss = nn.functional.cross_entropy(logits, y)
         grad, = torch.autograd.grad(loss, delta)
         with torch.no_grad():
             if variant == "code":
                 active &= logits.argmax(1) == y
             moved = delta + step * grad.sign()
-            moved = scale_to_sphere(moved, eps) if variant == "code" else \
-                project_l2_ball(moved, eps)
+            moved = project_l2_ball(moved, eps) if variant == "paper" else \
+                scale_to_sphere(moved, eps)
             moved = (x + moved).clamp(0.0, 1.0) - x
             delta = torch.where(_per_sample(active, x), moved, delta)
     return (x + delta).clamp(0.0, 1.0).detach()

@@ -1,0 +1,369 @@
+"""LipLT for feed-forward conv and dense nets, with operators never materialised during training,
+and a sound certificate for trained nets.
+
+A net x_{k+1} = phi(W_k x_k + b_k), logits z = W_L x_L + b_L, where each W_k is a convolution or a
+dense layer (a flatten in between is a reshape) and phi is slope-restricted in [alpha, beta]
+(alpha >= 0). With A_{K,s} = W_K W_{K-1} ... W_s, mid = (alpha + beta)/2 and c = (beta - alpha)/2,
+the recursion (19) of Fazlyab, Entesari et al. (Theorem 3.3) reads
+
+    m_0 = ||A_{0,0}||,
+    m_K = mid^K ||A_{K,0}|| + c sum_{j<K} mid^(K-1-j) ||A_{K,j+1}|| m_j,
+
+and the logit differences z_i - z_j have the same recursion at K = L with the row
+r = e_i - e_j in front: the vector norms ||A_{L,s}^T r|| are exact, so the last layer costs no
+power iteration (:func:`pairwise_bounds`).
+
+Two ways to get the inner norms ||A_{K,s}||:
+
+* :class:`PowerIteration` (training): persistent, warm-started vectors for all O(L^2) pairs,
+  evaluated batched so that one iteration is one pass forward and one backward through the L
+  operators (vectors of every start s join the batch at layer s and leave it at their K). The
+  result is differentiable in the weights. Power iteration approaches a norm from *below*, so
+  these bounds are **estimates**, not certificates (the official code certifies with them).
+* :func:`sound_norms` (certificates): an upper bound on every ||A_{K,s}|| by construction. A
+  product whose input or output has at most ``materialise_limit`` dimensions is materialised in
+  float64 and its exact norm taken (eigvalsh of its Gram matrix); a single convolution gets the
+  DFT bound of :mod:`.layerwise`; any other product is bounded by the best split
+  ||A_{K,t}|| ||A_{t-1,s}|| into pieces already bounded (submultiplicativity). Each norm is
+  inflated by SAFETY for rounding.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..models import ACTIVATIONS
+from .layerwise import conv2d_norm_bound, leaf_layers
+
+SAFETY = 1e-8
+Pair = tuple[int, int]                      # (K, s): the product W_K ... W_s
+
+
+@dataclass
+class LinearOp:
+    """The linear part of one layer (bias dropped) on inputs of ``in_shape`` (no batch axis):
+    a dense layer (``stride`` None) or a zero-padded convolution."""
+
+    weight: torch.Tensor
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    stride: tuple[int, int] | None = None
+    padding: tuple[int, int] | None = None
+
+    @property
+    def is_conv(self) -> bool:
+        return self.stride is not None
+
+    @property
+    def in_dim(self) -> int:
+        return math.prod(self.in_shape)
+
+    @property
+    def out_dim(self) -> int:
+        return math.prod(self.out_shape)
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(len(x), *self.in_shape)
+        if not self.is_conv:
+            return x @ self.weight.T
+        return F.conv2d(x, self.weight, None, self.stride, self.padding)
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        y = y.reshape(len(y), *self.out_shape)
+        if not self.is_conv:
+            return y @ self.weight
+        k = self.weight.shape[-2:]
+        extra = [self.in_shape[i + 1] - ((self.out_shape[i + 1] - 1) * self.stride[i]
+                                         - 2 * self.padding[i] + k[i]) for i in range(2)]
+        return F.conv_transpose2d(y, self.weight, None, self.stride, self.padding,
+                                  output_padding=extra)
+
+    def detached_double(self) -> "LinearOp":
+        return dataclasses.replace(self, weight=self.weight.detach().double())
+
+
+def linear_op(module: nn.Conv2d | nn.Linear, in_shape: tuple[int, ...],
+              out_shape: tuple[int, ...]) -> LinearOp:
+    if isinstance(module, nn.Linear):
+        return LinearOp(module.weight, in_shape, out_shape)
+    if module.groups != 1 or module.dilation != (1, 1) or module.padding_mode != "zeros" \
+            or isinstance(module.padding, str):
+        raise ValueError(f"{module}: LipLT handles zero-padded, undilated, ungrouped convs")
+    return LinearOp(module.weight, in_shape, out_shape, module.stride, module.padding)
+
+
+@dataclass
+class OperatorChain:
+    """The operators W_0 ... W_L of a net and its activations' slope bounds."""
+
+    ops: list[LinearOp]
+    alpha: float
+    beta: float
+
+    @property
+    def depth(self) -> int:
+        """L: the index of the logit layer."""
+        return len(self.ops) - 1
+
+    @property
+    def mid(self) -> float:
+        return (self.alpha + self.beta) / 2
+
+    @property
+    def c(self) -> float:
+        return (self.beta - self.alpha) / 2
+
+
+ACTIVATION_SLOPES = {a.module: (a.alpha, a.beta) for a in ACTIVATIONS.values()}
+
+
+def operator_chain(model: nn.Module, input_shape: tuple[int, ...]) -> OperatorChain:
+    """The chain of a plain feed-forward net: [flatten] linear/conv, activation, ..., linear.
+    Raises a clear error for anything else (pooling, batch norm, residual connections)."""
+    layers = leaf_layers(model)
+    shapes: dict[int, tuple[tuple, tuple]] = {}
+    hooks = [m.register_forward_hook(lambda mod, args, out: shapes.__setitem__(
+        id(mod), (tuple(args[0].shape[1:]), tuple(out.shape[1:])))) for m in layers]
+    try:
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *input_shape, device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+    ops, slopes, expect_op = [], set(), True
+    for m in layers:
+        if isinstance(m, nn.Flatten):
+            continue
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            if not expect_op:
+                raise ValueError("LipLT needs an activation between two linear layers")
+            ops.append(linear_op(m, *shapes[id(m)]))
+            expect_op = False
+        elif type(m) in ACTIVATION_SLOPES and not expect_op:
+            slopes.add(ACTIVATION_SLOPES[type(m)])
+            expect_op = True
+        else:
+            raise ValueError(f"LipLT (here) handles nets of Linear/Conv2d layers with one "
+                             f"slope-restricted activation after each hidden layer; got {m!r}")
+    if len(ops) < 2 or expect_op:
+        raise ValueError("LipLT needs at least one hidden layer and a linear output layer")
+    if len(slopes) != 1:
+        raise ValueError(f"LipLT (here) needs one activation type throughout, got {slopes}")
+    alpha, beta = slopes.pop()
+    return OperatorChain(ops, alpha, beta)
+
+
+def hidden_pairs(chain: OperatorChain) -> list[Pair]:
+    """Every (K, s) with s <= K < L: the inner products the recursion needs."""
+    return [(K, s) for K in range(chain.depth) for s in range(K + 1)]
+
+
+def _forward(chain: OperatorChain, vectors: dict[Pair, torch.Tensor]) -> dict[Pair, torch.Tensor]:
+    """A_{K,s} v for every pair, in one batched pass through the operators: the vectors of start s
+    join at layer s, each leaves after its layer K."""
+    out, alive, keys = {}, None, []
+    for d, op in enumerate(chain.ops):
+        new = [p for p in vectors if p[1] == d]
+        if new:
+            fresh = torch.stack([vectors[p].reshape(op.in_shape) for p in new])
+            alive = fresh if alive is None else \
+                torch.cat([alive.reshape(len(alive), *op.in_shape), fresh])
+            keys += new
+        if not keys:
+            continue
+        y = op.apply(alive)
+        keep = [i for i, p in enumerate(keys) if p[0] > d]
+        out.update({p: y[i] for i, p in enumerate(keys) if p[0] == d})
+        alive, keys = (y[keep] if keep else None), [keys[i] for i in keep]
+    return out
+
+
+def _adjoint(chain: OperatorChain, vectors: dict[Pair, torch.Tensor]) -> dict[Pair, torch.Tensor]:
+    """A_{K,s}^T v for every pair, in one batched pass backwards (joining at K, leaving at s)."""
+    out, alive, keys = {}, None, []
+    for d in range(chain.depth, -1, -1):
+        op = chain.ops[d]
+        new = [p for p in vectors if p[0] == d]
+        if new:
+            fresh = torch.stack([vectors[p].reshape(op.out_shape) for p in new])
+            alive = fresh if alive is None else \
+                torch.cat([alive.reshape(len(alive), *op.out_shape), fresh])
+            keys += new
+        if not keys:
+            continue
+        x = op.adjoint(alive)
+        keep = [i for i, p in enumerate(keys) if p[1] < d]
+        out.update({p: x[i] for i, p in enumerate(keys) if p[1] == d})
+        alive, keys = (x[keep] if keep else None), [keys[i] for i in keep]
+    return out
+
+
+class PowerIteration:
+    """Warm-started power iteration for every inner product of a chain (module docstring), or
+    for ``pairs`` only (e.g. the single layers (k, k) of the naive bound). Keep one instance per
+    net through training: each call continues from the last vectors."""
+
+    def __init__(self, chain: OperatorChain, seed: int = 0, pairs: list[Pair] | None = None):
+        gen = torch.Generator().manual_seed(seed)
+        device = chain.ops[0].weight.device
+        self.vectors = {p: _unit(torch.randn(chain.ops[p[1]].in_shape, generator=gen).to(device))
+                        for p in (hidden_pairs(chain) if pairs is None else pairs)}
+
+    def norms(self, chain: OperatorChain, iterations: int) -> dict[Pair, torch.Tensor]:
+        """||A_{K,s}|| estimated after ``iterations`` more steps; differentiable in the weights
+        through a final application of each operator to its (detached) vector."""
+        if iterations < 0:
+            raise ValueError(f"iterations must be >= 0, got {iterations}")
+        with torch.no_grad():
+            for _ in range(iterations):
+                back = _adjoint(chain, _forward(chain, self.vectors))
+                self.vectors = {p: _unit(v) for p, v in back.items()}
+        return {p: y.norm() for p, y in _forward(chain, self.vectors).items()}
+
+
+def _unit(v: torch.Tensor) -> torch.Tensor:
+    return v / v.norm().clamp_min(1e-30)
+
+
+def recursion(chain: OperatorChain, norms: Callable[[Pair], torch.Tensor | float]
+              ) -> list[torch.Tensor | float]:
+    """m_0 ... m_{L-1} of the recursion (module docstring) from the norms ||A_{K,s}||."""
+    mid, c = chain.mid, chain.c
+    m = []
+    for K in range(chain.depth):
+        value = mid ** K * norms((K, 0))
+        for j in range(K):
+            value = value + c * mid ** (K - 1 - j) * norms((K, j + 1)) * m[j]
+        m.append(value)
+    return m
+
+
+def logit_bounds(chain: OperatorChain, hidden: list
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(L, L_ij, L_i): the last step of the recursion for the whole logit map, for z_i - z_j and
+    for z_i alone, from the hidden m_j. The last layer is exact: the rows e_i - e_j and e_i are
+    pulled back through every A_{L,s}^T in one backward pass that reads the results off at each
+    layer s; ||A_{L,s}|| is the norm of the C pulled-back rows e_i (C = number of classes)."""
+    L, C = chain.depth, chain.ops[-1].out_dim
+    W = chain.ops[-1].weight
+    eye = torch.eye(C, dtype=W.dtype, device=W.device)
+    x = torch.cat([(eye[:, None] - eye[None]).reshape(C * C, C), eye])      # pairs, then classes
+    rows, whole = [None] * (L + 1), [None] * (L + 1)
+    for d in range(L, -1, -1):
+        x = chain.ops[d].adjoint(x)
+        flat = x.flatten(1)
+        rows[d] = flat.norm(dim=1)
+        whole[d] = torch.linalg.matrix_norm(flat[C * C:], ord=2)
+    mid, c = chain.mid, chain.c
+    total, full = mid ** L * rows[0], mid ** L * whole[0]
+    for j in range(L):
+        total = total + c * mid ** (L - 1 - j) * rows[j + 1] * hidden[j]
+        full = full + c * mid ** (L - 1 - j) * whole[j + 1] * hidden[j]
+    return full, total[:C * C].reshape(C, C), total[C * C:]
+
+
+def materialised_norm(chain: OperatorChain, pair: Pair, batch: int = 512) -> float:
+    """The exact ||A_{K,s}|| (up to rounding, inflated by SAFETY) from the materialised product,
+    built column by column on its smaller side in float64."""
+    K, s = pair
+    n_in, n_out = chain.ops[s].in_dim, chain.ops[K].out_dim
+    dtype = torch.float64
+    device = chain.ops[0].weight.device
+    ops = [op.detached_double() for op in chain.ops[s:K + 1]]
+    n = min(n_in, n_out)
+    columns = []
+    for i in range(0, n, batch):
+        basis = torch.eye(n, dtype=dtype, device=device)[i:i + batch]
+        x = basis
+        if n_in <= n_out:                                   # A e_i: columns of A
+            for op in ops:
+                x = op.apply(x)
+        else:                                               # A^T e_i: rows of A
+            for op in reversed(ops):
+                x = op.adjoint(x)
+        columns.append(x.flatten(1))
+    A = torch.cat(columns)                                  # (n, other side)
+    gram = A @ A.T
+    top = torch.linalg.eigvalsh(gram)[-1].clamp_min(0.0)
+    return float(top.sqrt()) * (1 + SAFETY)
+
+
+def single_norm(op: LinearOp) -> float:
+    """A sound bound on one operator's norm: exact for dense layers, the DFT bound for convs."""
+    if not op.is_conv:
+        return float(torch.linalg.matrix_norm(op.weight.detach().double(), ord=2)) * (1 + SAFETY)
+    return conv2d_norm_bound(op.weight, op.in_shape[-2:])
+
+
+def sound_norms(chain: OperatorChain, materialise_limit: int = 4096,
+                pairs: list[Pair] | None = None) -> dict[Pair, float]:
+    """An upper bound on ||A_{K,s}|| for every pair (module docstring): exact where the product is
+    small enough to materialise, else the best split into bounded pieces."""
+    pairs = hidden_pairs(chain) if pairs is None else pairs
+    bound: dict[Pair, float] = {}
+    with torch.no_grad():
+        for length in range(max(K - s for K, s in pairs) + 1):
+            for K in range(length, max(K for K, _ in pairs) + 1):
+                s = K - length
+                best = single_norm(chain.ops[K]) if length == 0 else math.inf
+                for t in range(s + 1, K + 1):               # split W_K..W_t | W_{t-1}..W_s
+                    best = min(best, bound[(K, t)] * bound[(t - 1, s)])
+                if min(chain.ops[s].in_dim, chain.ops[K].out_dim) <= materialise_limit:
+                    best = min(best, materialised_norm(chain, (K, s)))
+                bound[(K, s)] = best
+    return {p: bound[p] for p in pairs}
+
+
+@dataclass
+class LipLTBounds:
+    """LipLT bounds of one net: ``L`` (whole logit map), ``pairwise[i, j]`` (z_i - z_j),
+    ``per_class[i]`` (z_i), ``hidden`` (m_0 ... m_{L-1}); ``sound`` says whether every inner norm
+    was a guaranteed upper bound (else the bounds are power-iteration estimates)."""
+
+    L: torch.Tensor
+    pairwise: torch.Tensor
+    per_class: torch.Tensor
+    hidden: list
+    sound: bool
+
+
+def liplt_bounds(chain: OperatorChain, norms: dict[Pair, torch.Tensor | float], sound: bool
+                 ) -> LipLTBounds:
+    """The LipLT recursion with the inner norms ``norms``: from :class:`PowerIteration` (an
+    estimate, differentiable) or from :func:`sound_norms` (then pass ``sound=True``)."""
+    hidden = recursion(chain, lambda pair: norms[pair])
+    if sound:
+        with torch.no_grad():
+            double = OperatorChain([op.detached_double() for op in chain.ops], chain.alpha,
+                                   chain.beta)
+            L, pairwise, per_class = logit_bounds(double, hidden)
+        inflate = 1 + SAFETY
+        return LipLTBounds(L * inflate, pairwise * inflate, per_class * inflate, hidden, True)
+    L, pairwise, per_class = logit_bounds(chain, hidden)
+    return LipLTBounds(L, pairwise, per_class, hidden, False)
+
+
+def naive_pairwise_estimate(chain: OperatorChain, power: PowerIteration, iterations: int
+                            ) -> torch.Tensor:
+    """The naive L_ij with power-iteration layer norms (what a naive trainer computes per step;
+    ``power`` must hold the pairs (k, k), k < L): prod_{k<L} ||W_k|| beta^L ||w_i - w_j||."""
+    norms = power.norms(chain, iterations)
+    body = math.prod(norms[(k, k)] for k in range(chain.depth)) * chain.beta ** chain.depth
+    W = chain.ops[-1].weight
+    return body * (W[:, None] - W[None]).norm(dim=2)
+
+
+def naive_pairwise_ops(chain: OperatorChain) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """The naive counterparts, sound: L = prod_k ||W_k|| beta^L, L_ij = B ||w_i - w_j|| and
+    L_i = B ||w_i|| with B = prod_{k<L} ||W_k|| beta^L (exact dense norms, DFT conv bounds)."""
+    body = math.prod(single_norm(op) for op in chain.ops[:-1]) * chain.beta ** chain.depth
+    W = chain.ops[-1].weight.detach().double()
+    return (body * single_norm(chain.ops[-1]), body * (W[:, None] - W[None]).norm(dim=2),
+            body * W.norm(dim=1))

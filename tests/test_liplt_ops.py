@@ -1,0 +1,170 @@
+"""LipLT on conv and dense operators: adjoints are adjoints, power iteration agrees with the norm
+of the materialised matrix, the sound bounds sit above it and above the empirical lower bound
+and below the naive bound, dense chains reproduce the dense LipLT, and the CRM and GloRo losses
+do what they promise."""
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from lipcore.certify import certified_radii
+from lipcore.estimators import empirical_lower_bound, liplt
+from lipcore.estimators import liplt_ops as lo
+from lipcore.models import crm_net
+from lipcore.trainers.crm import (CRMConfig, crm_term, crm_train, gloro_logits, learning_rate,
+                                  radii, soft_radius)
+
+
+def small_conv(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, 1, 1), nn.ReLU(), nn.Conv2d(4, 4, 4, 2, 1), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 5))
+
+
+def test_each_operator_adjoint_is_its_transpose():
+    chain = lo.operator_chain(small_conv(), (1, 8, 8))
+    gen = torch.Generator().manual_seed(0)
+    for op in chain.ops:
+        x = torch.randn(3, *op.in_shape, generator=gen, dtype=torch.float64)
+        y = torch.randn(3, *op.out_shape, generator=gen, dtype=torch.float64)
+        d = op.detached_double()
+        assert (d.apply(x).flatten(1) * y.flatten(1)).sum() == pytest.approx(
+            (x.flatten(1) * d.adjoint(y).flatten(1)).sum().item(), rel=1e-10)
+
+
+def test_power_iteration_agrees_with_the_materialised_norm_and_the_sound_bound_is_above_it():
+    chain = lo.operator_chain(small_conv(), (1, 8, 8))
+    estimate = lo.PowerIteration(chain).norms(chain, 200)
+    exact = {p: lo.materialised_norm(chain, p) for p in lo.hidden_pairs(chain)}
+    tight = lo.sound_norms(chain, materialise_limit=10**6)
+    split = lo.sound_norms(chain, materialise_limit=20)        # forces splits and DFT bounds
+    for p in lo.hidden_pairs(chain):
+        assert float(estimate[p].detach()) == pytest.approx(exact[p], rel=1e-4)
+        assert float(estimate[p].detach()) <= exact[p] * (1 + 1e-6)
+        assert tight[p] == pytest.approx(exact[p], rel=1e-7)     # both inflated by SAFETY
+        assert split[p] >= exact[p] * (1 - 1e-12)
+    with pytest.raises(ValueError, match="iterations"):
+        lo.PowerIteration(chain).norms(chain, -1)
+
+
+def test_the_conv_lipschitz_bounds_are_ordered_and_above_the_empirical_lower_bound():
+    net = small_conv(1)
+    chain = lo.operator_chain(net, (1, 8, 8))
+    sound = lo.liplt_bounds(chain, lo.sound_norms(chain, materialise_limit=20), sound=True)
+    naive_L, naive_pairs, _ = lo.naive_pairwise_ops(chain)
+    assert sound.sound and float(sound.L) <= naive_L
+    assert (sound.pairwise <= naive_pairs + 1e-9).all()
+    lower = empirical_lower_bound(nn.Sequential(nn.Unflatten(1, (1, 8, 8)), net), 64, seed=0).value
+    assert lower <= float(sound.L)
+    off = ~torch.eye(5, dtype=torch.bool)
+    assert (sound.pairwise[off] <= math.sqrt(2) * sound.L + 1e-9).all()
+    both = sound.per_class[:, None] + sound.per_class[None]
+    assert (sound.pairwise[off] <= both[off] + 1e-9).all()
+    x = torch.rand(400, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        z = net(x)
+    gaps = (z[:, :, None] - z[:, None, :])                 # z_i - z_j per sample
+    dz = (gaps[:200] - gaps[200:]).abs()
+    dx = (x[:200] - x[200:]).flatten(1).norm(dim=1)[:, None, None]
+    assert (dz / dx <= sound.pairwise.float() + 1e-5).all()     # sampled pairwise quotients
+
+
+def test_a_dense_chain_reproduces_the_dense_liplt():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 7), nn.Tanh(), nn.Linear(7, 3))
+    chain = lo.operator_chain(net, (6,))
+    dense = liplt([net[0].weight, net[2].weight, net[4].weight])
+    ops = lo.liplt_bounds(chain, lo.sound_norms(chain), sound=True)
+    assert float(ops.L) == pytest.approx(float(dense.L), rel=1e-6)
+    assert torch.allclose(ops.pairwise.float(), dense.pairwise, rtol=1e-5, atol=1e-7)
+
+
+def test_unsupported_nets_and_architectures_give_clear_errors():
+    with pytest.raises(ValueError, match="activation"):
+        lo.operator_chain(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)), (4,))
+    with pytest.raises(ValueError, match="handles"):
+        lo.operator_chain(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2),
+                                        nn.Flatten(), nn.Linear(8, 2)), (1, 6, 6))
+    with pytest.raises(ValueError, match="unknown architecture"):
+        crm_net("5C5F")
+
+
+def test_the_crm_architectures_match_the_official_code():
+    widths = {"4C3F": 3136, "6C2F": 1024, "6C2F-LocalLip": 4096, "8C2F": 9216}
+    for name, flat in widths.items():
+        linears = [m for m in crm_net(name) if isinstance(m, nn.Linear)]
+        assert linears[0].in_features == flat
+    assert sum(p.numel() for p in crm_net("4C3F").parameters()) == 1_974_762
+
+
+def test_the_soft_radius_is_below_the_hard_minimum_and_the_crm_term_stops_at_R0():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(50, 4, generator=gen) * 3
+    labels = logits.argmax(1)
+    pairwise = torch.rand(4, 4, generator=gen) + 0.5
+    r = radii(logits, labels, pairwise)
+    assert (soft_radius(logits, labels, pairwise, 5.0) <= r.min(1).values + 1e-6).all()
+    assert crm_term(logits, labels, pairwise, 5.0, R0=1e-6) == 0.0          # all radii above R0
+    assert crm_term(logits, labels, pairwise, 5.0, R0=1e6) < 0.0
+    wrong = (labels + 1) % 4
+    assert crm_term(logits, wrong, pairwise, 5.0, R0=1e6) == 0.0            # misclassified: off
+
+
+def test_gloro_certifies_where_its_bottom_logit_loses():
+    logits = torch.tensor([[3.0, 1.0, 0.0], [1.0, 0.9, 0.0]])
+    pairwise = torch.ones(3, 3) - torch.eye(3)
+    augmented = gloro_logits(logits, pairwise, eps=1.0)
+    assert augmented.argmax(1).tolist() == [0, 3]         # margin 2 > eps * K; margin 0.1 is not
+    assert augmented[0, 3] == pytest.approx(2.0)
+
+
+def test_learning_rate_decays_exponentially_to_the_smallest_value():
+    cfg = CRMConfig(epochs=11, decay_epoch=5, lr=1e-3, smallest_lr=1e-6)
+    assert learning_rate(cfg, 4) == 1e-3 and learning_rate(cfg, 10) == pytest.approx(1e-6)
+    assert learning_rate(cfg, 7) < learning_rate(cfg, 6) < 1e-3
+    with pytest.raises(ValueError, match="loss"):
+        CRMConfig(loss="trades")
+
+
+def test_crm_training_raises_the_sound_certified_radius_over_standard_training():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(512, 1, 8, 8, generator=gen)
+    y = (x[:, 0, :4].mean((1, 2)) > x[:, 0, 4:].mean((1, 2))).long() * 2
+    data = TensorDataset(x, y)
+    mean_radius = {}
+    for loss in ("standard", "crm"):
+        net = small_conv(0)
+        cfg = CRMConfig(loss=loss, epochs=15, batch_size=64, lr=3e-3, decay_epoch=15,
+                        robust_start=3, R0=0.5, lam=3.0, power_iterations=3)
+        out = crm_train(net, data, cfg)
+        chain = lo.operator_chain(net, (1, 8, 8))
+        sound = lo.liplt_bounds(chain, lo.sound_norms(chain), sound=True)
+        estimate = lo.liplt_bounds(chain, out["power"].norms(chain, 0), sound=False)
+        assert (estimate.pairwise.detach() <= sound.pairwise.float() * (1 + 1e-4) + 1e-7).all()
+        mean_radius[loss] = float(certified_radii(net, data, sound.pairwise).mean())
+    assert mean_radius["crm"] > 1.2 * mean_radius["standard"]
+
+
+def test_certify_uses_the_sound_operator_liplt_for_conv_nets():
+    from lipcore.certify import lipschitz_bound
+    net = small_conv(2)
+    bound = lipschitz_bound(net, "liplt", (1, 8, 8))
+    chain = lo.operator_chain(net, (1, 8, 8))
+    assert bound.value == pytest.approx(float(lo.liplt_bounds(chain, lo.sound_norms(chain), True).L))
+    assert bound.value <= lipschitz_bound(net, "naive", (1, 8, 8)).value
+    with pytest.raises(ValueError, match="input_shape"):
+        lipschitz_bound(net, "liplt")
+
+
+def test_the_crm_pgd_protocol_stays_on_its_sphere_inside_the_box():
+    from lipcore.attacks import pgd_l2
+    net = small_conv(3)
+    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = net(x).argmax(1)
+    adv = pgd_l2(net, x, y, eps=0.5, step=0.001, iterations=10, variant="crm")
+    assert ((adv - x).flatten(1).norm(dim=1) <= 0.5 + 1e-5).all()
+    assert adv.min() >= 0 and adv.max() <= 1
+    with pytest.raises(ValueError, match="variant"):
+        pgd_l2(net, x, y, variant="fgsm")
