@@ -104,13 +104,15 @@ def leaf_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if not list(m.children())]
 
 
-def layer_bounds(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerBound]:
-    """Every leaf layer's sound bound, with the input shape each one sees (traced by one forward
-    pass; the forward pass must apply the leaves in registration order, which is checked)."""
+def trace_layers(model: nn.Module, input_shape: tuple[int, ...]
+                 ) -> list[tuple[nn.Module, tuple[int, ...], tuple[int, ...]]]:
+    """(leaf layer, input shape, output shape) in the order of one forward pass (no batch
+    axis). The forward pass must apply the leaves once each, in registration order (checked):
+    the layer-wise bounds need a plain feed-forward net."""
     layers = leaf_layers(model)
-    seen: list[tuple[nn.Module, tuple[int, ...]]] = []
-    hooks = [m.register_forward_pre_hook(lambda mod, args: seen.append((mod, tuple(args[0].shape[1:]))))
-             for m in layers]
+    seen: list[tuple[nn.Module, tuple[int, ...], tuple[int, ...]]] = []
+    hooks = [m.register_forward_hook(lambda mod, args, out: seen.append(
+        (mod, tuple(args[0].shape[1:]), tuple(out.shape[1:])))) for m in layers]
     try:
         device = next(model.parameters()).device
         with torch.no_grad():
@@ -118,10 +120,16 @@ def layer_bounds(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerBo
     finally:
         for h in hooks:
             h.remove()
-    if [id(m) for m, _ in seen] != [id(m) for m in layers]:
+    if [id(m) for m, _, _ in seen] != [id(m) for m in layers]:
         raise ValueError("the model does not apply its layers once each, in registration order; "
                          "the layer-wise bound needs a plain feed-forward net")
-    return [LayerBound(type(m).__name__, layer_bound(m, shape), shape) for m, shape in seen]
+    return seen
+
+
+def layer_bounds(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerBound]:
+    """Every leaf layer's sound bound, with the input shape each one sees (:func:`trace_layers`)."""
+    return [LayerBound(type(m).__name__, layer_bound(m, shape), shape)
+            for m, shape, _ in trace_layers(model, input_shape)]
 
 
 def layerwise_bound(model: nn.Module, input_shape: tuple[int, ...]) -> float:

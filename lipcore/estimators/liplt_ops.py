@@ -39,7 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..models import ACTIVATIONS
-from .layerwise import conv2d_norm_bound, leaf_layers
+from .layerwise import conv2d_norm_bound, trace_layers
 
 SAFETY = 1e-8
 Pair = tuple[int, int]                      # (K, s): the product W_K ... W_s
@@ -126,25 +126,14 @@ ACTIVATION_SLOPES = {a.module: (a.alpha, a.beta) for a in ACTIVATIONS.values()}
 def operator_chain(model: nn.Module, input_shape: tuple[int, ...]) -> OperatorChain:
     """The chain of a plain feed-forward net: [flatten] linear/conv, activation, ..., linear.
     Raises a clear error for anything else (pooling, batch norm, residual connections)."""
-    layers = leaf_layers(model)
-    shapes: dict[int, tuple[tuple, tuple]] = {}
-    hooks = [m.register_forward_hook(lambda mod, args, out: shapes.__setitem__(
-        id(mod), (tuple(args[0].shape[1:]), tuple(out.shape[1:])))) for m in layers]
-    try:
-        device = next(model.parameters()).device
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, *input_shape, device=device))
-    finally:
-        for h in hooks:
-            h.remove()
     ops, slopes, expect_op = [], set(), True
-    for m in layers:
+    for m, in_shape, out_shape in trace_layers(model, input_shape):
         if isinstance(m, nn.Flatten):
             continue
         if isinstance(m, (nn.Linear, nn.Conv2d)):
             if not expect_op:
                 raise ValueError("LipLT needs an activation between two linear layers")
-            ops.append(linear_op(m, *shapes[id(m)]))
+            ops.append(linear_op(m, in_shape, out_shape))
             expect_op = False
         elif type(m) in ACTIVATION_SLOPES and not expect_op:
             slopes.add(ACTIVATION_SLOPES[type(m)])
