@@ -11,7 +11,7 @@ the recursion (19) of Fazlyab, Entesari et al. (Theorem 3.3) reads
 
 and the logit differences z_i - z_j have the same recursion at K = L with the row
 r = e_i - e_j in front: the vector norms ||A_{L,s}^T r|| are exact, so the last layer costs no
-power iteration (:func:`pairwise_bounds`).
+power iteration (:func:`logit_bounds`).
 
 Two ways to get the inner norms ||A_{K,s}||:
 
@@ -42,6 +42,7 @@ from ..models import ACTIVATIONS
 from .layerwise import conv2d_norm_bound, trace_layers
 
 SAFETY = 1e-8
+ROUNDING_SLACK = 1e-9       # of G_ii + G_jj, for the cancellation in G_ii + G_jj - 2 G_ij
 Pair = tuple[int, int]                      # (K, s): the product W_K ... W_s
 
 
@@ -234,28 +235,37 @@ def recursion(chain: OperatorChain, norms: Callable[[Pair], torch.Tensor | float
     return m
 
 
-def logit_bounds(chain: OperatorChain, hidden: list
+def logit_bounds(chain: OperatorChain, hidden: list, slack: float = 0.0
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(L, L_ij, L_i): the last step of the recursion for the whole logit map, for z_i - z_j and
-    for z_i alone, from the hidden m_j. The last layer is exact: the rows e_i - e_j and e_i are
-    pulled back through every A_{L,s}^T in one backward pass that reads the results off at each
-    layer s; ||A_{L,s}|| is the norm of the C pulled-back rows e_i (C = number of classes)."""
+    for z_i alone, from the hidden m_j. The last layer is exact: the C rows e_i are pulled back
+    through every A_{L,s}^T in one backward pass; with X_s the pulled-back rows and G = X_s X_s^T,
+    ||A_{L,s}^T (e_i - e_j)||^2 = G_ii + G_jj - 2 G_ij, ||A_{L,s}^T e_i||^2 = G_ii and
+    ||A_{L,s}|| = ||X_s||_2. Only C rows travel (not C^2: Tiny-ImageNet has 200 classes).
+    ``slack`` (relative to G_ii + G_jj) covers the rounding of that difference in a certificate."""
     L, C = chain.depth, chain.ops[-1].out_dim
     W = chain.ops[-1].weight
-    eye = torch.eye(C, dtype=W.dtype, device=W.device)
-    x = torch.cat([(eye[:, None] - eye[None]).reshape(C * C, C), eye])      # pairs, then classes
-    rows, whole = [None] * (L + 1), [None] * (L + 1)
+    x = torch.eye(C, dtype=W.dtype, device=W.device)
+    off_diagonal = ~torch.eye(C, dtype=torch.bool, device=W.device)
+    pairs, classes, whole = [None] * (L + 1), [None] * (L + 1), [None] * (L + 1)
     for d in range(L, -1, -1):
         x = chain.ops[d].adjoint(x)
         flat = x.flatten(1)
-        rows[d] = flat.norm(dim=1)
-        whole[d] = torch.linalg.matrix_norm(flat[C * C:], ord=2)
+        gram = flat @ flat.T
+        diag = gram.diagonal()
+        both = diag[:, None] + diag[None]
+        squared = (both - 2 * gram + slack * both).clamp_min(1e-30)
+        pairs[d] = torch.where(off_diagonal, squared.sqrt(), torch.zeros_like(gram))
+        classes[d] = (diag * (1 + slack)).sqrt()
+        whole[d] = torch.linalg.matrix_norm(flat, ord=2)
     mid, c = chain.mid, chain.c
-    total, full = mid ** L * rows[0], mid ** L * whole[0]
+    pairwise, per_class, full = mid ** L * pairs[0], mid ** L * classes[0], mid ** L * whole[0]
     for j in range(L):
-        total = total + c * mid ** (L - 1 - j) * rows[j + 1] * hidden[j]
-        full = full + c * mid ** (L - 1 - j) * whole[j + 1] * hidden[j]
-    return full, total[:C * C].reshape(C, C), total[C * C:]
+        scale = c * mid ** (L - 1 - j) * hidden[j]
+        pairwise = pairwise + scale * pairs[j + 1]
+        per_class = per_class + scale * classes[j + 1]
+        full = full + scale * whole[j + 1]
+    return full, pairwise, per_class
 
 
 def materialised_norm(chain: OperatorChain, pair: Pair, batch: int = 512) -> float:
@@ -332,7 +342,7 @@ def liplt_bounds(chain: OperatorChain, norms: dict[Pair, torch.Tensor | float], 
         with torch.no_grad():
             double = OperatorChain([op.detached_double() for op in chain.ops], chain.alpha,
                                    chain.beta)
-            L, pairwise, per_class = logit_bounds(double, hidden)
+            L, pairwise, per_class = logit_bounds(double, hidden, slack=ROUNDING_SLACK)
         inflate = 1 + SAFETY
         return LipLTBounds(L * inflate, pairwise * inflate, per_class * inflate, hidden, True)
     L, pairwise, per_class = logit_bounds(chain, hidden)
