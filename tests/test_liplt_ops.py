@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from lipcore.attacks import robust_accuracy
 from lipcore.certify import certified_radii
 from lipcore.estimators import empirical_lower_bound, liplt
 from lipcore.estimators import liplt_ops as lo
@@ -143,8 +144,16 @@ def test_crm_training_raises_the_sound_certified_radius_over_standard_training()
         sound = lo.liplt_bounds(chain, lo.sound_norms(chain), sound=True)
         estimate = lo.liplt_bounds(chain, out["power"].norms(chain, 0), sound=False)
         assert (estimate.pairwise.detach() <= sound.pairwise.float() * (1 + 1e-4) + 1e-7).all()
-        mean_radius[loss] = float(certified_radii(net, data, sound.pairwise).mean())
+        radius = certified_radii(net, data, sound.pairwise)
+        mean_radius[loss] = float(radius.mean())
+        attacked = robust_accuracy(net, TensorDataset(x[:128], y[:128]), eps=0.3, iterations=20)
+        assert attacked.robust[radius[:128] > 0.3].all()          # no certified point is broken
     assert mean_radius["crm"] > 1.2 * mean_radius["standard"]
+    with pytest.raises(ValueError, match="do not fit"):
+        crm_train(small_conv(0), TensorDataset(torch.rand(8, 1, 10, 10), torch.zeros(8).long()),
+                  CRMConfig(epochs=1))
+    with pytest.raises(ValueError, match="eps"):
+        CRMConfig(eps=0.0)
 
 
 def test_certify_uses_the_sound_operator_liplt_for_conv_nets():

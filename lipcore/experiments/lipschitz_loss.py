@@ -241,7 +241,7 @@ class ResidualSetting:
     weight_decay: float = 1e-4
     n_train: int | None = None
     n_test: int | None = None
-    stand_in: tuple[int, int] = (512, 256)        # stand-in sizes when the data is missing
+    stand_in: tuple[int, int] = (512, 128)        # stand-in sizes when the data is missing
     cells: str = "full"                           # "full" grid, "sensitivity" or "sigma" cells
 
 
@@ -267,7 +267,7 @@ def residual_settings(profile: str) -> dict[str, ResidualSetting]:
                                            milestones=(), n_train=5000, n_test=1000,
                                            cells="sensitivity"),
                 "stl10": ResidualSetting("stl10", ("preresnet32",), epochs=1, milestones=(),
-                                         n_train=1000, n_test=500, stand_in=(192, 128),
+                                         n_train=1000, n_test=500, stand_in=(192, 32),
                                          cells="sigma")}
     return {"cifar10": ResidualSetting("cifar10", ("resnet20", "preresnet20")),
             "stl10": ResidualSetting("stl10", ("preresnet32",))}

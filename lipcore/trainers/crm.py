@@ -108,7 +108,12 @@ def crm_train(model: nn.Module, data: TensorDataset, cfg: CRMConfig, device: str
     power-iteration state, whose vectors a certificate may start from."""
     model.to(device).train()
     x_all, y_all = (t.to(device) for t in data.tensors)
-    chain = operator_chain(model, tuple(x_all.shape[1:]))
+    try:
+        chain = operator_chain(model, tuple(x_all.shape[1:]))
+    except RuntimeError as mismatch:
+        raise ValueError(f"training images of shape {tuple(x_all.shape[1:])} do not fit this "
+                         f"net ({mismatch}); 4C3F takes (1, 28, 28), 6C2F (3, 32, 32), 8C2F "
+                         "(3, 64, 64)") from None
     model.train()
     power = PowerIteration(chain, seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=1e-7)
