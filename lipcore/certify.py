@@ -117,13 +117,31 @@ def certified_radii(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, 
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
             z = exact(x[i:i + batch_size].to(device).double()).cpu()
-            labels = y[i:i + batch_size]
-            gaps = z.gather(1, labels[:, None]) - z                      # z_y - z_j
-            scale = math.sqrt(2) * pairwise if pairwise.dim() == 0 else pairwise[labels]
-            ratios = gaps / scale
-            ratios.scatter_(1, labels[:, None], math.inf)                # skip j = y
-            radii.append(ratios.min(1).values.clamp_min(0.0))
+            scale = math.sqrt(2) * pairwise if pairwise.dim() == 0 else pairwise
+            radii.append(margin_radii(z, y[i:i + batch_size], scale).min(1).values.clamp_min(0.0))
     return torch.cat(radii)
+
+
+def margin_radii(logits: torch.Tensor, labels: torch.Tensor, pairwise: torch.Tensor
+                 ) -> torch.Tensor:
+    """R_j = (z_y - z_j) / L_yj for every sample and class, +inf at j = y. ``pairwise`` is a
+    (C, C) matrix of bounds on z_i - z_j, or one number for every pair (sqrt(2) L). The
+    certified radius is min_j R_j; CRM's loss uses the R_j themselves (differentiably: the zero
+    diagonal of L is clamped so that no 0/0 enters the graph)."""
+    gaps = logits.gather(1, labels[:, None]) - logits
+    scale = pairwise[labels] if pairwise.dim() == 2 else pairwise
+    return (gaps / scale.clamp_min(1e-12)).scatter(1, labels[:, None], math.inf)
+
+
+def check_certificates(radii: torch.Tensor, robust: torch.Tensor, eps: float, what: str) -> None:
+    """Raise if an attack broke a point certified at ``eps``: ``radii`` are certified radii
+    and ``robust`` the attack's per-sample outcome on the first ``len(robust)`` of the same
+    points. A broken certificate means an unsound bound, so no number may be reported."""
+    certified = radii[:len(robust)] > eps
+    broken = int((certified & ~robust.to(certified.device)).sum())
+    if broken:
+        raise RuntimeError(f"{what}: an attack broke {broken} point(s) certified at eps {eps:g}; "
+                           "the bound is not sound")
 
 
 def certified_accuracy(radii: torch.Tensor, eps: float) -> float:

@@ -10,12 +10,12 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from lipcore.attacks import robust_accuracy
-from lipcore.certify import certified_radii
+from lipcore.certify import certified_radii, margin_radii
 from lipcore.estimators import empirical_lower_bound, liplt
 from lipcore.estimators import liplt_ops as lo
 from lipcore.models import crm_net
 from lipcore.trainers.crm import (CRMConfig, crm_term, crm_train, gloro_logits, learning_rate,
-                                  radii, soft_radius)
+                                  soft_radius)
 
 
 def small_conv(seed=0):
@@ -105,7 +105,7 @@ def test_the_soft_radius_is_below_the_hard_minimum_and_the_crm_term_stops_at_R0(
     logits = torch.randn(50, 4, generator=gen) * 3
     labels = logits.argmax(1)
     pairwise = torch.rand(4, 4, generator=gen) + 0.5
-    r = radii(logits, labels, pairwise)
+    r = margin_radii(logits, labels, pairwise)
     assert (soft_radius(logits, labels, pairwise, 5.0) <= r.min(1).values + 1e-6).all()
     assert crm_term(logits, labels, pairwise, 5.0, R0=1e-6) == 0.0          # all radii above R0
     assert crm_term(logits, labels, pairwise, 5.0, R0=1e6) < 0.0

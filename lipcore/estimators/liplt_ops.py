@@ -279,8 +279,7 @@ def materialised_norm(chain: OperatorChain, pair: Pair, batch: int = 512) -> flo
     n = min(n_in, n_out)
     columns = []
     for i in range(0, n, batch):
-        basis = torch.eye(n, dtype=dtype, device=device)[i:i + batch]
-        x = basis
+        x = F.one_hot(torch.arange(i, min(i + batch, n), device=device), n).to(dtype)
         if n_in <= n_out:                                   # A e_i: columns of A
             for op in ops:
                 x = op.apply(x)

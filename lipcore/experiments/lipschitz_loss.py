@@ -35,7 +35,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from ..attacks import noise_accuracy_curve
-from ..cache import cache_dir, cache_key, cached
+from ..cache import cache_key, cached
 from ..data import CLASS_NAMES, DatasetNotFound, load_dataset, synthetic_dataset
 from ..grid import run_grid, worker_device
 from ..models import residual_net, usama_mnist_cnn
@@ -161,14 +161,14 @@ def _key(cell: Cell, fingerprint: str) -> str:
     return cache_key(config, fingerprint, cell.seed, train_lipschitz_loss)
 
 
-def run_cell(cell: Cell) -> dict:
-    """Train the cell's net (cached) and evaluate it: the accuracy curve under Gaussian noise of
-    each ``test_sigmas`` level, the training accuracy and the mean difference quotient k on the
-    test set. Returns everything but the weights (:func:`load_cell_model` gives those)."""
+def _trained(cell: Cell) -> tuple[dict, bool]:
+    """The cell's stored training run (weights, curve, ...) and whether this call trained it."""
     train_set, test_set, fingerprint = cell_data(cell)
     device = worker_device(cell.device)
+    trained_now = []
 
     def build() -> dict:
+        trained_now.append(True)
         model = cell_model(cell)
         start = time.perf_counter()
         out = train_lipschitz_loss(model, train_set, cell.train, cell.loss, device, cell.seed)
@@ -180,24 +180,22 @@ def run_cell(cell: Cell) -> dict:
                     train_accuracy=evaluate(model, train_set, device)[1],
                     mean_k=mean_quotient(model, test_set, cell.loss.sigma, cell.loss.outputs,
                                          cell.seed, device))
-    trained_now = []
+    return cached(_key(cell, fingerprint), build), bool(trained_now)
 
-    def build_and_note() -> dict:
-        trained_now.append(True)
-        return build()
-    stored = cached(_key(cell, fingerprint), build_and_note)
+
+def run_cell(cell: Cell) -> dict:
+    """Train the cell's net (cached) and evaluate it: the accuracy curve under Gaussian noise of
+    each ``test_sigmas`` level, the training accuracy and the mean difference quotient k on the
+    test set. Returns everything but the weights (:func:`load_cell_model` gives those)."""
+    stored, trained_now = _trained(cell)
     return {k: v for k, v in stored.items() if k != "state"} | dict(
-        label=cell.label, trained_now=bool(trained_now))
+        label=cell.label, trained_now=trained_now)
 
 
 def load_cell_model(cell: Cell, device: str = "cpu") -> nn.Module:
     """The trained net of a cell (trained first if the cache does not have it)."""
-    run_cell(cell)
-    _, _, fingerprint = cell_data(cell)
-    stored = torch.load(cache_dir() / f"{_key(cell, fingerprint)}.pt", map_location="cpu",
-                        weights_only=False)                  # run_cell has stored it
     model = cell_model(cell)
-    model.load_state_dict(stored["state"])
+    model.load_state_dict(_trained(cell)[0]["state"])
     return model.to(device).eval()
 
 
@@ -362,9 +360,9 @@ def table_2(cells: dict[tuple, Cell], results: dict[tuple, dict]) -> pd.DataFram
 def fraction_table(cells: dict[tuple, Cell], results: dict[tuple, dict]) -> pd.DataFrame:
     """Fig. 1's data: accuracy (%) clean and at sigma_test 0.5 per training fraction."""
     return pd.DataFrame([dict(training=cell.label, fraction=fraction, n_train=cell.n_train,
-                              clean=accuracy_at(results[key], cell, 0.0),
-                              noisy_0_5=accuracy_at(results[key], cell, 0.5))
-                         for key, cell in cells.items() for fraction in [key[1]]])
+                              clean=accuracy_at(results[(combo, fraction)], cell, 0.0),
+                              noisy_0_5=accuracy_at(results[(combo, fraction)], cell, 0.5))
+                         for (combo, fraction), cell in cells.items()])
 
 
 def grid_table(cells: dict[tuple, Cell], results: dict[tuple, dict]) -> pd.DataFrame:

@@ -2,7 +2,8 @@
 baseline (Leino et al. 2021), both with Lipschitz constants of logit differences from LipLT
 (:mod:`lipcore.estimators.liplt_ops`) estimated by warm-started power iteration during training.
 
-CRM, as in the official code (configs.md 3.1): with R_j = (z_y - z_j) / L_yj for j != y,
+CRM, as in the official code (configs.md 3.1): with R_j = (z_y - z_j) / L_yj for j != y
+(:func:`lipcore.certify.margin_radii`, the same radii the certificates use),
 
     loss = CE + lam * (1 / batch) * sum over correctly classified samples with min_j R_j < R0
            of  (1/t) logsumexp_j(-t R_j)  (= -R_soft, a soft minimum of the radii),
@@ -28,7 +29,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import TensorDataset
 
-from ..estimators.liplt_ops import (OperatorChain, PowerIteration, liplt_bounds, operator_chain)
+from ..certify import margin_radii
+from ..estimators.liplt_ops import OperatorChain, PowerIteration, liplt_bounds, operator_chain
 from ..progress import bar
 
 LOSSES = ("standard", "crm", "gloro")
@@ -70,18 +72,11 @@ def learning_rate(cfg: CRMConfig, epoch: int) -> float:
     return cfg.lr * (cfg.smallest_lr / cfg.lr) ** fraction
 
 
-def radii(logits: torch.Tensor, labels: torch.Tensor, pairwise: torch.Tensor) -> torch.Tensor:
-    """R_j = (z_y - z_j) / L_yj for every sample and class, +inf at j = y."""
-    gaps = logits.gather(1, labels[:, None]) - logits
-    r = gaps / pairwise[labels].clamp_min(1e-12)
-    return r.scatter(1, labels[:, None], math.inf)
-
-
 def crm_term(logits: torch.Tensor, labels: torch.Tensor, pairwise: torch.Tensor, t: float,
              R0: float) -> torch.Tensor:
     """The robust term of loss (8) (module docstring), summed over the penalised samples and
     divided by the batch size."""
-    r = radii(logits, labels, pairwise)
+    r = margin_radii(logits, labels, pairwise)
     penalised = (logits.argmax(1) == labels) & (r.min(1).values < R0)
     neg_soft_radius = torch.logsumexp(-t * r, dim=1) / t
     return torch.where(penalised, neg_soft_radius, torch.zeros_like(neg_soft_radius)).sum() / len(labels)
@@ -90,7 +85,7 @@ def crm_term(logits: torch.Tensor, labels: torch.Tensor, pairwise: torch.Tensor,
 def soft_radius(logits: torch.Tensor, labels: torch.Tensor, pairwise: torch.Tensor, t: float
                 ) -> torch.Tensor:
     """R_soft = -(1/t) logsumexp_j(-t R_j): never above the hard minimum radius."""
-    return -torch.logsumexp(-t * radii(logits, labels, pairwise), dim=1) / t
+    return -torch.logsumexp(-t * margin_radii(logits, labels, pairwise), dim=1) / t
 
 
 def gloro_logits(logits: torch.Tensor, pairwise: torch.Tensor, eps: float) -> torch.Tensor:
