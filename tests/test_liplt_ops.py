@@ -50,6 +50,33 @@ def test_power_iteration_agrees_with_the_materialised_norm_and_the_sound_bound_i
         lo.PowerIteration(chain).norms(chain, -1)
 
 
+def test_all_products_cost_as_many_operator_calls_as_the_naive_bound(monkeypatch):
+    """The paper's O(L) claim: the O(L^2) products travel batched, so one power-iteration step
+    calls each hidden operator once forward and once adjoint, like the naive bound's L norms."""
+    chain = lo.operator_chain(crm_net("4C3F", 0), (1, 28, 28))
+    calls = []
+    for name in ("apply", "adjoint"):
+        counted = lambda op, x, call=getattr(lo.LinearOp, name): calls.append(1) or call(op, x)
+        monkeypatch.setattr(lo.LinearOp, name, counted)
+    liplt_power = lo.PowerIteration(chain)
+    naive_power = lo.PowerIteration(chain, pairs=[(k, k) for k in range(chain.depth)])
+    assert len(liplt_power.vectors) == chain.depth * (chain.depth + 1) // 2 == 21
+    counts = []
+    for power in (liplt_power, naive_power):
+        calls.clear()
+        power.norms(chain, 3)
+        counts.append(len(calls))
+    assert counts == [(2 * 3 + 1) * chain.depth] * 2
+
+
+def test_warm_started_vectors_survive_a_round_trip_through_their_dict():
+    chain = lo.operator_chain(small_conv(), (1, 8, 8))
+    trained = lo.PowerIteration(chain)
+    trained.norms(chain, 50)
+    restored = lo.PowerIteration(chain, seed=1)
+    restored.vectors = {p: v.clone() for p, v in trained.vectors.items()}
+    again, before = restored.norms(chain, 0), trained.norms(chain, 0)
+    assert all(torch.equal(again[p], before[p]) for p in lo.hidden_pairs(chain))
 def test_the_conv_lipschitz_bounds_are_ordered_and_above_the_empirical_lower_bound():
     net = small_conv(1)
     chain = lo.operator_chain(net, (1, 8, 8))

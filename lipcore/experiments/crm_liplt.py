@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
+from torch.utils.flop_counter import FlopCounterMode
 
 from ..attacks import DEFAULT_ATTACKS, pgd_accuracy, robust_accuracy
 from ..cache import cache_key, cached
@@ -296,7 +297,9 @@ def step_timings(device: str = "cpu", repeats: int = 3) -> list[dict]:
     """Seconds per training step spent on the pairwise constants of 4C3F and 6C2F (random
     weights, gradient included): LipLT from warm-started power iteration over every inner
     product against the naive bound's per-layer power iteration, and a plain forward/backward of
-    a batch of 512 for scale."""
+    a batch of 512 for scale. Each step's floating-point operations (torch's flop counter) stand
+    beside its time: LipLT makes as many operator calls as the naive bound (batched), but does
+    more arithmetic, so a CPU's time follows the flops and a GPU's the calls."""
     rows = []
     for arch, shape, iterations in (("4C3F", (1, 28, 28), 10), ("6C2F", (3, 32, 32), 5)):
         model = crm_net(arch, 0).to(device)
@@ -312,7 +315,11 @@ def step_timings(device: str = "cpu", repeats: int = 3) -> list[dict]:
             "forward/backward, batch 512": lambda: model(batch).sum()}
         row = dict(arch=arch, power_iterations=iterations, device=device)
         for label, step in steps.items():
-            step().backward()                                   # warm-up
+            with FlopCounterMode(display=False) as flops:       # also the warm-up
+                step().backward()
+            row[f"{label} (GFLOP)"] = flops.get_total_flops() / 1e9
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
             start = time.perf_counter()
             for _ in range(repeats):
                 model.zero_grad(set_to_none=True)
@@ -321,5 +328,6 @@ def step_timings(device: str = "cpu", repeats: int = 3) -> list[dict]:
                 torch.cuda.synchronize()
             row[f"{label} (s)"] = (time.perf_counter() - start) / repeats
         row["LipLT / naive"] = row["LipLT pairwise (s)"] / row["naive pairwise (s)"]
+        row["LipLT / naive (flops)"] = row["LipLT pairwise (GFLOP)"] / row["naive pairwise (GFLOP)"]
         rows.append(row)
     return rows
