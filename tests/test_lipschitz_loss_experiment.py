@@ -1,6 +1,6 @@
 """Usama & Chang's experiment: the paper's tables are transcribed in the right cells, the grids
-hold what Section 7 needs, the finite differences and claims are computed as defined, the CIFAR
-augmentation is a crop and a flip, and Table 1 picks a correctly classified image."""
+hold what Section 7 needs, the finite differences and claims are computed as defined, and Table 1
+picks a correctly classified image."""
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from lipcore.experiments import lipschitz_loss as ux
-from lipcore.trainers.standard import TrainConfig, crop_flip
+from lipcore.trainers.standard import TrainConfig
 
 
 def test_the_paper_grids_are_transcribed_cell_by_cell():
@@ -46,23 +46,6 @@ def test_sensitivities_are_the_finite_differences_of_section_7():
         ux.sensitivities(_grid(lambda *p: 0.0), "a", "top5")
     with pytest.raises(ValueError, match="no net trained"):
         ux.sensitivities(_grid(lambda *p: 0.0).iloc[1:], "a")
-
-
-def test_crop_flip_shifts_each_image_inside_its_padding_and_flips_about_half():
-    gen = torch.Generator().manual_seed(0)
-    x = torch.rand(200, 3, 8, 8, generator=gen)
-    same = crop_flip(x, gen, padding=0)                     # no room to shift: x or its mirror
-    is_x = (same == x).flatten(1).all(1)
-    is_mirror = (same == x.flip(-1)).flatten(1).all(1)
-    assert (is_x | is_mirror).all() and 60 < is_mirror.sum() < 140
-    shifted = crop_flip(x, gen, padding=2)
-    assert shifted.shape == x.shape
-    padded = nn.functional.pad(x, (2,) * 4)
-    for i in range(10):                                     # each output is a window of the padded image
-        windows = [padded[i, :, r:r + 8, c:c + 8] for r in range(5) for c in range(5)]
-        assert any(torch.equal(shifted[i], w) or torch.equal(shifted[i], w.flip(-1)) for w in windows)
-    with pytest.raises(ValueError, match="augment"):
-        TrainConfig(augment="mixup")
 
 
 def test_table_1_uses_a_target_image_every_net_gets_right():

@@ -17,6 +17,7 @@ class and K the pairwise bounds, and cross-entropy is taken on the augmented log
 net whose prediction is not bottom is certified at eps when K is sound.
 
 ``loss="standard"`` trains with cross-entropy alone, with the same optimiser and schedule.
+``augment`` (for example the code's CIFAR-10 flip + random affine) transforms each minibatch.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import TensorDataset
 
+from ..augment import FlipAffine
 from ..certify import margin_radii
 from ..estimators.liplt_ops import OperatorChain, PowerIteration, liplt_bounds, operator_chain
 from ..progress import bar
@@ -52,6 +54,7 @@ class CRMConfig:
     robust_start: int = 10            # epochs of plain cross-entropy first
     power_iterations: int = 10        # per training step, warm-started
     eps: float = 1.58                 # GloRo's training radius
+    augment: FlipAffine | None = None  # per-minibatch augmentation (None: the images as given)
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -125,6 +128,8 @@ def crm_train(model: nn.Module, data: TensorDataset, cfg: CRMConfig, device: str
         for i in range(0, n, cfg.batch_size):
             idx = order[i:i + cfg.batch_size]
             x, y = x_all[idx], y_all[idx]
+            if cfg.augment is not None:
+                x = cfg.augment(x, gen)
             logits = model(x)
             if robust:
                 pairwise = _pairwise_estimate(chain, power, cfg.power_iterations)

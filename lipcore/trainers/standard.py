@@ -13,27 +13,11 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from ..augment import crop_flip
 from ..progress import bar
 
 
 AUGMENTATIONS = ("none", "crop_flip")
-
-
-def crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
-    """He et al.'s CIFAR augmentation on a batch: each image zero-padded by ``padding``, randomly
-    cropped back to its size and flipped left-right with probability 1/2. Done per image on the
-    batch tensor, on its device (torchvision's transforms draw one crop per call, and the data
-    stays resident on the GPU)."""
-    n, _, h, w = x.shape
-    offsets = torch.randint(0, 2 * padding + 1, (2, n), generator=generator).to(x.device)
-    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
-    padded = nn.functional.pad(x, (padding,) * 4)
-    rows = (offsets[0, :, None] + torch.arange(h, device=x.device))[:, None, :, None]
-    cols = (offsets[1, :, None] + torch.arange(w, device=x.device))[:, None, None, :]
-    cols = torch.where(flip[:, None, None, None], cols.flip(-1), cols)
-    batch = torch.arange(n, device=x.device)[:, None, None, None]
-    channel = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
-    return padded[batch, channel, rows, cols]
 
 
 @dataclass
@@ -48,7 +32,7 @@ class TrainConfig:
     shuffle: bool = False            # the original Pauli et al. code did not shuffle
     momentum: float = 0.0            # SGD only
     milestones: tuple[int, ...] = ()  # epochs after which the learning rate is divided by 10
-    augment: str = "none"            # "none" or "crop_flip" (see crop_flip)
+    augment: str = "none"            # "none" or "crop_flip" (lipcore.augment.crop_flip)
 
     def __post_init__(self):
         if self.optimizer not in ("adam", "sgd"):
