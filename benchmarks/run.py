@@ -155,13 +155,14 @@ def bench_crm(repeat: int, n_images: int = 10_000) -> list[dict]:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rows = []
     steps = [step_timings(device) for _ in range(repeat)]
-    for i, arch_rows in enumerate(zip(*steps)):
+    for arch_rows in zip(*steps):
         arch = arch_rows[0]["arch"]
         for label in ("LipLT pairwise", "naive pairwise"):
             best = min(r[f"{label} (s)"] for r in arch_rows)
             naive = min(r["naive pairwise (s)"] for r in arch_rows)
+            gflop = arch_rows[0][f"{label} (GFLOP)"]
             rows.append(dict(size="crm_step", widths=arch, activation="relu",
-                             estimator=f"{label}, one training step ({arch_rows[0]['power_iterations']} power iterations, with gradient)",
+                             estimator=f"{label}, one training step ({arch_rows[0]['power_iterations']} power iterations, with gradient; {gflop:.2f} GFLOP)",
                              bound=float("nan"), seconds=round(best, 4), sound="estimate",
                              ratio_to_lower=best / naive, spec="LipLT step <= 2x naive step"))
     try:
