@@ -3,7 +3,8 @@
 Each committed run keeps its executed notebook as ``figures/<name>/<name>.ipynb`` (outputs and
 images embedded; reproduce.sh copies it there). This module renders those with nbconvert and
 REPORT.md with mistune (both come with JupyterLab, and neither downloads anything at build time),
-and writes an index with a table of contents. Run ``python -m lipcore.site [FIGURES_DIR]``;
+and writes an index with a table of contents; the stylesheet every notebook page shares is written
+once (``notebook.css``). Run ``python -m lipcore.site [FIGURES_DIR]``;
 reproduce.sh does it after the report.
 """
 from __future__ import annotations
@@ -38,6 +39,26 @@ def _title(notebook: Path) -> str:
     return notebook.stem
 
 
+STYLE_BLOCK = re.compile(r"<style[^>]*>.*?</style>\s*", re.S)
+SHARED_CSS = "notebook.css"
+
+
+def _share_styles(pages: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """The stylesheet blocks that nbconvert inlines into every page (about 260 kB each), moved
+    into one file: returns its text and the pages, each linking it where its first block was."""
+    blocks = [STYLE_BLOCK.findall(page) for page in pages.values()]
+    common = [b for b in blocks[0] if all(b in other for other in blocks[1:])]
+    link = f'<link rel="stylesheet" href="{SHARED_CSS}">\n'
+    linked = {}
+    for name, page in pages.items():
+        first = min(page.index(b) for b in common)
+        for b in common:
+            page = page.replace(b, "", 1)
+        linked[name] = page[:first] + link + page[first:]
+    css = "\n".join(re.sub(r"^<style[^>]*>|</style>\s*$", "", b) for b in common)
+    return css, linked
+
+
 def _page(title: str, body: str) -> str:
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body>{body}</body></html>\n")
@@ -63,10 +84,12 @@ def build_site(figures_dir: str | Path, site_dir: str | Path | None = None) -> P
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     exporter = HTMLExporter(template_name="lab")
+    pages = {nb.stem: exporter.from_filename(str(nb))[0] for nb in notebooks}
+    css, pages = _share_styles(pages)
+    (staging / SHARED_CSS).write_text(css)
     entries = []
     for nb in notebooks:
-        body, _ = exporter.from_filename(str(nb))
-        (staging / f"{nb.stem}.html").write_text(body)
+        (staging / f"{nb.stem}.html").write_text(pages[nb.stem])
         results = nb.parent / "results.json"
         run = json.loads(results.read_text()) if results.is_file() else {}
         meta = ", ".join(f"{k} {run[k]}" for k in ("profile", "device", "git_commit") if k in run)

@@ -43,6 +43,11 @@ def test_the_site_builds_from_the_committed_outputs_and_every_link_resolves(tmp_
             assert (FIGURES / "site" / link).resolve().exists(), f"{page} links to missing {link}"
     report = (site / "report.html").read_text()
     assert "<table>" in report and ".png" in report
+    shared = (site / "notebook.css").read_text()
+    assert len(shared) > 10_000                         # nbconvert's stylesheet, stored once
+    for nb in executed_notebooks(FIGURES):
+        page = (site / f"{nb.stem}.html").read_text()
+        assert 'href="notebook.css"' in page and shared[:2000] not in page
 
 
 def test_building_without_executed_notebooks_says_what_to_do(tmp_path):
