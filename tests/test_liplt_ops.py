@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import TensorDataset
 
 from lipcore.attacks import robust_accuracy
@@ -67,6 +68,37 @@ def test_all_products_cost_as_many_operator_calls_as_the_naive_bound(monkeypatch
         power.norms(chain, 3)
         counts.append(len(calls))
     assert counts == [(2 * 3 + 1) * chain.depth] * 2
+
+
+class KernelCount(TorchDispatchMode):
+    """Counts the ATen operations that compute (views, splits and detaches launch no kernel)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += not (func.is_view or "split" in str(func) or "detach" in str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("arch, shape, iterations", [("4C3F", (1, 28, 28), 10),
+                                                     ("6C2F", (3, 32, 32), 5)])
+def test_a_liplt_training_step_launches_at_most_1_4x_the_naive_steps_kernels(arch, shape,
+                                                                             iterations):
+    """On a GPU, batches this small leave the device idle, so a step's time follows its kernel
+    launches: the pairwise bound's extra work must stay a few batched operations."""
+    chain = lo.operator_chain(crm_net(arch, 0), shape)
+    liplt_power = lo.PowerIteration(chain)
+    naive_power = lo.PowerIteration(chain, pairs=[(k, k) for k in range(chain.depth)])
+    steps = [lambda: lo.liplt_bounds(chain, liplt_power.norms(chain, iterations), False).pairwise,
+             lambda: lo.naive_pairwise_estimate(chain, naive_power, iterations)]
+    counts = []
+    for step in steps:
+        with KernelCount() as kernels:
+            step().sum().backward()
+        counts.append(kernels.count)
+    assert counts[0] <= 1.4 * counts[1]
 
 
 def test_warm_started_vectors_survive_a_round_trip_through_their_dict():

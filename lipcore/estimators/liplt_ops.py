@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -240,51 +239,57 @@ def _unit_rows(v: torch.Tensor) -> torch.Tensor:
     return v / v.flatten(1).norm(dim=1).clamp_min(1e-30).reshape(-1, *[1] * (v.dim() - 1))
 
 
-def recursion(chain: OperatorChain, norms: Callable[[Pair], torch.Tensor | float]
-              ) -> list[torch.Tensor | float]:
-    """m_0 ... m_{L-1} of the recursion (module docstring) from the norms ||A_{K,s}||."""
-    mid, c = chain.mid, chain.c
-    m = []
-    for K in range(chain.depth):
-        value = mid ** K * norms((K, 0))
-        for j in range(K):
-            value = value + c * mid ** (K - 1 - j) * norms((K, j + 1)) * m[j]
-        m.append(value)
-    return m
+def recursion(chain: OperatorChain, norms: dict[Pair, torch.Tensor | float]) -> torch.Tensor:
+    """m_0 ... m_{L-1} of the recursion (module docstring) from the norms ||A_{K,s}||, as one
+    triangular solve: m = b + T m with b_K = mid^K ||A_{K,0}|| and T_Kj = c mid^(K-1-j)
+    ||A_{K,j+1}|| for j < K. A handful of operations whatever the depth (O(L^2) scalar ones
+    would dominate a GPU training step's kernel launches). Float norms give a float64 result."""
+    D, mid, c = chain.depth, chain.mid, chain.c
+    first = norms[(0, 0)]
+    like = first if torch.is_tensor(first) else torch.zeros((), dtype=torch.float64)
+    values = torch.stack([torch.as_tensor(norms[p], dtype=like.dtype, device=like.device)
+                          for p in hidden_pairs(chain)])        # row by row: tril order
+    N = like.new_zeros(D, D).index_put(tuple(torch.tril_indices(D, D, device=like.device)),
+                                       values)                # N[K, s] = ||A_{K,s}||
+    k = torch.arange(D, dtype=like.dtype, device=like.device)
+    gap = k[:, None] - 1 - k[None, :]                          # K - 1 - j
+    T = torch.where(gap >= 0, c * mid ** gap.clamp_min(0), 0.0) * F.pad(N[:, 1:], (0, 1))
+    b = mid ** k * N[:, 0]
+    eye = torch.eye(D, dtype=like.dtype, device=like.device)
+    return torch.linalg.solve_triangular(eye - T, b[:, None], upper=False)[:, 0]
 
 
-def logit_bounds(chain: OperatorChain, hidden: list, slack: float = 0.0
+def logit_bounds(chain: OperatorChain, hidden: torch.Tensor, slack: float = 0.0
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(L, L_ij, L_i): the last step of the recursion for the whole logit map, for z_i - z_j and
     for z_i alone, from the hidden m_j. The last layer is exact: the C rows e_i are pulled back
     through every A_{L,s}^T in one backward pass; with X_s the pulled-back rows and G = X_s X_s^T,
     ||A_{L,s}^T (e_i - e_j)||^2 = G_ii + G_jj - 2 G_ij, ||A_{L,s}^T e_i||^2 = G_ii and
     ||A_{L,s}||^2 = the largest eigenvalue of G. Only C rows travel (not C^2: Tiny-ImageNet has
-    200 classes).
+    200 classes), and the L + 1 Gram matrices are combined as one stack, so the step adds few
+    operations to a training step however deep the net.
     ``slack`` (relative to G_ii + G_jj) covers the rounding of that difference in a certificate."""
     L, C = chain.depth, chain.ops[-1].out_dim
     W = chain.ops[-1].weight
     x = torch.eye(C, dtype=W.dtype, device=W.device)
-    off_diagonal = ~torch.eye(C, dtype=torch.bool, device=W.device)
-    pairs, classes, whole = [None] * (L + 1), [None] * (L + 1), [None] * (L + 1)
+    grams = []
     for d in range(L, -1, -1):
         x = chain.ops[d].adjoint(x)
         flat = x.flatten(1)
-        gram = flat @ flat.T
-        diag = gram.diagonal()
-        both = diag[:, None] + diag[None]
-        squared = (both - 2 * gram + slack * both).clamp_min(1e-30)
-        pairs[d] = torch.where(off_diagonal, squared.sqrt(), torch.zeros_like(gram))
-        classes[d] = (diag * (1 + slack)).sqrt()
-        whole[d] = (torch.linalg.eigvalsh(gram)[-1] * (1 + slack)).clamp_min(1e-30).sqrt()
+        grams.append(flat @ flat.T)
+    gram = torch.stack(grams[::-1])                         # gram[s]: the rows through A_{L,s}
+    diag = gram.diagonal(dim1=1, dim2=2)
+    both = diag[:, :, None] + diag[:, None, :]
+    squared = (both * (1 + slack) - 2 * gram).clamp_min(1e-30)
+    off_diagonal = ~torch.eye(C, dtype=torch.bool, device=W.device)
+    pairs = torch.where(off_diagonal, squared.sqrt(), 0.0)
+    classes = (diag * (1 + slack)).sqrt()
+    whole = (torch.linalg.eigvalsh(gram)[:, -1] * (1 + slack)).clamp_min(1e-30).sqrt()
+    hidden = hidden.to(dtype=W.dtype, device=W.device)
+    k = torch.arange(L, dtype=W.dtype, device=W.device)
     mid, c = chain.mid, chain.c
-    pairwise, per_class, full = mid ** L * pairs[0], mid ** L * classes[0], mid ** L * whole[0]
-    for j in range(L):
-        scale = c * mid ** (L - 1 - j) * hidden[j]
-        pairwise = pairwise + scale * pairs[j + 1]
-        per_class = per_class + scale * classes[j + 1]
-        full = full + scale * whole[j + 1]
-    return full, pairwise, per_class
+    w = torch.cat([hidden.new_full((1,), mid ** L), c * mid ** (L - 1 - k) * hidden])
+    return w @ whole, torch.einsum("s,sij->ij", w, pairs), w @ classes
 
 
 def materialised_norm(chain: OperatorChain, pair: Pair, batch: int = 512) -> float:
@@ -347,7 +352,7 @@ class LipLTBounds:
     L: torch.Tensor
     pairwise: torch.Tensor
     per_class: torch.Tensor
-    hidden: list
+    hidden: torch.Tensor
     sound: bool
 
 
@@ -355,7 +360,7 @@ def liplt_bounds(chain: OperatorChain, norms: dict[Pair, torch.Tensor | float], 
                  ) -> LipLTBounds:
     """The LipLT recursion with the inner norms ``norms``: from :class:`PowerIteration` (an
     estimate, differentiable) or from :func:`sound_norms` (then pass ``sound=True``)."""
-    hidden = recursion(chain, lambda pair: norms[pair])
+    hidden = recursion(chain, norms)
     if sound:
         with torch.no_grad():
             double = OperatorChain([op.detached_double() for op in chain.ops], chain.alpha,
