@@ -154,26 +154,31 @@ def hidden_pairs(chain: OperatorChain) -> list[Pair]:
     return [(K, s) for K in range(chain.depth) for s in range(K + 1)]
 
 
-def _sweep(chain: OperatorChain, joining: dict[int, torch.Tensor], exits: dict[int, list[int]],
-           adjoint: bool = False) -> dict[int, tuple[torch.Tensor, list[int]]]:
+Blocks = dict[int, tuple[torch.Tensor, list[int]]]   # layer -> (stacked vectors, other end of each)
+
+
+def _sweep(chain: OperatorChain, joining: Blocks, adjoint: bool = False) -> Blocks:
     """Every operator product applied to its vectors in one batched pass over the layers.
 
-    ``joining[a]`` holds the vectors that join at layer a; row r leaves after layer
-    ``exits[a][r]``. Forward (layers 0 .. L, join at s, leave after K) this computes A_{K,s} v;
+    ``joining[a] = (vectors, exits)``: the vectors that join at layer a, row r leaving after layer
+    ``exits[r]``. Forward (layers 0 .. L, join at s, leave after K) this computes A_{K,s} v;
     with ``adjoint`` (layers L .. 0, join at K, leave after s) A_{K,s}^T v. Vectors with the same
     exit travel as one block, so each layer costs one concatenation, one operator call and one
     split, whatever the number of products: the pass is O(L) calls (on a GPU, O(L) time).
-    Returns, per exit layer, the stacked results and the layer each row joined at."""
+    Returns, per exit layer, the stacked results and the layer each row joined at, which is the
+    form the opposite pass takes as ``joining``."""
     layers = range(chain.depth, -1, -1) if adjoint else range(chain.depth + 1)
     alive: dict[int, tuple[list[torch.Tensor], list[int]]] = {}   # exit -> (blocks, joined at)
     done = {}
     for d in layers:
         op = chain.ops[d]
         shape = op.out_shape if adjoint else op.in_shape
-        for r, e in enumerate(exits.get(d, ())):
-            blocks, joined = alive.setdefault(e, ([], []))
-            blocks.append(joining[d][r:r + 1])
-            joined.append(d)
+        if d in joining:
+            vectors, exits = joining[d]
+            for r, e in enumerate(exits):
+                blocks, joined = alive.setdefault(e, ([], []))
+                blocks.append(vectors[r:r + 1])
+                joined.append(d)
         if not alive:
             continue
         order = sorted(alive)
@@ -194,28 +199,28 @@ class PowerIteration:
     """Warm-started power iteration for every inner product of a chain (module docstring), or
     for ``pairs`` only (e.g. the single layers (k, k) of the naive bound). Keep one instance per
     net through training: each call continues from the last vectors. The vectors are kept in one
-    block per start layer s, row r belonging to the product that ends at ``self._ends[s][r]``."""
+    block per start layer s, each row with the layer K its product ends at."""
 
     def __init__(self, chain: OperatorChain, seed: int = 0, pairs: list[Pair] | None = None):
         gen = torch.Generator().manual_seed(seed)
         device = chain.ops[0].weight.device
-        self._ends: dict[int, list[int]] = {}
+        ends: dict[int, list[int]] = {}
         for K, s in sorted(hidden_pairs(chain) if pairs is None else pairs, key=lambda p: p[::-1]):
-            self._ends.setdefault(s, []).append(K)
-        self._blocks = {s: _unit_rows(torch.randn(len(ends), *chain.ops[s].in_shape,
-                                                  generator=gen).to(device))
-                        for s, ends in self._ends.items()}
+            ends.setdefault(s, []).append(K)
+        self._blocks: Blocks = {
+            s: (_unit_rows(torch.randn(len(Ks), *chain.ops[s].in_shape, generator=gen).to(device)),
+                Ks) for s, Ks in ends.items()}
 
     @property
     def vectors(self) -> dict[Pair, torch.Tensor]:
         """The current right singular vector estimate of each product (K, s)."""
-        return {(K, s): self._blocks[s][r] for s, ends in self._ends.items()
+        return {(K, s): block[r] for s, (block, ends) in self._blocks.items()
                 for r, K in enumerate(ends)}
 
     @vectors.setter
     def vectors(self, vectors: dict[Pair, torch.Tensor]) -> None:
-        self._blocks = {s: torch.stack([vectors[(K, s)] for K in ends])
-                        for s, ends in self._ends.items()}
+        self._blocks = {s: (torch.stack([vectors[(K, s)] for K in ends]), ends)
+                        for s, (_, ends) in self._blocks.items()}
 
     def norms(self, chain: OperatorChain, iterations: int) -> dict[Pair, torch.Tensor]:
         """||A_{K,s}|| estimated after ``iterations`` more steps; differentiable in the weights
@@ -224,13 +229,10 @@ class PowerIteration:
             raise ValueError(f"iterations must be >= 0, got {iterations}")
         with torch.no_grad():
             for _ in range(iterations):
-                images = _sweep(chain, self._blocks, self._ends)
-                back = _sweep(chain, {K: y for K, (y, _) in images.items()},
-                              {K: starts for K, (_, starts) in images.items()}, adjoint=True)
-                self._ends = {s: ends for s, (_, ends) in back.items()}
-                self._blocks = {s: _unit_rows(x) for s, (x, _) in back.items()}
+                back = _sweep(chain, _sweep(chain, self._blocks), adjoint=True)
+                self._blocks = {s: (_unit_rows(x), ends) for s, (x, ends) in back.items()}
         norms = {}
-        for K, (y, starts) in _sweep(chain, self._blocks, self._ends).items():
+        for K, (y, starts) in _sweep(chain, self._blocks).items():
             norms.update(zip(((K, s) for s in starts), y.flatten(1).norm(dim=1)))
         return norms
 
