@@ -95,30 +95,70 @@ def lipschitz_bound(model: nn.Module, method: str = "lipsdp",
                 raise ValueError("method='naive' needs input_shape for this model")
             input_shape = (core.widths[0],)
         value = layerwise_bound(model, input_shape)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"the {BOUND_METHODS[method]} bound of this model is {value}, not a "
+                         "finite positive number (all-zero or non-finite weights?); it cannot "
+                         "certify anything")
     return LipschitzBound(float(value), method, BOUND_METHODS[method],
                           time.perf_counter() - start)
+
+
+def validated_bound(lipschitz: float | np.ndarray | torch.Tensor, classes: int) -> torch.Tensor:
+    """``lipschitz`` as a float64 tensor a certificate may use, or a ValueError that names what
+    is wrong: a bound must be finite and positive (a zero, negative or NaN bound would make every
+    margin a certificate), and a pairwise matrix must be (C, C) for the model's C classes with
+    finite, positive off-diagonal entries (its diagonal, z_i - z_i = 0, is not used)."""
+    try:
+        bound = torch.as_tensor(lipschitz, dtype=torch.float64).detach().cpu()
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"the Lipschitz bound must be a number or a (C, C) matrix of "
+                         f"numbers, got {type(lipschitz).__name__}") from exc
+    if bound.dim() == 0:
+        if not torch.isfinite(bound) or bound <= 0:
+            raise ValueError(f"the Lipschitz bound must be a finite positive number, got "
+                             f"{float(bound)}; a zero, negative or non-finite bound certifies "
+                             "nothing (use a sound bound: lipschitz_bound(model))")
+        return bound
+    if bound.shape != (classes, classes):
+        raise ValueError(f"pairwise Lipschitz bounds must be a ({classes}, {classes}) matrix for "
+                         f"a model with {classes} classes, got shape {tuple(bound.shape)}")
+    off = ~torch.eye(classes, dtype=torch.bool)
+    bad = off & ~(torch.isfinite(bound) & (bound > 0))
+    if bad.any() or not torch.isfinite(bound.diagonal()).all():
+        i, j = (int(k) for k in bad.nonzero()[0]) if bad.any() else (0, 0)
+        raise ValueError(f"pairwise Lipschitz bounds must be finite and positive off the "
+                         f"diagonal, got L[{i}, {j}] = {float(bound[i, j])} "
+                         f"({int(bad.sum())} bad entries); such a matrix certifies nothing")
+    return bound
 
 
 def certified_radii(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, torch.Tensor],
                     lipschitz: float | np.ndarray | torch.Tensor, device: str = "cpu",
                     batch_size: int = 1000) -> torch.Tensor:
-    """The certified l2 radius of every sample (module docstring): 0 where the model is wrong.
-    ``lipschitz`` is a sound bound L of the whole logit map, or a (C, C) matrix of sound pairwise
-    bounds L_ij of z_i - z_j."""
+    """The certified l2 radius of every sample (module docstring): 0 where the model is wrong
+    or its top logits tie (an argmax tie-break is no margin). ``lipschitz`` is a sound bound L
+    of the whole logit map, or a (C, C) matrix of sound pairwise bounds L_ij of z_i - z_j; both
+    are validated (:func:`validated_bound`), and non-finite logits raise a ValueError."""
     x, y = as_tensors(data)
-    pairwise = torch.as_tensor(lipschitz, dtype=torch.float64)
-    if pairwise.dim() == 0:
-        if not torch.isfinite(pairwise) or pairwise <= 0:
-            raise ValueError(f"the Lipschitz bound must be a positive number, got {float(pairwise)}")
-    elif pairwise.dim() != 2 or pairwise.shape[0] != pairwise.shape[1]:
-        raise ValueError(f"pairwise bounds must be a (C, C) matrix, got shape {tuple(pairwise.shape)}")
     exact = copy.deepcopy(model).double().to(device).eval()
-    radii = []
+    radii, pairwise = [], None
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
             z = exact(x[i:i + batch_size].to(device).double()).cpu()
-            scale = math.sqrt(2) * pairwise if pairwise.dim() == 0 else pairwise
-            radii.append(margin_radii(z, y[i:i + batch_size], scale).min(1).values.clamp_min(0.0))
+            if z.dim() != 2 or z.shape[1] < 2:
+                raise ValueError(f"certificates need a (batch, classes) logit output with at "
+                                 f"least 2 classes, got shape {tuple(z.shape)}")
+            if pairwise is None:
+                pairwise = validated_bound(lipschitz, z.shape[1])
+                scale = math.sqrt(2) * pairwise if pairwise.dim() == 0 else pairwise
+            if not torch.isfinite(z).all():
+                raise ValueError(f"the model's logits are not finite (NaN or inf) for samples "
+                                 f"{i}..{i + len(z) - 1}; a certificate needs finite logits")
+            labels = y[i:i + batch_size]
+            if labels.min() < 0 or labels.max() >= z.shape[1]:
+                raise ValueError(f"labels must lie in 0..{z.shape[1] - 1} for a model with "
+                                 f"{z.shape[1]} classes, got {int(labels.min())}..{int(labels.max())}")
+            radii.append(margin_radii(z, labels, scale).min(1).values.clamp_min(0.0))
     return torch.cat(radii)
 
 
@@ -133,10 +173,33 @@ def margin_radii(logits: torch.Tensor, labels: torch.Tensor, pairwise: torch.Ten
     return (gaps / scale.clamp_min(1e-12)).scatter(1, labels[:, None], math.inf)
 
 
+def _validated_radii(radii: torch.Tensor) -> torch.Tensor:
+    radii = torch.as_tensor(radii)
+    if radii.dim() != 1 or len(radii) == 0:
+        raise ValueError(f"radii must be a non-empty 1-D tensor (one per sample), got shape "
+                         f"{tuple(radii.shape)}")
+    if torch.isnan(radii).any() or (radii < 0).any():
+        raise ValueError("radii must be non-negative numbers (certified_radii's output); found "
+                         f"{int(torch.isnan(radii).sum())} NaN and {int((radii < 0).sum())} negative")
+    return radii
+
+
+def _validated_eps(eps: float) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating, np.integer)) \
+            or not np.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps must be a finite non-negative radius, got {eps!r}")
+    return float(eps)
+
+
 def check_certificates(radii: torch.Tensor, robust: torch.Tensor, eps: float, what: str) -> None:
     """Raise if an attack broke a point certified at ``eps``: ``radii`` are certified radii
-    and ``robust`` the attack's per-sample outcome on the first ``len(robust)`` of the same
-    points. A broken certificate means an unsound bound, so no number may be reported."""
+    and ``robust`` the attack's per-sample outcome (bool) on the first ``len(robust)`` of the
+    same points. A broken certificate means an unsound bound, so no number may be reported."""
+    radii, eps = _validated_radii(radii), _validated_eps(eps)
+    robust = torch.as_tensor(robust)
+    if robust.dim() != 1 or robust.dtype != torch.bool or len(robust) > len(radii):
+        raise ValueError(f"robust must be a 1-D bool tensor over the first samples of radii "
+                         f"(at most {len(radii)}), got {robust.dtype} of shape {tuple(robust.shape)}")
     certified = radii[:len(robust)] > eps
     broken = int((certified & ~robust.to(certified.device)).sum())
     if broken:
@@ -145,9 +208,9 @@ def check_certificates(radii: torch.Tensor, robust: torch.Tensor, eps: float, wh
 
 
 def certified_accuracy(radii: torch.Tensor, eps: float) -> float:
-    """% of samples whose certified radius exceeds ``eps``."""
-    if not np.isfinite(eps) or eps < 0:
-        raise ValueError(f"eps must be a non-negative radius, got {eps}")
+    """% of samples whose certified radius exceeds ``eps`` (strictly: a radius equal to eps
+    does not certify)."""
+    radii, eps = _validated_radii(radii), _validated_eps(eps)
     return 100.0 * int((radii > eps).sum()) / len(radii)
 
 
