@@ -4,7 +4,12 @@
 #
 #   ./reproduce.sh [--profile smoke|cpu|paper] [--device auto|cpu|cuda] [--only NAME[,NAME]]
 #                  [--out DIR] [--data DIR] [--chunk-seconds N] [--resume] [--grid-address ADDR]
+#                  [--part-profile NOTEBOOK:PART=PROFILE[,...]]
 #   ./reproduce.sh test [pytest args]
+#
+# --part-profile runs parts of a notebook at another profile than --profile, e.g.
+# --profile cpu --part-profile clip:MNIST=paper (CLIP's MNIST rows at the paper's settings); every
+# row, table and results.json then says which profile produced it.
 #
 # Grids of training runs (lipschitz_loss) go to a Dask cluster: by default a local one (one
 # worker per GPU, or one CPU worker); --grid-address tcp://host:8786 names a running scheduler.
@@ -21,7 +26,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$ROOT"
 TORCH_SPEC="${LIPCORE_TORCH:-torch==2.14.1 torchvision==0.29.1}"
-RUN_MODULES="torch torchvision cvxpy scs clarabel numpy scipy pandas matplotlib tqdm papermill ipykernel tabulate art distributed"
+RUN_MODULES="torch torchvision cvxpy scs clarabel numpy scipy threadpoolctl pandas matplotlib tqdm papermill ipykernel tabulate art distributed"
 TEST_MODULES="$RUN_MODULES pytest nbval yaml eclipse_nn hypothesis"
 REQUIRED_MODULES="$RUN_MODULES"   # the test command asks for TEST_MODULES
 
@@ -84,7 +89,8 @@ while [[ $# -gt 0 ]]; do
         --chunk-seconds) CHUNK="${2:?--chunk-seconds needs a value}"; shift 2 ;;
         --resume) RESUME=1; shift ;;
         --grid-address) export LIPCORE_GRID_ADDRESS="${2:?--grid-address needs a value}"; shift 2 ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        --part-profile) export LIPCORE_PART_PROFILES="${2:?--part-profile needs a value}"; shift 2 ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
         *) die "unknown option '$1' (see ./reproduce.sh --help)" ;;
     esac
 done
@@ -92,17 +98,7 @@ case "$DEVICE" in auto|cpu|cuda) ;; *) die "--device must be auto, cpu or cuda, 
 case "$PROFILE" in ""|smoke|cpu|paper) ;; *) die "--profile must be smoke, cpu or paper, not '$PROFILE'" ;; esac
 [[ -z "$CHUNK" || "$CHUNK" =~ ^[0-9]+$ ]] || die "--chunk-seconds must be a whole number of seconds, not '$CHUNK'"
 
-choose_python
-# the kernel's inline backend embeds every figure in the executed notebook (Agg would drop them)
-export MPLBACKEND=module://matplotlib_inline.backend_inline
-export LIPCORE_PROGRESS="${LIPCORE_PROGRESS:-text}"   # plain-text bars show in the terminal log
-if [[ -z "$PROFILE" ]]; then
-    PROFILE="$("$PY" -c 'import torch; print("paper" if torch.cuda.is_available() else "cpu")')"
-fi
-mkdir -p "$OUT" outputs
-OUT="$(cd "$OUT" && pwd)"
-[[ -z "$DATA" ]] || DATA="$(cd "$DATA" 2>/dev/null && pwd)" || die "--data directory '$DATA' does not exist"
-
+# check everything that needs no Python first: a typo fails in a second, not after an install
 mapfile -t ALL < <(ls notebooks/*.ipynb | xargs -n1 basename | sed 's/\.ipynb$//')
 if [[ -n "$ONLY" ]]; then
     IFS=',' read -r -a SELECTED <<< "$ONLY"
@@ -112,9 +108,37 @@ if [[ -n "$ONLY" ]]; then
 else
     SELECTED=("${ALL[@]}")
 fi
+if [[ -n "$DATA" ]]; then
+    [[ -d "$DATA" ]] || die "--data directory '$DATA' does not exist; point it at the folder with mnist.npz and fashion_mnist.npz"
+    DATA="$(cd "$DATA" && pwd)"
+fi
+if [[ -n "${LIPCORE_PART_PROFILES:-}" ]]; then
+    IFS=',' read -r -a PARTS <<< "$LIPCORE_PART_PROFILES"
+    for part in "${PARTS[@]}"; do
+        [[ "$part" =~ ^[A-Za-z0-9_]+:[^=,]+=(smoke|cpu|paper)$ ]] \
+            || die "--part-profile entry '$part' must read NOTEBOOK:PART=smoke|cpu|paper, e.g. clip:MNIST=paper"
+        [[ -f "notebooks/${part%%:*}.ipynb" ]] || die "--part-profile names notebook '${part%%:*}', which does not exist (have: ${ALL[*]})"
+    done
+fi
+
+choose_python
+# the kernel's inline backend embeds every figure in the executed notebook (Agg would drop them)
+export MPLBACKEND=module://matplotlib_inline.backend_inline
+export LIPCORE_PROGRESS="${LIPCORE_PROGRESS:-text}"   # plain-text bars show in the terminal log
+if [[ -z "$PROFILE" ]]; then
+    PROFILE="$("$PY" -c 'import torch; print("paper" if torch.cuda.is_available() else "cpu")')"
+fi
+OUT_EXISTED=""; [[ -d "$OUT" ]] && OUT_EXISTED=1
+mkdir -p "$OUT" outputs
+OUT="$(cd "$OUT" && pwd)"
+cleanup_failed() {  # nothing half-made stays behind: the staging folder, an --out made for nothing
+    rm -rf "$OUT/.$1.partial"
+    [[ -n "$OUT_EXISTED" ]] || rmdir "$OUT" 2>/dev/null || true
+}
 
 echo "reproduce.sh: profile=$PROFILE device=$DEVICE out=$OUT data=${DATA:-<torchvision download>}"
 FINISHED="outputs/.finished-$PROFILE"         # notebooks done by earlier chunks of this run
+[[ -z "${LIPCORE_PART_PROFILES:-}" ]] || FINISHED+="-$(printf %s "$LIPCORE_PART_PROFILES" | cksum | cut -d' ' -f1)"
 [[ -n "$RESUME" ]] || : > "$FINISHED"
 touch "$FINISHED"
 if [[ -n "$CHUNK" ]]; then
@@ -134,6 +158,7 @@ for name in "${SELECTED[@]}"; do
     [[ -z "$DATA" ]] || params+=(-p data_dir "$DATA")
     if ! "$PY" -m papermill "notebooks/$name.ipynb" "outputs/$name.ipynb" --cwd notebooks \
             --kernel python3 --progress-bar --log-output "${params[@]}"; then
+        cleanup_failed "$name"
         if grep -q DeadlineReached "outputs/$name.ipynb"; then
             echo "reproduce.sh: chunk ended in '$name' (--chunk-seconds $CHUNK); trained models are cached: run the same command with --resume to continue" >&2
             exit 75

@@ -2,7 +2,13 @@
 # One call of a GPU lease (see docs/gpu.md), run on the GPU machine from the repository root:
 #
 #   benchmarks/gpu_run.sh install                      # once per machine: carried .whl/ -> /tmp/site
+#   benchmarks/gpu_run.sh check [SECONDS]              # issue 22: gpu_check.py, then CLIP paper rows
 #   benchmarks/gpu_run.sh run NOTEBOOK[,NOTEBOOK] [CHUNK_SECONDS] [--fresh]
+#
+# "check" runs benchmarks/gpu_check.py (CRM step ratios, one epoch of every paper setting, the
+# predicted paper time per notebook) into $OUT, then spends what is left of SECONDS (default 450)
+# on the CLIP notebook at the paper profile through the chunked path (the MNIST nets that CPU
+# chunks committed to figures/trained/ are found there, so the chunk trains Fashion-MNIST).
 #
 # "run" executes one chunk of ./reproduce.sh --profile paper on the GPU, resuming from the model
 # cache and the notebooks finished by earlier calls (--fresh starts over), with the datasets from
@@ -21,8 +27,17 @@ case "${1:-}" in
             --target "$SITE" .whl/*.whl || exit 1
         python3 -c "import papermill, cvxpy, scs, art, nbconvert, torch; print('gpu_run.sh: ready,', torch.cuda.get_device_name(0))"
         exit $? ;;
+    check)
+        budget="${2:-450}"
+        begin=$(date +%s)
+        python3 benchmarks/gpu_check.py --out "${OUT:-outputs/gpu_check}" || exit 1
+        left=$(( budget - ($(date +%s) - begin) - 60 ))   # a minute for the chunk's last net to end
+        if (( left < 60 )); then
+            echo "gpu_run.sh: no time left for the CLIP paper rows ($left s)"; exit 0
+        fi
+        exec "$0" run clip "$left" ;;
     run) ;;
-    *) sed -n '2,12p' "$0"; exit 2 ;;
+    *) sed -n '2,18p' "$0"; exit 2 ;;
 esac
 
 ONLY="${2:?which notebooks? e.g. pauli_admm,clip}"

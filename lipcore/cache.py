@@ -26,6 +26,7 @@ import torch
 from .io import atomic_path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = REPO_ROOT / "figures" / "trained"       # committed nets of long runs' finished cells
 
 
 def cache_dir() -> Path:
@@ -76,8 +77,9 @@ def cached(key: str, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """
     global _builds_this_process
     path = cache_dir() / f"{key}.pt"
-    if path.is_file():
-        return torch.load(path, map_location="cpu", weights_only=False)
+    for stored in (path, SHIPPED / f"{key}.pt"):
+        if stored.is_file():
+            return torch.load(stored, map_location="cpu", weights_only=False)
     _check_deadline()
     _builds_this_process += 1
     obj = build()
@@ -85,3 +87,30 @@ def cached(key: str, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
     return obj
+
+
+def ship(source: Path, target: Path = SHIPPED) -> list[Path]:
+    """Copy every cached model of ``source`` that ``target`` lacks (atomically); returns the new
+    files. Point it at a cache that only the run to be shipped has used."""
+    new = []
+    for path in sorted(Path(source).glob("*.pt")):
+        if not (target / path.name).is_file():
+            target.mkdir(parents=True, exist_ok=True)
+            with atomic_path(target / path.name) as tmp:
+                tmp.write_bytes(path.read_bytes())
+            new.append(target / path.name)
+    return new
+
+
+if __name__ == "__main__":
+    import argparse
+    parser = argparse.ArgumentParser(description="Ship a run's trained models to figures/trained/ "
+                                     "so a resumed run on another machine finds them.")
+    parser.add_argument("command", choices=["ship"])
+    parser.add_argument("cache", type=Path, help="the run's cache folder ($LIPCORE_CACHE)")
+    args = parser.parse_args()
+    if not args.cache.is_dir():
+        parser.error(f"cache folder {args.cache} does not exist")
+    shipped = ship(args.cache)
+    print(f"shipped {len(shipped)} new model(s) to {SHIPPED} "
+          f"({sum(p.stat().st_size for p in shipped) / 2**20:.1f} MB)")

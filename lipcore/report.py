@@ -37,8 +37,11 @@ def _format(v) -> str:
 def notebook_section(folder: Path) -> str:
     """The REPORT.md section of one notebook's output folder."""
     results = json.loads((folder / "results.json").read_text())
+    profiles = results.get("profiles") or {}
+    per_part = (" (" + ", ".join(f"{k}: `{v}`" for k, v in profiles.items()) + ")"
+                if len(set(profiles.values())) > 1 else "")
     lines = [f"## {results['notebook']}", "",
-             f"profile `{results['profile']}` on {results['device']}, seed {results['seed']}, "
+             f"profile `{results['profile']}`{per_part} on {results['device']}, seed {results['seed']}, "
              f"commit `{results['git_commit']}`, {results['wall_seconds']:.0f} s; data: "
              + (", ".join(f"{k} ({v})" for k, v in results.get("data", {}).items()) or "none"),
              ""]
@@ -60,8 +63,10 @@ def notebook_section(folder: Path) -> str:
         table = pd.read_csv(comparison)
         if len(table):
             table = deviation_columns(table)
+            if "profile" not in table:              # outputs written before per-row profiles
+                table["profile"] = results["profile"]
             cols = ["artifact", "row", "metric", "paper", "reproduced", "deviation", "relative",
-                    "unit", "note"]
+                    "unit", "profile", "note"]
             lines.append("| " + " | ".join(cols) + " |")
             lines.append("|" + "---|" * len(cols))
             for _, r in table[cols].iterrows():

@@ -25,8 +25,9 @@ from .io import atomic_path, write_text
 PROFILES = ("smoke", "cpu", "paper")
 DEVICES = ("auto", "cpu", "cuda")
 DATA_SOURCES = ("real", "generated", "synthetic")
-COMPARISON_COLUMNS = ["artifact", "row", "metric", "paper", "reproduced", "unit", "note"]
+COMPARISON_COLUMNS = ["artifact", "row", "metric", "paper", "reproduced", "unit", "profile", "note"]
 REPO_ROOT = Path(__file__).resolve().parent.parent
+SCRATCH_OUT = REPO_ROOT / "outputs" / "scratch"     # interactive runs (git ignores outputs/)
 
 
 def resolve_profile(profile: str | None) -> str:
@@ -51,6 +52,33 @@ def resolve_device(device: str | None) -> str:
         raise ValueError("device='cuda' was asked for but torch sees no CUDA device; "
                          "use device='auto' or 'cpu'")
     return chosen
+
+
+def parse_part_profiles(spec: str | dict[str, str] | None, notebook: str) -> dict[str, str]:
+    """Per-part profile overrides of one notebook, e.g. CLIP's MNIST rows at ``paper`` while the
+    rest runs at ``cpu``. ``spec`` is a dict ``{"MNIST": "paper"}``, a string
+    ``"MNIST=paper,Fashion-MNIST=cpu"``, or ``None``: then ``$LIPCORE_PART_PROFILES``, whose
+    entries name their notebook (``"clip:MNIST=paper,pauli_admm:2D=paper"``; reproduce.sh's
+    ``--part-profile`` sets it) and only this notebook's are taken."""
+    if spec is None:
+        spec, prefix = os.environ.get("LIPCORE_PART_PROFILES", ""), f"{notebook}:"
+        entries = [e[len(prefix):] for e in spec.split(",") if e.strip().startswith(prefix)]
+        spec = ",".join(e.strip() for e in entries)
+    if isinstance(spec, str):
+        pairs = {}
+        for entry in filter(None, (e.strip() for e in spec.split(","))):
+            if "=" not in entry:
+                raise ValueError(f"part profile {entry!r} must read PART=PROFILE, e.g. MNIST=paper")
+            part, profile = (t.strip() for t in entry.split("=", 1))
+            pairs[part] = profile
+        spec = pairs
+    if not isinstance(spec, dict):
+        raise ValueError(f"part_profiles must be a dict, a 'PART=PROFILE,...' string or None, "
+                         f"got {type(spec).__name__}")
+    for part, profile in spec.items():
+        if profile not in PROFILES:
+            raise ValueError(f"part profile {part}={profile!r}: choose one of {PROFILES}")
+    return dict(spec)
 
 
 def git_commit(root: Path = REPO_ROOT) -> str:
@@ -80,8 +108,10 @@ class NotebookRun:
     """Outputs of one notebook execution; see the module docstring."""
 
     def __init__(self, notebook: str, profile: str, device: str, seed: int, data_dir,
-                 out_dir: Path):
+                 out_dir: Path, part_profiles: dict[str, str] | None = None):
         self.notebook, self.profile, self.device, self.seed = notebook, profile, device, seed
+        self.part_profiles = dict(part_profiles or {})
+        self.used_profiles: dict[str, str] = {}
         self.data_dir = data_dir
         self.final_dir = out_dir / notebook
         self.dir = out_dir / f".{notebook}.partial"
@@ -95,6 +125,18 @@ class NotebookRun:
     def __repr__(self) -> str:
         return (f"NotebookRun({self.notebook!r}, profile={self.profile!r}, "
                 f"device={self.device!r}, seed={self.seed}, out={str(self.final_dir)!r})")
+
+    def profiles(self, parts: list[str]) -> dict[str, str]:
+        """The profile of each of the notebook's ``parts`` (data sets or tables): the run's
+        profile unless ``part_profiles`` overrides it. An override naming no part is an error,
+        so a typo never silently runs the wrong budget. Recorded in results.json."""
+        unknown = set(self.part_profiles) - set(parts) - set(self.used_profiles)
+        if unknown:
+            raise ValueError(f"part_profiles names {sorted(unknown)}, which {self.notebook} does "
+                             f"not have; its parts are {parts}")
+        chosen = {part: self.part_profiles.get(part, self.profile) for part in parts}
+        self.used_profiles.update(chosen)
+        return chosen
 
     def budget(self, **per_profile: Any) -> Any:
         """The value for this run's profile: ``run.budget(smoke=10, cpu=1_000, paper=60_000)``."""
@@ -131,18 +173,27 @@ class NotebookRun:
             torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
 
     def compare(self, artifact: str, row: str, metric: str, paper: float | None,
-                reproduced: float, unit: str = "", note: str = "") -> None:
-        """One number the paper reports, beside the value this run produced."""
+                reproduced: float, unit: str = "", note: str = "", profile: str | None = None
+                ) -> None:
+        """One number the paper reports, beside the value this run produced and the profile
+        (budget) that produced it: ``profile``, else the run's."""
         if reproduced is None or pd.isna(reproduced):
             raise ValueError(f"{artifact}/{row}/{metric}: reproduced value is missing or NaN")
+        if profile is not None and profile not in PROFILES:
+            raise ValueError(f"{artifact}/{row}/{metric}: unknown profile {profile!r}")
         self.comparison.append(dict(artifact=artifact, row=row, metric=metric, paper=paper,
-                                    reproduced=float(reproduced), unit=unit, note=note))
+                                    reproduced=float(reproduced), unit=unit,
+                                    profile=profile or self.profile, note=note))
 
     def finish(self, **fields: Any) -> dict[str, Any]:
         """Write comparison.csv and results.json, then publish the outputs atomically."""
         table = pd.DataFrame(self.comparison, columns=COMPARISON_COLUMNS)
         write_text(self.dir / "comparison.csv", table.to_csv(index=False))
-        results = dict(notebook=self.notebook, profile=self.profile,
+        profiles = set(self.used_profiles.values()) | ({self.profile} if not self.used_profiles
+                                                        else set())
+        results = dict(notebook=self.notebook,
+                       profile=self.profile if len(profiles) == 1 else "mixed",
+                       profiles=self.used_profiles or None,
                        device=device_description(self.device), seed=self.seed,
                        git_commit=git_commit(),
                        wall_seconds=round(time.perf_counter() - self.started, 2),
@@ -159,14 +210,21 @@ class NotebookRun:
 
 
 def start_run(notebook: str, profile: str | None = None, device: str | None = None,
-              seed: int = 0, data_dir=None, out_dir=None) -> NotebookRun:
+              seed: int = 0, data_dir=None, out_dir=None,
+              part_profiles: str | dict[str, str] | None = None) -> NotebookRun:
     """Validate a notebook's parameters and open its output folder.
 
     ``None`` means: profile from ``$LIPCORE_PROFILE`` (else paper on CUDA, cpu otherwise),
-    out_dir from ``$LIPCORE_OUT`` (else ``figures/``); data_dir is resolved by lipcore.data.
+    out_dir from ``$LIPCORE_OUT``, else the scratch folder ``outputs/scratch/`` (ignored by git:
+    opening and running a notebook never touches the committed ``figures/``, which only
+    ``./reproduce.sh`` or an explicit ``out_dir`` writes); data_dir is resolved by lipcore.data;
+    part_profiles from ``$LIPCORE_PART_PROFILES`` (:func:`parse_part_profiles`).
     """
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ValueError(f"seed must be an integer, got {seed!r}")
-    out = Path(out_dir or os.environ.get("LIPCORE_OUT") or REPO_ROOT / "figures").resolve()
+    out = Path(out_dir or os.environ.get("LIPCORE_OUT") or SCRATCH_OUT).resolve()
+    if out == SCRATCH_OUT.resolve():
+        print(f"lipcore: outputs of this run go to the scratch folder {out}/{notebook} (ignored by "
+              "git); ./reproduce.sh, or out_dir=..., writes the committed figures/")
     return NotebookRun(notebook, resolve_profile(profile), resolve_device(device), seed,
-                       data_dir, out)
+                       data_dir, out, parse_part_profiles(part_profiles, notebook))

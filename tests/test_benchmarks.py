@@ -16,13 +16,16 @@ def test_benchmark_rows_and_markdown(tmp_path, monkeypatch, capsys):
     results = json.loads(out.read_text())
     rows = {r["estimator"]: r for r in results["rows"]}
     lower = rows["empirical lower bound"]["bound"]
-    assert {"naive", "LipSDP-neuron (SCS)", "LipSDP-layer (SCS)",
-            "ECLipsE-Fast (eclipse-nn)"} <= set(rows)
+    assert {"naive", "LipSDP-neuron (SCS)", "LipSDP-layer (SCS)", "LipSDP-neuron (first-order)",
+            "LipSDP-layer (first-order)", "ECLipsE-Fast (eclipse-nn)"} <= set(rows)
     assert all(r["bound"] >= lower for r in rows.values())
     assert rows["LipSDP-neuron (SCS)"]["bound"] <= rows["naive"]["bound"]
+    assert abs(rows["LipSDP-neuron (first-order)"]["gap_to_scs"]) < 0.01
     assert results["machine"]["cores"] and results["commit"]
     bench.main(["--markdown", "--out", str(out)])
-    assert "| 12-10-8-3 tanh | LipSDP-neuron (SCS) |" in capsys.readouterr().out
+    table = capsys.readouterr().out
+    assert "| 12-10-8-3 tanh | LipSDP-neuron (SCS) |" in table
+    assert "| 12-10-8-3 tanh | LipSDP-neuron (first-order) |" in table and "% |" in table
 
 
 def test_clip_epoch_benchmark_reports_a_cost_ratio():

@@ -42,7 +42,8 @@ import cvxpy as cp
 import numpy as np
 
 COUPLINGS = ("neuron", "layer", "network")
-SOLVERS = ("SCS", "CLARABEL", "MOSEK")
+SOLVERS = ("auto", "SCS", "CLARABEL", "MOSEK", "first-order")
+CVXPY_SOLVERS = ("SCS", "CLARABEL", "MOSEK")
 # Relative accuracy of the default SCS solve; the certified bound is within 1e-4 (relative)
 # of a tightly converged solve on the nets in benchmarks/ (see tests/test_lipsdp.py).
 SCS_DEFAULT_EPS = 1e-6
@@ -293,15 +294,21 @@ def chordal_nsd(blocks: list[list]) -> list:
 
 
 def lipsdp(weights: Sequence[np.ndarray], alpha: float = 0.0, beta: float = 1.0,
-           coupling: str = "neuron", solver: str = "SCS", eps: float | None = None,
-           verbose: bool = False) -> LipSDPResult:
+           coupling: str = "neuron", solver: str = "auto", eps: float | None = None,
+           verbose: bool = False, time_budget: float = 300.0, tol: float = 1e-4,
+           progress: bool | None = None) -> LipSDPResult:
     """Upper bound on the l2 Lipschitz constant of f by LipSDP (eq. (6)).
 
     ``weights``: W^0..W^l (W^i of shape n_{i+1} x n_i; biases do not matter). ``alpha``, ``beta``:
     slope bounds of the activation, 0 <= alpha < beta. ``coupling``: "neuron" (diagonal T,
     Theorem 1), "layer" (one multiplier per layer) or "network" (T_n: UNSOUND, kept only for the
-    counterexample). ``solver``: "SCS" (default, scales), "CLARABEL" (interior point, small LMIs),
-    "MOSEK" (if licensed). Raises :class:`LipSDPError` on infeasible or inaccurate solves.
+    counterexample). ``solver``: "SCS" (the SDP's optimum), "CLARABEL" (interior point, small
+    LMIs), "MOSEK" (if licensed), "first-order" (:mod:`lipcore.estimators.lipsdp_fo`: minimises
+    the exact bound over T by smoothed L-BFGS within ``time_budget`` seconds, stopping at relative
+    progress ``tol``; neuron and layer coupling; scales to wide nets), or "auto" (first-order
+    for neuron and layer coupling, faster than SCS at every size measured; SCS for network). Whatever the solver, a sound
+    coupling's bound is certified exactly on the full LMI. Raises :class:`LipSDPError` on
+    infeasible or inaccurate solves.
     """
     weights = [np.atleast_2d(np.asarray(w, dtype=np.float64)) for w in weights]
     _check_inputs(weights, alpha, beta, coupling, solver)
@@ -309,12 +316,25 @@ def lipsdp(weights: Sequence[np.ndarray], alpha: float = 0.0, beta: float = 1.0,
         warnings.warn("LipSDP with coupling='network' (the set T_n) is not a valid upper bound "
                       "(Pauli et al. 2021, Section II-C); use 'neuron' or 'layer'",
                       UnsoundCouplingWarning, stacklevel=2)
+    if solver == "auto":            # the fastest sound solver at every size (docs/benchmarks.md)
+        solver = "SCS" if coupling == "network" else "first-order"
     start = time.perf_counter()
     # Solve on the reduced, balanced problem; certify on the original one.
     W0 = reduce_input_layer(weights[0])
     reduced = [W0, *weights[1:]]
     c = np.array([1.0 / max(np.linalg.norm(w, 2), 1e-12) for w in reduced])
     balanced = [ck * w for ck, w in zip(c, reduced)]
+    if solver == "first-order":
+        from .lipsdp_fo import minimise_T, small_lmi_threads
+        with small_lmi_threads(sum(w.shape[0] for w in weights[:-1])):
+            T_bal, trace = minimise_T(balanced, alpha, beta, coupling, time_budget, tol,
+                                      progress=progress)
+            L2_solver, T = unbalance(min(trace.values), T_bal, c, weights)
+            L2_final, T, top = certified_L2(weights, T, alpha, beta)
+        return LipSDPResult(bound=float(np.sqrt(L2_final)), L2=float(L2_final), T=T,
+                            coupling=coupling, solver=solver, status=trace.stopped,
+                            solve_time=time.perf_counter() - start, lmi_max_eig=top, sound=True,
+                            solver_bound=float(np.sqrt(L2_solver)))
     L2_bal, T_bal, status = _solve(balanced, alpha, beta, coupling, solver, eps, verbose)
     if status == cp.OPTIMAL_INACCURATE and solver == "SCS":
         tighter = (SCS_DEFAULT_EPS if eps is None else eps) / 10.0
@@ -367,5 +387,8 @@ def _check_inputs(weights: Sequence[np.ndarray], alpha: float, beta: float, coup
         raise ValueError(f"unknown coupling {coupling!r}; choose one of {COUPLINGS}")
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
-    if solver not in cp.installed_solvers():
+    if solver == "first-order" and coupling == "network":
+        raise ValueError("the first-order solver handles diagonal T (coupling 'neuron' or "
+                         "'layer'); 'network' needs an SDP solver such as 'SCS'")
+    if solver in CVXPY_SOLVERS and solver not in cp.installed_solvers():
         raise ValueError(f"solver {solver} is not installed (installed: {cp.installed_solvers()})")

@@ -1,0 +1,96 @@
+"""Part of a notebook at one profile, the rest at another (issue 20), shipped models for runs
+resumed elsewhere, and the safe default output folder of interactive runs (issue 18)."""
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from lipcore import cache
+from lipcore.experiments import clip as cx
+from lipcore.report import build_report
+from lipcore.run import REPO_ROOT, SCRATCH_OUT, parse_part_profiles, start_run
+
+
+def test_part_profiles_parse_from_dicts_strings_and_the_environment(monkeypatch):
+    assert parse_part_profiles({"MNIST": "paper"}, "clip") == {"MNIST": "paper"}
+    assert parse_part_profiles("MNIST=paper, Fashion-MNIST=cpu", "clip") == {
+        "MNIST": "paper", "Fashion-MNIST": "cpu"}
+    monkeypatch.setenv("LIPCORE_PART_PROFILES", "clip:MNIST=paper,pauli_admm:2D=smoke")
+    assert parse_part_profiles(None, "clip") == {"MNIST": "paper"}
+    assert parse_part_profiles(None, "crm_liplt") == {}
+    with pytest.raises(ValueError, match="choose one of"):
+        parse_part_profiles("MNIST=fast", "clip")
+    with pytest.raises(ValueError, match="PART=PROFILE"):
+        parse_part_profiles("MNIST", "clip")
+
+
+def test_each_row_and_results_json_say_which_profile_produced_them(tmp_path):
+    run = start_run("nb", profile="cpu", out_dir=tmp_path, part_profiles={"MNIST": "paper"})
+    with pytest.raises(ValueError, match=r"does not have; its parts are \['A'\]"):
+        run.profiles(["A"])
+    profiles = run.profiles(["MNIST", "Fashion-MNIST"])
+    assert profiles == {"MNIST": "paper", "Fashion-MNIST": "cpu"}
+    run.compare("T", "MNIST row", "acc", 1.0, 2.0, profile=profiles["MNIST"])
+    run.compare("T", "F row", "acc", 1.0, 2.0)
+    with pytest.raises(ValueError, match="unknown profile"):
+        run.compare("T", "x", "acc", 1.0, 2.0, profile="fast")
+    results = run.finish()
+    assert results["profile"] == "mixed" and results["profiles"] == profiles
+    table = pd.read_csv(tmp_path / "nb" / "comparison.csv")
+    assert list(table.profile) == ["paper", "cpu"]
+    report = build_report(tmp_path).read_text()
+    assert "MNIST: `paper`, Fashion-MNIST: `cpu`" in report
+    assert "| paper |" in report and "| cpu |" in report
+
+
+def test_clip_settings_per_half_follow_each_profile():
+    S = cx.table_settings({"MNIST": "paper", "Fashion-MNIST": "cpu"})
+    assert (S["MNIST"].epochs, S["MNIST"].n_train, S["MNIST"].n_test_pgd) == (100, None, None)
+    assert S["MNIST"].profile == "paper" and S["Fashion-MNIST"].profile == "cpu"
+    assert S["Fashion-MNIST"] == cx.table_settings("cpu")["Fashion-MNIST"]
+
+
+def test_a_shipped_model_is_found_when_the_local_cache_lacks_it(tmp_path, monkeypatch):
+    source, shipped = tmp_path / "run-cache", tmp_path / "trained"
+    monkeypatch.setenv("LIPCORE_CACHE", str(source))
+    cache.cached("k1", lambda: {"w": torch.ones(2)})
+    assert [p.name for p in cache.ship(source, shipped)] == ["k1.pt"]
+    assert cache.ship(source, shipped) == []                 # nothing new
+    monkeypatch.setenv("LIPCORE_CACHE", str(tmp_path / "empty"))   # another machine
+    monkeypatch.setattr(cache, "SHIPPED", shipped)
+    loaded = cache.cached("k1", lambda: pytest.fail("retrained a shipped model"))
+    assert torch.equal(loaded["w"], torch.ones(2))
+
+
+def test_an_interactive_run_writes_to_the_ignored_scratch_folder(monkeypatch, capsys):
+    monkeypatch.delenv("LIPCORE_OUT", raising=False)
+    run = start_run("demo_scratch", profile="smoke")
+    assert run.final_dir == SCRATCH_OUT.resolve() / "demo_scratch"
+    assert "scratch folder" in capsys.readouterr().out
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(run.final_dir / "x.png")],
+                             cwd=REPO_ROOT).returncode == 0
+    assert ignored, "the scratch folder must be ignored by git"
+    run.dir.rmdir()
+
+
+def _reproduce(*args, **env):
+    return subprocess.run(["./reproduce.sh", *args], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=60,
+                          env={**os.environ, "LIPCORE_PYTHON": "/nonexistent/python", **env})
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--only", "nosuch"], "no notebook named 'nosuch'"),
+    (["--data", "/nonexistent/data"], "--data directory '/nonexistent/data' does not exist"),
+    (["--part-profile", "clip:MNIST=fast"], "must read NOTEBOOK:PART=smoke|cpu|paper"),
+    (["--part-profile", "nosuch:MNIST=paper"], "names notebook 'nosuch'"),
+])
+def test_reproduce_rejects_bad_options_before_looking_for_python(args, message):
+    """LIPCORE_PYTHON points nowhere: the option errors must come first, in a second."""
+    result = _reproduce(*args)
+    assert result.returncode != 0 and message in result.stderr
+    assert "LIPCORE_PYTHON" not in result.stderr
