@@ -252,10 +252,17 @@ def mnist_setting(profile: str) -> MnistSetting:
     return MnistSetting(fractions=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0))
 
 
-def residual_settings(profile: str) -> dict[str, ResidualSetting]:
+PARTS = ["MNIST", "cifar10", "stl10"]       # what part_profiles may set (lipcore.run)
+
+
+def residual_settings(profile: str | dict[str, str]) -> dict[str, ResidualSetting]:
     """CIFAR-10 (ResNet-20, PreResNet-20) and STL-10 (PreResNet-32). ``paper``: 300 epochs, the
     whole grid. ``cpu``: a handful of epochs, the cells Section 7 needs (CIFAR-10) or the three
-    sigma_train values (STL-10); on real data a 5,000-image subset, else a small stand-in."""
+    sigma_train values (STL-10); on real data a 5,000-image subset, else a small stand-in.
+    ``profile`` may also name one profile per data set (the smoke profile has CIFAR-10 only)."""
+    if isinstance(profile, dict):
+        return {name: setting for name, p in profile.items()
+                for key, setting in residual_settings(p).items() if key == name}
     if profile == "smoke":
         return {"cifar10": ResidualSetting("cifar10", ("resnet20",), epochs=1, milestones=(),
                                            n_train=64, n_test=64, stand_in=(64, 64),
