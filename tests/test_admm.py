@@ -88,8 +88,11 @@ def test_bad_admm_configs_are_rejected():
         ADMMConfig(mu=1e-3, L_des=5.0)
     with pytest.raises(ValueError, match="exactly one"):
         ADMMConfig(mu=None)
+    with pytest.raises(ValueError, match="exactly one"):
+        ADMMConfig()
     with pytest.raises(ValueError, match="rho > 0"):
-        ADMMConfig(rho=0.0)
+        ADMMConfig(rho=0.0, mu=1e-3)
+    assert ADMMConfig(L_des=5.0).mode == "enforce" and ADMMConfig(mu=0.01).mode == "regularise"
     with pytest.raises(ValueError, match="optimizer"):
         TrainConfig(optimizer="lbfgs")
 

@@ -32,10 +32,11 @@ LOOSE_EPS = 1e-3          # accuracy of the first, cold solve of the Lipschitz s
 
 @dataclass
 class ADMMConfig:
-    """Exactly one of ``mu`` (regularise, problem (8)) and ``L_des`` (enforce, problem (10))."""
+    """Exactly one of ``mu`` (regularise, problem (8); the paper uses 1e-5 on 2D, 1e-2 on MNIST)
+    and ``L_des`` (enforce, problem (10)): ``ADMMConfig(mu=1e-2)`` or ``ADMMConfig(L_des=5.0)``."""
 
     rho: float = 0.25
-    mu: float | None = 1e-5
+    mu: float | None = None
     L_des: float | None = None
     iterations: int = 5                 # ADMM iterations always done
     max_iterations: int = 5             # upper limit when the |dL| rule continues
