@@ -8,7 +8,6 @@ transforms draw one set of parameters per call, and the data stays resident on t
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch

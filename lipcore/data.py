@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,13 +96,24 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> ImageD
     return _from_torchvision(name, tv_name, root, classes, npz_name)
 
 
+class DatasetCorrupt(ValueError):
+    """A dataset file exists but cannot be read; the message names it and the fix."""
+
+
 def _from_npz(name: str, path: Path, classes: int) -> ImageData:
-    with np.load(path) as archive:
-        missing = {"x_train", "y_train", "x_test", "y_test"} - set(archive.files)
-        if missing:
-            raise ValueError(f"{path} lacks arrays {sorted(missing)}; expected Keras-style "
-                             f"x_train, y_train, x_test, y_test")
-        arrays = {k: archive[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    try:
+        with np.load(path) as archive:
+            missing = {"x_train", "y_train", "x_test", "y_test"} - set(archive.files)
+            if missing:
+                raise DatasetCorrupt(f"{path} lacks arrays {sorted(missing)}; expected "
+                                     "Keras-style x_train, y_train, x_test, y_test")
+            arrays = {k: archive[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    except DatasetCorrupt:
+        raise
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DatasetCorrupt(f"{path} is truncated or corrupt ({type(exc).__name__}: {exc}); copy "
+                             f"{path.name} again (the data folder's SHA256SUMS, if it has one, "
+                             "tells a good copy)") from None
     digest = hashlib.sha256()
     for key in ("x_train", "y_train", "x_test", "y_test"):
         digest.update(np.ascontiguousarray(arrays[key]).tobytes())
@@ -129,11 +142,14 @@ def _from_torchvision(name: str, tv_name: str, root: Path | None, classes: int,
     try:
         parts = [cls(str(target), download=download, **kw) for kw in split_kw]
     except RuntimeError as exc:        # torchvision: "Dataset not found or corrupted"
-        where = (f"put '{npz_name}' (Keras-style x_train, y_train, x_test, y_test) in {root}, "
-                 f"or unset data_dir/LIPCORE_DATA to let torchvision download it"
-                 if root is not None else f"torchvision could not download it to {target} "
-                 f"(no internet?); set LIPCORE_DATA to a folder holding '{npz_name}'")
-        raise DatasetNotFound(f"{name} not found: {where} ({exc})") from exc
+        if root is not None:            # torchvision's own hint (download=True) misleads here
+            raise DatasetNotFound(
+                f"{name} not found in {root}: put '{npz_name}' (Keras-style x_train, y_train, "
+                f"x_test, y_test) there, or unset data_dir/LIPCORE_DATA to let torchvision "
+                f"download it (needs internet)") from None
+        raise DatasetNotFound(f"{name} not found: torchvision could not download it to {target} "
+                              f"(no internet?); set LIPCORE_DATA to a folder holding "
+                              f"'{npz_name}' ({exc})") from exc
     except OSError as exc:             # URLError and friends from the downloader
         raise DatasetNotFound(f"{name}: torchvision could not download it to {target} ({exc}); "
                               f"set LIPCORE_DATA to a folder holding '{npz_name}'") from exc

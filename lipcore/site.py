@@ -6,6 +6,12 @@ REPORT.md with mistune (both come with JupyterLab, and neither downloads anythin
 and writes an index with a table of contents; the stylesheet every notebook page shares is written
 once (``notebook.css``). Run ``python -m lipcore.site [FIGURES_DIR]``;
 reproduce.sh does it after the report.
+
+The book reads offline (``file://``, no network): TeX is rendered to MathML at build time
+(latex2mathml), which browsers draw natively, and the CDN scripts nbconvert links (MathJax,
+require.js, mermaid) are left out. Every page has a contents bar with previous/next; progress-bar
+output is dropped; the machine paths a run was given (data and output folders) read as
+``$LIPCORE_DATA`` and ``figures``.
 """
 from __future__ import annotations
 
@@ -17,11 +23,25 @@ import sys
 from pathlib import Path
 
 import mistune
+import nbformat
+from latex2mathml.converter import convert as tex_to_mathml
 from nbconvert import HTMLExporter
 
 STYLE = ("body{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;"
          "line-height:1.5}table{border-collapse:collapse;font-size:.85rem}td,th{border:1px solid "
          "#ccc;padding:.2rem .4rem}code{background:#f4f4f4}")
+NAV_STYLE = (".lipcore-nav{font:14px/1.5 system-ui,sans-serif;background:#f6f8fa;border-bottom:"
+             "1px solid #ddd;padding:.4rem 1rem;margin:0 0 1rem}.lipcore-nav a{margin-right:.8rem}"
+             ".lipcore-nav .here{font-weight:bold}")
+# Progress bars (tqdm) write carriage returns and "it/s" to stderr: noise in a book
+PROGRESS = re.compile(r"\r|it/s\]|s/it\]|\|[█▏▎▍▌▋▊▉ ]*\|")
+CDN_SCRIPT = re.compile(r'<script[^>]*src="https?://[^"]*"[^>]*>\s*</script>\s*')
+MATHJAX_CONFIG = re.compile(r'<script type="text/x-mathjax-config">.*?</script>\s*', re.S)
+MODULE_SCRIPT = re.compile(r'<script type="module">.*?</script>\s*', re.S)
+TAG = re.compile(r"(<[^>]*>)|([^<]+)")
+VERBATIM = re.compile(r"(<(pre|code|script|style|math)\b.*?</\2>)", re.S)
+DISPLAY_MATH = re.compile(r"\$\$(.+?)\$\$", re.S)
+INLINE_MATH = re.compile(r"(?<![\\$\w])\$(?=\S)([^$]{0,400}?\S)\$(?![\w$])")  # may wrap a line
 
 
 def executed_notebooks(figures_dir: Path) -> list[Path]:
@@ -64,9 +84,83 @@ def _page(title: str, body: str) -> str:
             f"<style>{STYLE}</style></head><body>{body}</body></html>\n")
 
 
+def _mathml(tex: str, display: bool) -> str:
+    return tex_to_mathml(html.unescape(tex).strip(), display="block" if display else "inline")
+
+
+def render_math(page: str) -> str:
+    """Every $...$ and $$...$$ outside code, scripts and styles as MathML (drawn by the browser,
+    offline), so no raw TeX is left for a CDN script to typeset."""
+    parts = VERBATIM.split(page)
+    out = []
+    for i, part in enumerate(parts):
+        if i % 3 == 0:               # between verbatim elements (split keeps 2 groups): only
+            part = TAG.sub(lambda m: m.group(1) or _math_text(m.group(2)), part)   # text, not tags
+        if i % 3 != 2:
+            out.append(part)
+    return "".join(out)
+
+
+def _math_text(text: str) -> str:
+    text = DISPLAY_MATH.sub(lambda m: _mathml(m.group(1), True), text)
+    return INLINE_MATH.sub(lambda m: _mathml(m.group(1), False), text)
+
+
+def offline(page: str) -> str:
+    """The page without the CDN scripts nbconvert links, with its math rendered."""
+    page = CDN_SCRIPT.sub("", page)
+    page = MATHJAX_CONFIG.sub("", page)
+    if "class=\"jp-Mermaid" not in page:          # no diagram for the script to draw
+        page = MODULE_SCRIPT.sub("", page)
+    return render_math(page)
+
+
+def clean_notebook(path: Path) -> nbformat.NotebookNode:
+    """The executed notebook as a book shows it: no progress-bar output, and the folders the run
+    was given (its injected ``data_dir`` and ``out_dir``) named as a reader would set them."""
+    nb = nbformat.read(path, as_version=4)
+    replacements = {}
+    for cell in nb.cells:
+        if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
+            for name, shown in (("data_dir", "$LIPCORE_DATA"), ("out_dir", "figures")):
+                match = re.search(rf'^{name} = "([^"]+)"', cell.source, re.M)
+                if match:
+                    replacements[match.group(1)] = shown
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        cell.outputs = [o for o in cell.outputs if not (
+            o.output_type == "stream" and o.name == "stderr" and PROGRESS.search(o.text))]
+    text = nbformat.writes(nb)
+    for raw, shown in sorted(replacements.items(), key=lambda kv: -len(kv[0])):
+        text = text.replace(raw, shown)
+    return nbformat.reads(text, as_version=4)
+
+
+def _nav(entries: list[tuple[str, str]], here: str) -> str:
+    """The contents bar: the book's pages in order, this one in bold, then previous / next."""
+    names = [name for name, _ in entries]
+    i = names.index(here) if here in names else -1
+    links = [f"<a href='index.html'{' class=here' if here == 'index' else ''}>Contents</a>"]
+    links += [f"<a href='{n}.html' title='{html.escape(t, quote=True)}'"
+              f"{' class=here' if n == here else ''}>{html.escape(n)}</a>" for n, t in entries]
+    if i > 0:
+        links.append(f"<a href='{names[i - 1]}.html' rel='prev'>&larr; previous</a>")
+    if 0 <= i < len(names) - 1:
+        links.append(f"<a href='{names[i + 1]}.html' rel='next'>next &rarr;</a>")
+    return f"<style>{NAV_STYLE}</style><nav class='lipcore-nav'>{' '.join(links)}</nav>"
+
+
+def _with_nav(page: str, nav: str) -> str:
+    at = page.index(">", page.index("<body")) + 1
+    return page[:at] + nav + page[at:]
+
+
 def _report_html(report: Path) -> str:
-    """REPORT.md as HTML, with its links (relative to figures/) made relative to site/."""
-    text = re.sub(r"\]\((?!https?:|#|/)([^)]+)\)", r"](../\1)", report.read_text())
+    """REPORT.md as HTML, with its links (relative to figures/) made relative to site/ and its
+    links to executed notebooks pointed at their pages in this book."""
+    text = re.sub(r"\]\(([\w-]+)/\1\.ipynb\)", r"](\1.html)", report.read_text())
+    text = re.sub(r"\]\((?!https?:|#|/|[\w-]+\.html\))([^)]+)\)", r"](../\1)", text)
     return mistune.html(text)
 
 
@@ -84,26 +178,31 @@ def build_site(figures_dir: str | Path, site_dir: str | Path | None = None) -> P
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     exporter = HTMLExporter(template_name="lab")
-    pages = {nb.stem: exporter.from_filename(str(nb))[0] for nb in notebooks}
+    pages = {nb.stem: offline(exporter.from_notebook_node(clean_notebook(nb))[0])
+             for nb in notebooks}
     css, pages = _share_styles(pages)
     (staging / SHARED_CSS).write_text(css)
+    report = figures_dir / "REPORT.md"
+    order = [(nb.stem, _title(nb)) for nb in notebooks]
+    if report.is_file():
+        order.append(("report", "Reproduction report"))
     entries = []
     for nb in notebooks:
-        (staging / f"{nb.stem}.html").write_text(pages[nb.stem])
+        (staging / f"{nb.stem}.html").write_text(_with_nav(pages[nb.stem], _nav(order, nb.stem)))
         results = nb.parent / "results.json"
         run = json.loads(results.read_text()) if results.is_file() else {}
         meta = ", ".join(f"{k} {run[k]}" for k in ("profile", "device", "git_commit") if k in run)
         entries.append(f"<li><a href='{nb.stem}.html'>{html.escape(_title(nb))}</a> "
                        f"<small>({html.escape(nb.stem)}; {html.escape(meta)})</small></li>")
-    report = figures_dir / "REPORT.md"
     if report.is_file():
-        (staging / "report.html").write_text(_page("Reproduction report", _report_html(report)))
+        (staging / "report.html").write_text(_page(
+            "Reproduction report", _nav(order, "report") + _report_html(report)))
         entries.append("<li><a href='report.html'>Reproduction report</a>: every number the "
                        "papers report beside the reproduced one</li>")
     index = ("<h1>lipcore: results</h1><p>The executed notebooks of the committed runs, with "
              "their prose, tables and figures, and the reproduction report.</p><ol>"
              + "".join(entries) + "</ol>")
-    (staging / "index.html").write_text(_page("lipcore: results", index))
+    (staging / "index.html").write_text(_page("lipcore: results", _nav(order, "index") + index))
     old = site.with_name(f".{site.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if site.exists():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from lipcore.data import (DATASETS, DatasetNotFound, gaussian_noise, load_dataset,
+from lipcore.data import (DATASETS, DatasetCorrupt, DatasetNotFound, gaussian_noise, load_dataset,
                           resolve_data_dir, synthetic_dataset, uniform_noise)
 
 SHARED = os.environ.get("LIPCORE_DATA")
@@ -35,6 +35,27 @@ def test_missing_npz_in_a_data_dir_names_the_file_and_the_folder(tmp_path):
     with pytest.raises(DatasetNotFound) as err:
         load_dataset("fashion_mnist", data_dir=tmp_path)
     assert "fashion_mnist.npz" in str(err.value) and str(tmp_path) in str(err.value)
+
+
+def test_an_empty_data_dir_says_where_to_put_the_file_not_download_true(tmp_path):
+    with pytest.raises(DatasetNotFound) as err:
+        load_dataset("mnist", data_dir=tmp_path)
+    message = str(err.value)
+    assert "mnist.npz" in message and str(tmp_path) in message
+    assert "download=True" not in message
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_a_truncated_or_corrupt_npz_names_the_file_and_the_fix(tmp_path, damage):
+    good = tmp_path / "good.npz"
+    np.savez_compressed(good, x_train=np.zeros((50, 28, 28), np.uint8), y_train=np.zeros(50),
+                        x_test=np.zeros((10, 28, 28), np.uint8), y_test=np.zeros(10))
+    data = good.read_bytes()
+    bad = tmp_path / "mnist.npz"
+    bad.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"not a zip" * 100)
+    with pytest.raises(DatasetCorrupt) as err:
+        load_dataset("mnist", data_dir=tmp_path)
+    assert str(bad) in str(err.value) and "copy mnist.npz again" in str(err.value)
 
 
 def test_missing_cifar_names_the_file(tmp_path):

@@ -1,9 +1,8 @@
 """Part of a notebook at one profile, the rest at another (issue 20), shipped models for runs
 resumed elsewhere, and the safe default output folder of interactive runs (issue 18)."""
-import json
 import os
 import subprocess
-from pathlib import Path
+import sys
 
 import pandas as pd
 import pytest
@@ -94,3 +93,22 @@ def test_reproduce_rejects_bad_options_before_looking_for_python(args, message):
     result = _reproduce(*args)
     assert result.returncode != 0 and message in result.stderr
     assert "LIPCORE_PYTHON" not in result.stderr
+
+
+def test_executing_a_notebook_with_jupyters_defaults_leaves_git_status_clean(tmp_path):
+    """Issue 18: nbconvert --execute (what JupyterLab's "run all" does) with no out_dir and no
+    LIPCORE_OUT must not touch the committed figures/."""
+    def status():
+        return subprocess.run(["git", "status", "--porcelain"], cwd=REPO_ROOT,
+                              capture_output=True, text=True, check=True).stdout
+    before = status()
+    env = {k: v for k, v in os.environ.items() if k != "LIPCORE_OUT"}
+    result = subprocess.run(
+        [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
+         "--output-dir", str(tmp_path), "notebooks/lipsdp_counterexample.ipynb"],
+        cwd=REPO_ROOT, env={**env, "LIPCORE_PROFILE": "smoke"}, capture_output=True, text=True,
+        timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert status() == before
+    executed = (tmp_path / "lipsdp_counterexample.ipynb").read_text()
+    assert "outputs/scratch" in executed          # and it said where its outputs went

@@ -184,7 +184,7 @@ def _minimise(evaluate, g0: float, s: np.ndarray, start: float, time_budget: flo
     current = evaluate(s, tau_rel * g0)
     best_s, best_g, values = s.copy(), current[2], [current[2]]
     S_hist, Y_hist = [], []
-    stopped, since_fine, iterations = "max_iterations", 0, 0
+    stopped, iterations = "max_iterations", 0
     with bar(max_iterations, f"LipSDP-{coupling} (first order)", show=progress, delay=2.0) as pbar:
         for iterations in range(1, max_iterations + 1):
             if time.perf_counter() - start > time_budget:

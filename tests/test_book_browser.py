@@ -1,0 +1,92 @@
+"""The HTML book in a real browser (issue 18): every page opens in headless Chromium with the
+network off, shows no raw TeX, loads every image, links only to pages that exist and logs no
+console error. Skips, saying why, where Chromium or Playwright is missing (CI installs both)."""
+import json
+import re
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from lipcore.site import build_site, clean_notebook, render_math
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# TeX commands, one-symbol math ($T$) or display delimiters; "$LIPCORE_DATA" is prose, not TeX
+RAW_TEX = re.compile(r"\\[a-zA-Z]{2,}|\$[A-Za-z0-9]\$|\$\$")
+
+
+def test_math_becomes_mathml_but_code_and_attributes_keep_their_dollars():
+    page = ('<h2 id="a-$T$">with $T$</h2><p>$$L^2 = \\lambda_{max}$$ and $\\alpha$ cost $5</p>'
+            '<code>$LIPCORE_DATA</code><pre>$x$</pre>')
+    out = render_math(page)
+    assert out.count("<math") == 3 and 'id="a-$T$"' in out
+    assert "<code>$LIPCORE_DATA</code>" in out and "<pre>$x$</pre>" in out and "cost $5" in out
+
+
+def test_the_book_drops_progress_bars_and_names_folders_as_a_reader_sets_them(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('data_dir = "/machine/data"\nout_dir = "/machine/out"')
+    params.metadata["tags"] = ["injected-parameters"]
+    work = nbformat.v4.new_code_cell("train()")
+    work.outputs = [nbformat.v4.new_output("stream", name="stderr",
+                                           text="epochs:  50%|█████     | 1/2 [00:01<00:01, 1.0it/s]\r"),
+                    nbformat.v4.new_output("stream", name="stderr", text="UserWarning: unsound\n"),
+                    nbformat.v4.new_output("stream", name="stdout", text="saved /machine/out/nb\n")]
+    nb.cells = [params, work]
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, path)
+    cleaned = clean_notebook(path)
+    texts = [o.text for o in cleaned.cells[1].outputs]
+    assert texts == ["UserWarning: unsound\n", "saved figures/nb\n"]
+    assert '"$LIPCORE_DATA"' in cleaned.cells[0].source and "/machine" not in json.dumps(cleaned)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        pytest.skip("no Chromium installed (Debian: apt-get install chromium); .ci/run installs it")
+    playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    with playwright.sync_playwright() as p:
+        instance = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield instance
+        instance.close()
+
+
+def test_every_page_reads_offline_in_chromium(browser, tmp_path):
+    figures = tmp_path / "figures"          # the committed outputs, linked, with a fresh book
+    figures.mkdir()
+    for item in (ROOT / "figures").iterdir():
+        if item.name != "site":
+            (figures / item.name).symlink_to(item)
+    index = build_site(figures)
+    pages = sorted(index.parent.glob("*.html"))
+    context = browser.new_context(offline=True)
+    for path in pages:
+        page = context.new_page()
+        errors = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("requestfailed", lambda r: errors.append(f"failed to load {r.url}"))
+        page.goto(path.as_uri(), wait_until="load")
+        assert not errors, f"{path.name}: {errors[:3]}"
+        broken = page.evaluate("Array.from(document.images).filter(i => !i.complete || "
+                               "i.naturalWidth === 0).map(i => i.src.slice(0, 80))")
+        assert not broken, f"{path.name}: images that did not load: {broken}"
+        text = page.evaluate("""() => { const body = document.body.cloneNode(true);
+            body.querySelectorAll('pre, code, math, script, style').forEach(e => e.remove());
+            return body.innerText; }""")
+        raw = RAW_TEX.search(text)
+        assert raw is None, f"{path.name}: raw TeX left: {text[max(0, raw.start() - 40):raw.end() + 40]!r}"
+        hrefs = page.evaluate("Array.from(document.querySelectorAll('a[href]'))"
+                              ".map(a => a.getAttribute('href'))")
+        for href in hrefs:
+            if href.startswith(("#", "http://", "https://", "mailto:")):
+                continue
+            target = (path.parent / href.split("#")[0]).resolve()
+            assert target.exists(), f"{path.name} links to missing {href}"
+        nav = page.evaluate("document.querySelectorAll('nav.lipcore-nav a').length")
+        assert nav >= len(pages), f"{path.name}: the contents bar is missing"
+        page.close()
+    assert any("<math" in p.read_text() for p in pages)
