@@ -323,7 +323,7 @@ def single_norm(op: LinearOp) -> float:
     """A sound bound on one operator's norm: exact for dense layers, the DFT bound for convs."""
     if not op.is_conv:
         return float(torch.linalg.matrix_norm(op.weight.detach().double(), ord=2)) * (1 + SAFETY)
-    return conv2d_norm_bound(op.weight, op.in_shape[-2:])
+    return conv2d_norm_bound(op.weight, op.in_shape[-2:], op.stride, op.padding)
 
 
 def sound_norms(chain: OperatorChain, materialise_limit: int = 4096,
