@@ -89,12 +89,13 @@ def cached(key: str, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-def ship(source: Path, target: Path = SHIPPED) -> list[Path]:
-    """Copy every cached model of ``source`` that ``target`` lacks (atomically); returns the new
+def ship(source: Path, target: Path = SHIPPED, max_bytes: int = 5 * 2 ** 20) -> list[Path]:
+    """Copy every cached model of ``source`` that ``target`` lacks (atomically) and that is at
+    most ``max_bytes`` (large nets are quicker to retrain than to keep in git); returns the new
     files. Point it at a cache that only the run to be shipped has used."""
     new = []
     for path in sorted(Path(source).glob("*.pt")):
-        if not (target / path.name).is_file():
+        if not (target / path.name).is_file() and path.stat().st_size <= max_bytes:
             target.mkdir(parents=True, exist_ok=True)
             with atomic_path(target / path.name) as tmp:
                 tmp.write_bytes(path.read_bytes())
@@ -108,9 +109,10 @@ if __name__ == "__main__":
                                      "so a resumed run on another machine finds them.")
     parser.add_argument("command", choices=["ship"])
     parser.add_argument("cache", type=Path, help="the run's cache folder ($LIPCORE_CACHE)")
+    parser.add_argument("--max-mb", type=float, default=5.0, help="skip larger models")
     args = parser.parse_args()
     if not args.cache.is_dir():
         parser.error(f"cache folder {args.cache} does not exist")
-    shipped = ship(args.cache)
+    shipped = ship(args.cache, max_bytes=int(args.max_mb * 2 ** 20))
     print(f"shipped {len(shipped)} new model(s) to {SHIPPED} "
           f"({sum(p.stat().st_size for p in shipped) / 2**20:.1f} MB)")
