@@ -99,11 +99,13 @@ case "$PROFILE" in ""|smoke|cpu|paper) ;; *) die "--profile must be smoke, cpu o
 [[ -z "$CHUNK" || "$CHUNK" =~ ^[0-9]+$ ]] || die "--chunk-seconds must be a whole number of seconds, not '$CHUNK'"
 
 # check everything that needs no Python first: a typo fails in a second, not after an install
-mapfile -t ALL < <(ls notebooks/*.ipynb | xargs -n1 basename | sed 's/\.ipynb$//')
+# paper notebooks, then the lessons (notebooks/lessons/: no parameters, quick)
+mapfile -t ALL < <(ls notebooks/*.ipynb notebooks/lessons/*.ipynb | xargs -n1 basename | sed 's/\.ipynb$//')
+notebook_path() { [[ -f "notebooks/$1.ipynb" ]] && echo "notebooks/$1.ipynb" || echo "notebooks/lessons/$1.ipynb"; }
 if [[ -n "$ONLY" ]]; then
     IFS=',' read -r -a SELECTED <<< "$ONLY"
     for name in "${SELECTED[@]}"; do
-        [[ -f "notebooks/$name.ipynb" ]] || die "no notebook named '$name' (have: ${ALL[*]})"
+        [[ -f "$(notebook_path "$name")" ]] || die "no notebook named '$name' (have: ${ALL[*]})"
     done
 else
     SELECTED=("${ALL[@]}")
@@ -154,9 +156,13 @@ for name in "${SELECTED[@]}"; do
     fi
     echo "[$i/${#SELECTED[@]}] $name ..."
     start=$(date +%s)
-    params=(-p profile "$PROFILE" -p device "$DEVICE" -p out_dir "$OUT")
-    [[ -z "$DATA" ]] || params+=(-p data_dir "$DATA")
-    if ! "$PY" -m papermill "notebooks/$name.ipynb" "outputs/$name.ipynb" --cwd notebooks \
+    path="$(notebook_path "$name")"
+    params=()
+    if [[ "$path" == "notebooks/$name.ipynb" ]]; then       # lessons take no parameters
+        params=(-p profile "$PROFILE" -p device "$DEVICE" -p out_dir "$OUT")
+        [[ -z "$DATA" ]] || params+=(-p data_dir "$DATA")
+    fi
+    if ! "$PY" -m papermill "$path" "outputs/$name.ipynb" --cwd "$(dirname "$path")" \
             --kernel python3 --progress-bar --log-output "${params[@]}"; then
         cleanup_failed "$name"
         if grep -q DeadlineReached "outputs/$name.ipynb"; then
@@ -166,6 +172,7 @@ for name in "${SELECTED[@]}"; do
         die "notebook '$name' failed; the executed notebook with the error is outputs/$name.ipynb"
     fi
     echo "$name" >> "$FINISHED"
+    mkdir -p "$OUT/$name"                                 # a lesson writes no other output
     cp "outputs/$name.ipynb" "$OUT/$name/$name.ipynb"    # the results, readable on GitHub/JupyterLab
     echo "[$i/${#SELECTED[@]}] $name done in $(( $(date +%s) - start )) s"
 done

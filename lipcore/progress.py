@@ -3,8 +3,9 @@
 bars, which papermill streams to the terminal (reproduce.sh sets it)."""
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any
+from typing import Any, Iterator
 
 from tqdm import tqdm as text_tqdm
 from tqdm.auto import tqdm
@@ -22,3 +23,17 @@ def bar(total: int, desc: str, show: bool | None = None, **kwargs: Any) -> tqdm:
     kind = text_tqdm if os.environ.get("LIPCORE_PROGRESS") == "text" else tqdm
     return kind(total=total, desc=desc, disable=not progress_enabled(show), leave=False,
                 dynamic_ncols=True, **kwargs)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """No progress bars inside the block (a lesson's redraw shows its own busy label)."""
+    before = os.environ.get("LIPCORE_PROGRESS")
+    os.environ["LIPCORE_PROGRESS"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["LIPCORE_PROGRESS"]
+        else:
+            os.environ["LIPCORE_PROGRESS"] = before

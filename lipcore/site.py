@@ -35,6 +35,10 @@ NAV_STYLE = (".lipcore-nav{font:14px/1.5 system-ui,sans-serif;background:#f6f8fa
              ".lipcore-nav .here{font-weight:bold}")
 # Progress bars (tqdm) write carriage returns and "it/s" to stderr: noise in a book
 PROGRESS = re.compile(r"\r|it/s\]|s/it\]|\|[█▏▎▍▌▋▊▉ ]*\|")
+WIDGET = "application/vnd.jupyter.widget-view+json"
+WIDGET_NOTE = nbformat.v4.new_output("display_data", data={"text/markdown": (
+    "*Interactive controls here: open this notebook in JupyterLab to use them. The figure above "
+    "shows the same thing at a few settings.*")})
 CDN_SCRIPT = re.compile(r'<script[^>]*src="https?://[^"]*"[^>]*>\s*</script>\s*')
 MATHJAX_CONFIG = re.compile(r'<script type="text/x-mathjax-config">.*?</script>\s*', re.S)
 MODULE_SCRIPT = re.compile(r'<script type="module">.*?</script>\s*', re.S)
@@ -126,11 +130,13 @@ def clean_notebook(path: Path) -> nbformat.NotebookNode:
                 match = re.search(rf'^{name} = "([^"]+)"', cell.source, re.M)
                 if match:
                     replacements[match.group(1)] = shown
+    nb.metadata.pop("widgets", None)          # widget state: its renderer comes from a CDN
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
-        cell.outputs = [o for o in cell.outputs if not (
-            o.output_type == "stream" and o.name == "stderr" and PROGRESS.search(o.text))]
+        cell.outputs = [WIDGET_NOTE if WIDGET in o.get("data", {}) else o for o in cell.outputs
+                        if not (o.output_type == "stream" and o.name == "stderr"
+                                and PROGRESS.search(o.text))]
     text = nbformat.writes(nb)
     for raw, shown in sorted(replacements.items(), key=lambda kv: -len(kv[0])):
         text = text.replace(raw, shown)

@@ -33,13 +33,17 @@ def test_the_book_drops_progress_bars_and_names_folders_as_a_reader_sets_them(tm
     work.outputs = [nbformat.v4.new_output("stream", name="stderr",
                                            text="epochs:  50%|█████     | 1/2 [00:01<00:01, 1.0it/s]\r"),
                     nbformat.v4.new_output("stream", name="stderr", text="UserWarning: unsound\n"),
-                    nbformat.v4.new_output("stream", name="stdout", text="saved /machine/out/nb\n")]
+                    nbformat.v4.new_output("stream", name="stdout", text="saved /machine/out/nb\n"),
+                    nbformat.v4.new_output("display_data", data={
+                        "application/vnd.jupyter.widget-view+json": {"model_id": "m"}})]
     nb.cells = [params, work]
+    nb.metadata["widgets"] = {"state": {}}
     path = tmp_path / "nb.ipynb"
     nbformat.write(nb, path)
     cleaned = clean_notebook(path)
-    texts = [o.text for o in cleaned.cells[1].outputs]
-    assert texts == ["UserWarning: unsound\n", "saved figures/nb\n"]
+    texts = [o.get("text") or o["data"]["text/markdown"] for o in cleaned.cells[1].outputs]
+    assert texts[:2] == ["UserWarning: unsound\n", "saved figures/nb\n"]
+    assert "open this notebook in JupyterLab" in texts[2] and "widgets" not in cleaned.metadata
     assert '"$LIPCORE_DATA"' in cleaned.cells[0].source and "/machine" not in json.dumps(cleaned)
 
 

@@ -14,7 +14,7 @@ MAX_NOTEBOOK_BYTES = 5 * 2 ** 20         # executed notebooks embed their figure
 
 
 def test_every_notebook_has_an_executed_copy_with_outputs_and_images():
-    sources = sorted(p.stem for p in (ROOT / "notebooks").glob("*.ipynb"))
+    sources = sorted(p.stem for p in (ROOT / "notebooks").glob("**/*.ipynb"))   # lessons too
     executed = {p.stem: p for p in executed_notebooks(FIGURES)}
     assert sorted(executed) == sources
     for name, path in executed.items():
@@ -26,7 +26,7 @@ def test_every_notebook_has_an_executed_copy_with_outputs_and_images():
 
 
 def test_source_notebooks_stay_output_free():
-    for path in (ROOT / "notebooks").glob("*.ipynb"):
+    for path in (ROOT / "notebooks").glob("**/*.ipynb"):
         cells = json.loads(path.read_text())["cells"]
         assert all(not c.get("outputs") for c in cells if c["cell_type"] == "code"), path.name
 

@@ -3,10 +3,10 @@ robust accuracy under strong attacks from a maintained library (ART).
 
 Certified accuracy, the other side of the same question, lives in :mod:`lipcore.certify`."""
 from .ensemble import (ATTACKS, DEFAULT_ATTACKS, RobustAccuracy, as_tensors, clip_to_threat_model,
-                       robust_accuracy)
+                       nearest_adversarial, robust_accuracy)
 from .noise import NOISES, noise_accuracy_curve
 from .pgd import pgd_accuracy, pgd_l2, project_l2_ball, scale_to_sphere
 
 __all__ = ["ATTACKS", "DEFAULT_ATTACKS", "NOISES", "RobustAccuracy", "as_tensors",
-           "clip_to_threat_model", "noise_accuracy_curve", "pgd_accuracy", "pgd_l2",
+           "clip_to_threat_model", "nearest_adversarial", "noise_accuracy_curve", "pgd_accuracy", "pgd_l2",
            "project_l2_ball", "robust_accuracy", "scale_to_sphere"]

@@ -118,6 +118,19 @@ def _art_attack(name: str, classifier, norm: str, eps: float, iterations: int, r
                            max_iter=iterations, batch_size=batch_size, verbose=False)
 
 
+def nearest_adversarial(model: nn.Module, x: torch.Tensor, iterations: int = 50,
+                        device: str = "cpu") -> torch.Tensor:
+    """DeepFool's (ART) minimum-norm adversarial of each input, in the box [0, 1]: a point just
+    past the nearest decision boundary it finds (an upper bound on the distance to it, so never
+    inside a certified ball). For pictures of how far the boundary is, not for robust accuracy."""
+    model = model.to(device).eval()
+    with torch.no_grad():
+        classes = model(x[:1].to(device)).shape[1]
+    classifier = _classifier(model, tuple(x.shape[1:]), classes, device)
+    attack = _art_attack("deepfool", classifier, "l2", 1.0, iterations, 1, len(x))
+    return torch.from_numpy(attack.generate(x.cpu().numpy())).to(x.dtype).clamp(0.0, 1.0)
+
+
 def clip_to_threat_model(x_adv: torch.Tensor, x: torch.Tensor, norm: str, eps: float
                          ) -> torch.Tensor:
     """The point of the eps-ball around x (and of [0, 1]) that an attack's output stands for:
