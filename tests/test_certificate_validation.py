@@ -149,8 +149,12 @@ def test_lipschitz_bound_refuses_a_zero_bound():
     for method in ("liplt", "naive"):
         with pytest.raises(ValueError, match="not a finite positive number"):
             lipschitz_bound(net, method)
-    with pytest.raises(LipSDPError):            # no T makes the LMI strict: no bound at all
-        lipschitz_bound(net, "lipsdp")
+    # LipSDP certifies its least L^2 plus a positive back-off: tiny, positive and sound (the
+    # zero net is constant), or no bound at all (an SDP solver may find no strict T)
+    try:
+        assert 0 < lipschitz_bound(net, "lipsdp").value < 1e-6
+    except LipSDPError:
+        pass
 
 
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
