@@ -123,6 +123,7 @@ class SchurLMI:
 
 def _smooth_max(lam: np.ndarray, tau: float) -> tuple[float, np.ndarray]:
     """tau * log sum exp(lam / tau) and its weights softmax(lam / tau)."""
+    tau = max(tau, 1e-300)                  # g = 0 (an all-zero net): the plain maximum
     shifted = (lam - lam[-1]) / tau
     w = np.exp(shifted)
     total = w.sum()
