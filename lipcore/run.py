@@ -189,8 +189,7 @@ class NotebookRun:
         """Write comparison.csv and results.json, then publish the outputs atomically."""
         table = pd.DataFrame(self.comparison, columns=COMPARISON_COLUMNS)
         write_text(self.dir / "comparison.csv", table.to_csv(index=False))
-        profiles = set(self.used_profiles.values()) | ({self.profile} if not self.used_profiles
-                                                        else set())
+        profiles = set(self.used_profiles.values()) or {self.profile}
         results = dict(notebook=self.notebook,
                        profile=self.profile if len(profiles) == 1 else "mixed",
                        profiles=self.used_profiles or None,

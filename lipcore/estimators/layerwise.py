@@ -27,9 +27,9 @@ unitary DFTs (polyphase), so
                             sigma_max([K^(w + k N / s)]_k) / sqrt(s1 s2),
 
 a c_out x (c_in s1 s2) matrix per w. Ignoring the stride (the stride-1 bound) overestimates a
-stride-2 conv by about a factor 2 on trained nets; this bound is within rounding of the
-materialised norm for circular padding and within a few percent for zero padding. Everything is computed in float64, and each norm is inflated by SAFETY to cover
-rounding in the FFT and the SVD.
+stride-2 conv by about a factor 2 on trained nets; folded, it is within a few percent of the
+materialised norm. Everything is computed in float64, and each norm is inflated by SAFETY to
+cover rounding in the FFT and the SVD.
 
 Other layers: a dense layer's exact spectral norm; ReLU, tanh, ELU, softplus (slope <= 1) and
 sigmoid (<= 1/4); max pooling sqrt(m) and average pooling sqrt(m / (kh kw)), where each input

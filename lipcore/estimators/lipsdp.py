@@ -40,6 +40,7 @@ from typing import Callable, Sequence
 
 import cvxpy as cp
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 COUPLINGS = ("neuron", "layer", "network")
 SOLVERS = ("auto", "SCS", "CLARABEL", "MOSEK", "first-order")
@@ -47,6 +48,14 @@ CVXPY_SOLVERS = ("SCS", "CLARABEL", "MOSEK")
 # Relative accuracy of the default SCS solve; the certified bound is within 1e-4 (relative)
 # of a tightly converged solve on the nets in benchmarks/ (see tests/test_lipsdp.py).
 SCS_DEFAULT_EPS = 1e-6
+# Below this many rows (hidden neurons) the LMI's factorisations are small, and a second BLAS
+# thread only waits on the first (100x slower when another process holds the other core).
+SINGLE_THREAD_BELOW = 1024
+
+
+def small_lmi_threads(hidden: int) -> threadpool_limits:
+    """One BLAS thread for LMIs with fewer than SINGLE_THREAD_BELOW hidden rows (a context)."""
+    return threadpool_limits(limits=1 if hidden < SINGLE_THREAD_BELOW else None, user_api="blas")
 
 
 class LipSDPError(RuntimeError):
@@ -306,8 +315,8 @@ def lipsdp(weights: Sequence[np.ndarray], alpha: float = 0.0, beta: float = 1.0,
     LMIs), "MOSEK" (if licensed), "first-order" (:mod:`lipcore.estimators.lipsdp_fo`: minimises
     the exact bound over T by smoothed L-BFGS within ``time_budget`` seconds, stopping at relative
     progress ``tol``; neuron and layer coupling; scales to wide nets), or "auto" (first-order
-    for neuron and layer coupling, faster than SCS at every size measured; SCS for network). Whatever the solver, a sound
-    coupling's bound is certified exactly on the full LMI. Raises :class:`LipSDPError` on
+    for neuron and layer coupling, faster than SCS at every size measured; SCS for network).
+    Whatever the solver, a sound coupling's bound is certified exactly on the full LMI. Raises :class:`LipSDPError` on
     infeasible or inaccurate solves.
     """
     weights = [np.atleast_2d(np.asarray(w, dtype=np.float64)) for w in weights]
@@ -325,32 +334,29 @@ def lipsdp(weights: Sequence[np.ndarray], alpha: float = 0.0, beta: float = 1.0,
     c = np.array([1.0 / max(np.linalg.norm(w, 2), 1e-12) for w in reduced])
     balanced = [ck * w for ck, w in zip(c, reduced)]
     if solver == "first-order":
-        from .lipsdp_fo import minimise_T, small_lmi_threads
-        with small_lmi_threads(sum(w.shape[0] for w in weights[:-1])):
-            T_bal, trace = minimise_T(balanced, alpha, beta, coupling, time_budget, tol,
-                                      progress=progress)
-            L2_solver, T = unbalance(min(trace.values), T_bal, c, weights)
-            L2_final, T, top = certified_L2(weights, T, alpha, beta)
-        return LipSDPResult(bound=float(np.sqrt(L2_final)), L2=float(L2_final), T=T,
-                            coupling=coupling, solver=solver, status=trace.stopped,
-                            solve_time=time.perf_counter() - start, lmi_max_eig=top, sound=True,
-                            solver_bound=float(np.sqrt(L2_solver)))
-    L2_bal, T_bal, status = _solve(balanced, alpha, beta, coupling, solver, eps, verbose)
-    if status == cp.OPTIMAL_INACCURATE and solver == "SCS":
-        tighter = (SCS_DEFAULT_EPS if eps is None else eps) / 10.0
-        L2_bal, T_bal, status = _solve(balanced, alpha, beta, coupling, solver, tighter, verbose)
-    if status != cp.OPTIMAL:
-        raise LipSDPError(f"LipSDP-{coupling} did not converge with {solver} (status "
-                          f"{status!r}); try a looser eps, more iterations or another solver")
-    L2_solver, T = unbalance(L2_bal, T_bal, c, weights)
-    T = project_T(T, coupling, weights)
-    if coupling == "network":
-        L2_final = L2_solver
-        top = lmi_max_eig(weights, T, L2_final, alpha, beta)
-        sound = False
+        from .lipsdp_fo import minimise_T
+        T_bal, trace = minimise_T(balanced, alpha, beta, coupling, time_budget, tol,
+                                  progress=progress)
+        L2_bal, status = trace.best, trace.stopped
     else:
-        L2_final, T, top = certified_L2(weights, T, alpha, beta)
-        sound = True
+        L2_bal, T_bal, status = _solve(balanced, alpha, beta, coupling, solver, eps, verbose)
+        if status == cp.OPTIMAL_INACCURATE and solver == "SCS":
+            tighter = (SCS_DEFAULT_EPS if eps is None else eps) / 10.0
+            L2_bal, T_bal, status = _solve(balanced, alpha, beta, coupling, solver, tighter,
+                                           verbose)
+        if status != cp.OPTIMAL:
+            raise LipSDPError(f"LipSDP-{coupling} did not converge with {solver} (status "
+                              f"{status!r}); try a looser eps, more iterations or another solver")
+    with small_lmi_threads(sum(w.shape[0] for w in weights[:-1])):
+        L2_solver, T = unbalance(L2_bal, T_bal, c, weights)
+        T = project_T(T, coupling, weights)
+        if coupling == "network":
+            L2_final = L2_solver
+            top = lmi_max_eig(weights, T, L2_final, alpha, beta)
+            sound = False
+        else:
+            L2_final, T, top = certified_L2(weights, T, alpha, beta)
+            sound = True
     return LipSDPResult(bound=float(np.sqrt(L2_final)), L2=float(L2_final), T=T, coupling=coupling,
                         solver=solver, status=status, solve_time=time.perf_counter() - start,
                         lmi_max_eig=top, sound=sound, solver_bound=float(np.sqrt(L2_solver)))

@@ -30,28 +30,21 @@ from typing import Sequence
 
 import numpy as np
 import scipy.linalg
-from threadpoolctl import threadpool_limits
 
 from ..progress import bar
-
-# Below this many rows (hidden neurons) the LMI's factorisations are small, and a second BLAS
-# thread only waits on the first (100x slower when another process holds the other core).
-SINGLE_THREAD_BELOW = 1024
+from .lipsdp import small_lmi_threads
 
 
 @dataclass
 class FirstOrderTrace:
-    """How the optimiser went: the exact g(T) after each accepted step, and why it stopped."""
+    """How the optimiser went: the exact g(T) after each accepted step, the least of them (that
+    of the returned T), and why it stopped."""
 
     values: list[float]
+    best: float
     iterations: int
     stopped: str          # "converged", "budget" or "max_iterations"
     seconds: float
-
-
-def small_lmi_threads(hidden: int) -> threadpool_limits:
-    """One BLAS thread for LMIs with fewer than SINGLE_THREAD_BELOW hidden rows (a context)."""
-    return threadpool_limits(limits=1 if hidden < SINGLE_THREAD_BELOW else None, user_api="blas")
 
 
 def _layer_sizes(weights: Sequence[np.ndarray]) -> list[int]:
@@ -184,6 +177,7 @@ def _minimise(evaluate, g0: float, s: np.ndarray, start: float, time_budget: flo
     tau_rel, tau_min = 1e-2, 1e-5
     current = evaluate(s, tau_rel * g0)
     best_s, best_g, values = s.copy(), current[2], [current[2]]
+    window_start = 0                    # the stall test looks at values since the last sharpening
     S_hist, Y_hist = [], []
     stopped, iterations = "max_iterations", 0
     with bar(max_iterations, f"LipSDP-{coupling} (first order)", show=progress, delay=2.0) as pbar:
@@ -203,36 +197,32 @@ def _minimise(evaluate, g0: float, s: np.ndarray, start: float, time_budget: flo
                     accepted = trial
                     break
                 step *= 0.5
-            if accepted is None:                            # no progress at this smoothing
+            stalled = accepted is None                      # no progress at this smoothing
+            if accepted is not None:
+                s_new = s + step * direction
+                S_hist.append(s_new - s)
+                Y_hist.append(accepted[1] - grad)
+                S_hist, Y_hist = S_hist[-memory:], Y_hist[-memory:]
+                s, current = s_new, accepted
+                values.append(accepted[2])
+                if accepted[2] < best_g:
+                    best_s, best_g = s.copy(), accepted[2]
+                pbar.update(1)
+                pbar.set_postfix(L=f"{np.sqrt(best_g):.5g}")
+                # smoothing bias is about tau log(n): once progress stalls, sharpen it
+                window = values[window_start:][-25:]
+                stalled = len(window) == 25 and window[0] - min(window) <= tol * abs(window[0])
+                if stalled:
+                    window_start = len(values) - 1
+            if stalled:
                 if tau_rel <= tau_min:
                     stopped = "converged"
                     break
                 tau_rel /= 10.0
                 S_hist, Y_hist = [], []
                 current = evaluate(s, max(tau_rel, tau_min) * best_g)
-                continue
-            s_new = s + step * direction
-            S_hist.append(s_new - s)
-            Y_hist.append(accepted[1] - grad)
-            S_hist, Y_hist = S_hist[-memory:], Y_hist[-memory:]
-            s, current = s_new, accepted
-            values.append(accepted[2])
-            if accepted[2] < best_g:
-                best_s, best_g = s.copy(), accepted[2]
-            pbar.update(1)
-            pbar.set_postfix(L=f"{np.sqrt(best_g):.5g}")
-            # smoothing bias is about tau log(n): once progress stalls, sharpen it
-            window = values[-25:]
-            if len(window) == 25 and window[0] - min(window) <= tol * abs(window[0]):
-                if tau_rel <= tau_min:
-                    stopped = "converged"
-                    break
-                tau_rel /= 10.0
-                values = values[-1:]
-                current = evaluate(s, max(tau_rel, tau_min) * best_g)
-                S_hist, Y_hist = [], []
-    return best_s, FirstOrderTrace(values=values, iterations=iterations, stopped=stopped,
-                                   seconds=time.perf_counter() - start)
+    return best_s, FirstOrderTrace(values=values, best=best_g, iterations=iterations,
+                                   stopped=stopped, seconds=time.perf_counter() - start)
 
 
 def _lbfgs_direction(grad: np.ndarray, S_hist: list, Y_hist: list) -> np.ndarray:
