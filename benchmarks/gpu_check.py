@@ -119,12 +119,8 @@ def _images(name: str, n: int, device: str) -> TensorDataset:
 
 def epoch_settings(device: str) -> list[EpochSetting]:
     """The paper profile's training settings (lipcore.experiments.*: settings(\"paper\"))."""
-    def timed(fn: Callable[[], object]) -> float:
-        synchronise(device)
-        start = time.perf_counter()
-        fn()
-        synchronise(device)
-        return time.perf_counter() - start
+    def timed(fn: Callable[[], object]) -> float:       # one synchronised run (its warm-up is
+        return median_seconds(fn, device, repeats=1, warmup=0)   # epoch_rows' smaller epoch)
 
     def standard(model_fn, dataset, n, cfg):
         return lambda scale: timed(lambda: train(model_fn().to(device), _images(
