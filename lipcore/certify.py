@@ -28,7 +28,7 @@ from .attacks.ensemble import as_tensors
 from .estimators import liplt, lipsdp
 from .estimators.layerwise import layer_bound, layerwise_bound
 from .estimators.liplt_ops import liplt_bounds, operator_chain, sound_norms
-from .models import ACTIVATIONS, FullyConnected, PooledMLP
+from .models import ACTIVATIONS, FullyConnected, PooledMLP, from_weights
 
 BOUND_METHODS = {"lipsdp": "LipSDP-neuron", "liplt": "LipLT", "naive": "naive (layer-wise product)"}
 
@@ -43,11 +43,32 @@ class LipschitzBound:
     seconds: float
 
 
+def _plain_dense(model: nn.Module) -> FullyConnected | None:
+    """A user's plain ``nn.Sequential`` of [Flatten,] Linear, activation, ..., Linear (one
+    activation type of ACTIVATIONS) as a FullyConnected net with the same weights, else None."""
+    if not isinstance(model, nn.Sequential):
+        return None
+    layers = [m for m in model if not isinstance(m, nn.Flatten)]
+    names = {a.module: name for name, a in ACTIVATIONS.items()}
+    acts = {type(m) for m in layers[1::2]}
+    if (len(layers) < 3 or len(layers) % 2 == 0 or len(acts) != 1 or acts - names.keys()
+            or not all(isinstance(m, nn.Linear) and m.bias is not None for m in layers[0::2])):
+        return None
+    linears = layers[0::2]
+    return from_weights([m.weight.detach().cpu().double().numpy() for m in linears],
+                        [m.bias.detach().cpu().double().numpy() for m in linears],
+                        names[acts.pop()])
+
+
 def _mlp_core(model: nn.Module) -> tuple[FullyConnected, float, float]:
     """(fully connected core, factor of the layers before it, factor of those after it): a
-    PooledMLP's pooling comes before; an output activation (with_output_activation) after."""
+    PooledMLP's pooling comes before; an output activation (with_output_activation) after; a
+    plain dense ``nn.Sequential`` is its own core."""
     if isinstance(model, FullyConnected):
         return model, 1.0, 1.0
+    dense = _plain_dense(model)
+    if dense is not None:
+        return dense, 1.0, 1.0
     if isinstance(model, PooledMLP):
         return model.mlp, layer_bound(model.pool, (1, 28, 28)), 1.0
     if isinstance(model, nn.Sequential) and len(model) == 2:
@@ -55,8 +76,10 @@ def _mlp_core(model: nn.Module) -> tuple[FullyConnected, float, float]:
         slopes = {a.module: a.beta for a in ACTIVATIONS.values()}
         if type(model[1]) in slopes:
             return core, pre, post * slopes[type(model[1])]
-    raise ValueError(f"LipSDP and LipLT (here) need a fully connected net (FullyConnected, PooledMLP, optionally "
-                     f"with an output activation), not {type(model).__name__}; use method='naive'")
+    raise ValueError(f"LipSDP and LipLT (here) need a fully connected net (FullyConnected, "
+                     f"PooledMLP, optionally with an output activation, or an nn.Sequential of Linear layers with one "
+                     f"activation type between them), not this {type(model).__name__}; use "
+                     f"method='liplt' (conv nets) or 'naive'")
 
 
 def _is_mlp(model: nn.Module) -> bool:
@@ -91,7 +114,7 @@ def lipschitz_bound(model: nn.Module, method: str = "lipsdp",
     else:
         if input_shape is None:
             core, _, _ = _mlp_core(model)
-            if core is not model:
+            if core is not model and _plain_dense(model) is None:
                 raise ValueError("method='naive' needs input_shape for this model")
             input_shape = (core.widths[0],)
         value = layerwise_bound(model, input_shape)

@@ -192,22 +192,26 @@ def build_site(figures_dir: str | Path, site_dir: str | Path | None = None) -> P
     order = [(nb.stem, _title(nb)) for nb in notebooks]
     if report.is_file():
         order.append(("report", "Reproduction report"))
-    entries = []
+    papers, lessons = [], []
     for nb in notebooks:
         (staging / f"{nb.stem}.html").write_text(_with_nav(pages[nb.stem], _nav(order, nb.stem)))
         results = nb.parent / "results.json"
         run = json.loads(results.read_text()) if results.is_file() else {}
         meta = ", ".join(f"{k} {run[k]}" for k in ("profile", "device", "git_commit") if k in run)
-        entries.append(f"<li><a href='{nb.stem}.html'>{html.escape(_title(nb))}</a> "
-                       f"<small>({html.escape(nb.stem)}; {html.escape(meta)})</small></li>")
+        lesson = nb.stem.startswith("lesson")
+        meta = "controls in JupyterLab; here at a few settings" if lesson else meta
+        (lessons if lesson else papers).append(
+            f"<li><a href='{nb.stem}.html'>{html.escape(_title(nb))}</a> "
+            f"<small>({html.escape(nb.stem)}; {html.escape(meta)})</small></li>")
     if report.is_file():
         (staging / "report.html").write_text(_page(
             "Reproduction report", _nav(order, "report") + _report_html(report)))
-        entries.append("<li><a href='report.html'>Reproduction report</a>: every number the "
-                       "papers report beside the reproduced one</li>")
+        papers.append("<li><a href='report.html'>Reproduction report</a>: every number the "
+                      "papers report beside the reproduced one</li>")
     index = ("<h1>lipcore: results</h1><p>The executed notebooks of the committed runs, with "
-             "their prose, tables and figures, and the reproduction report.</p><ol>"
-             + "".join(entries) + "</ol>")
+             "their prose, tables and figures, and the reproduction report; then the lessons, "
+             "one idea each.</p><h2>Papers</h2><ol>" + "".join(papers) + "</ol>"
+             + ("<h2>Lessons</h2><ol>" + "".join(lessons) + "</ol>" if lessons else ""))
     (staging / "index.html").write_text(_page("lipcore: results", _nav(order, "index") + index))
     old = site.with_name(f".{site.name}.old")
     shutil.rmtree(old, ignore_errors=True)

@@ -35,3 +35,18 @@ def test_clip_epoch_benchmark_reports_a_cost_ratio():
         "clip epoch, ascent on every minibatch"]
     assert rows[0]["ratio_to_lower"] == 1.0 and rows[0]["median_ratio"] == 1.0
     assert all(r["ratio_to_lower"] > 1.0 for r in rows[1:])     # CLIP does strictly more work
+
+
+def test_lesson_benchmark_times_a_run_and_its_redraws(tmp_path, monkeypatch, capsys):
+    spec = importlib.util.spec_from_file_location(
+        "lesson_bench", Path(__file__).resolve().parents[1] / "benchmarks" / "lessons.py")
+    lesson_bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lesson_bench)
+    monkeypatch.setattr(lesson_bench, "end_to_end", lambda lesson: 12.5)   # nbval runs them
+    out = tmp_path / "lessons.json"
+    lesson_bench.main(["--only", "lesson3_coupled_lipsdp", "--out", str(out)])
+    row, = json.loads(out.read_text())["rows"]
+    assert row["lesson"] == "lesson3_coupled_lipsdp" and row["end_to_end_s"] == 12.5
+    assert 0 < row["repeated_redraw_s"] < 5 and 0 < row["first_redraw_s"] < 5
+    assert "| lesson3_coupled_lipsdp | 12 s |" in capsys.readouterr().out
+    assert set(lesson_bench.REDRAWS) == {p.stem for p in Path("notebooks/lessons").glob("*.ipynb")}

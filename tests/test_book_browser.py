@@ -3,7 +3,6 @@ network off, shows no raw TeX, loads every image, links only to pages that exist
 console error. Skips, saying why, where Chromium or Playwright is missing (CI installs both)."""
 import json
 import re
-import shutil
 from pathlib import Path
 
 import nbformat
@@ -12,7 +11,6 @@ import pytest
 from lipcore.site import build_site, clean_notebook, render_math
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # TeX commands, one-symbol math ($T$) or display delimiters; "$LIPCORE_DATA" is prose, not TeX
 RAW_TEX = re.compile(r"\\[a-zA-Z]{2,}|\$[A-Za-z0-9]\$|\$\$")
 
@@ -45,17 +43,6 @@ def test_the_book_drops_progress_bars_and_names_folders_as_a_reader_sets_them(tm
     assert texts[:2] == ["UserWarning: unsound\n", "saved figures/nb\n"]
     assert "open this notebook in JupyterLab" in texts[2] and "widgets" not in cleaned.metadata
     assert '"$LIPCORE_DATA"' in cleaned.cells[0].source and "/machine" not in json.dumps(cleaned)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if CHROMIUM is None:
-        pytest.skip("no Chromium installed (Debian: apt-get install chromium); .ci/run installs it")
-    playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
-    with playwright.sync_playwright() as p:
-        instance = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield instance
-        instance.close()
 
 
 def test_every_page_reads_offline_in_chromium(browser, tmp_path):

@@ -2,11 +2,15 @@
 what a figure claims holds (no adversarial inside a certified ball, the bound ladder is ordered,
 the coupled multiplier falls below the true constant), and the widgets redraw on a change. The
 lesson notebooks themselves run under nbval (notebooks/lessons/)."""
+import os
+
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 from lipcore import lessons  # noqa: E402
 
@@ -73,3 +77,62 @@ def test_small_multiples_draw_one_panel_per_setting():
     titles = [ax.get_title() for ax in fig.axes]
     assert titles[0].startswith("c = 0.00") and titles[1].startswith("c = 0.50") and titles[2] == ""
     plt.close(fig)
+
+
+needs_mnist = pytest.mark.skipif(
+    not os.path.isfile(os.path.join(os.environ.get("LIPCORE_DATA", ""), "mnist.npz")),
+    reason="lessons 4, 6 and 7 train on MNIST: set LIPCORE_DATA to a folder with mnist.npz")
+
+
+@needs_mnist
+def test_the_weak_attack_misses_what_the_strong_attacks_break_and_never_a_certified_image(ax):
+    at_2 = lessons.draw_weak_attack(ax, "standard", 2.0)
+    assert at_2["paper"] > at_2["strong"] + 20 and at_2["missed"] > 10      # the lesson's point
+    small = lessons.draw_weak_attack(ax, "lipschitz loss", 0.3)             # snaps to eps 0.25
+    assert "eps 0.25" in ax.get_title() and small["certified"] > 0
+    for shown in (at_2, small):
+        assert shown["certified_yet_broken"] == 0
+        assert shown["certified"] <= shown["strong"] <= shown["paper"] + 5
+    assert lessons.image_status(lessons.weak_attack_sweep("standard"), 3.0).count("wrong") > 0
+
+
+def test_crm_raises_certified_radii_and_pairwise_constants_certify_more(ax):
+    plain = lessons.draw_margins(ax, 0.0)
+    crm = lessons.draw_margins(ax, 10.0)
+    for shown in (plain, crm):
+        assert shown["violations"] == 0                          # no radius beyond the attack's
+        assert shown["pairwise_certified"] >= shown["global_certified"]
+        assert shown["pairwise_over_global"] < 1.0
+    assert crm["pairwise_certified"] > plain["pairwise_certified"]
+    assert "CRM strength 10" in ax.get_title()
+    with pytest.raises(ValueError, match="CRM strength must be >= 0"):
+        lessons.crm_2d_net(-1.0)
+
+
+@needs_mnist
+def test_noise_lowers_confidence_and_the_lipschitz_loss_keeps_accuracy_longer(ax):
+    clean = lessons.draw_noise(ax, 0.0, image=0)
+    noisy = lessons.draw_noise(ax, 1.2, image=0)
+    assert noisy["standard accuracy"] < clean["standard accuracy"] - 20
+    assert noisy["lipschitz loss accuracy"] > noisy["standard accuracy"] + 5
+    assert noisy["standard p(label)"] < clean["standard p(label)"]
+    assert lessons.draw_noise(ax, 1.2, image=1) != noisy                     # the image control
+    with pytest.raises(ValueError, match="sigma must be >= 0"):
+        lessons.draw_noise(ax, -0.1)
+
+
+def test_every_bound_of_a_users_net_is_ordered_or_says_why_it_does_not_apply():
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 3))
+    conv = nn.Sequential(nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(4 * 4 * 4, 3))
+    rows = lessons.every_bound(dense, (1, 3, 4))
+    assert (rows.sound == "sound upper bound").sum() == 3
+    lower = rows.bound["empirical lower bound"]
+    assert lower <= rows.bound["LipSDP-neuron"] * (1 + 1e-6) <= rows.bound["LipLT"] * (1 + 1e-6)
+    assert rows.bound["LipLT"] <= rows.bound["naive (layer-wise product)"] * (1 + 1e-6)
+    rows = lessons.every_bound(conv, (1, 8, 8))
+    assert rows.sound["LipSDP-neuron"] == "does not apply"
+    assert "fully connected" in rows.note["LipSDP-neuron"]
+    assert rows.bound["empirical lower bound"] <= rows.bound["LipLT"] <= \
+        rows.bound["naive (layer-wise product)"] * (1 + 1e-6)

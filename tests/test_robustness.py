@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from lipcore.attacks import pgd_accuracy, robust_accuracy
+from lipcore.attacks import breaking_radii, pgd_accuracy, robust_accuracy
 from lipcore.certify import (certified_accuracy, certified_fraction_curve, certified_radii,
                              lipschitz_bound)
 from lipcore.data import load_dataset
@@ -215,3 +215,31 @@ def test_no_certified_point_is_ever_broken_and_attacks_order_as_expected(trained
         strong = robust_accuracy(net, test, eps=2.0, progress=False)
         paper = pgd_accuracy(net, test, eps=2.0, step=0.25, iterations=100)
         assert strong.accuracy <= paper <= strong.clean_accuracy
+
+
+def test_breaking_radii_bracket_the_exact_radius_on_a_linear_model():
+    model, x, y, radius, _ = linear_problem(n=60)
+    grid = [0.02, 0.05, 0.1, 0.2, 0.4, 0.8]
+    for attack in ("strong", "paper pgd"):
+        found = breaking_radii(model, (x, y), grid, attack, iterations=30)
+        assert set(found.tolist()) <= set(grid) | {math.inf}
+        assert (found >= radius.double()).all()          # nothing is broken inside its radius
+    strong = breaking_radii(model, (x, y), grid, iterations=30)
+    beyond = torch.tensor([min([e for e in grid if e >= 1.1 * r] or [math.inf])
+                           for r in radius.tolist()], dtype=torch.float64)
+    assert (strong <= beyond).all() and strong.isfinite().any()     # and just beyond, it is
+    with pytest.raises(ValueError, match="attack must be one of"):
+        breaking_radii(model, (x, y), grid, "fgsm")
+    with pytest.raises(ValueError, match="eps_grid must hold"):
+        breaking_radii(model, (x, y), [0.0, 1.0])
+
+
+def test_a_plain_dense_sequential_gets_the_bounds_of_its_fully_connected_twin():
+    twin = fully_connected([6, 8, 8, 3], "tanh", seed=0)
+    plain = nn.Sequential(*twin.net)                           # Flatten, Linear, Tanh, ...
+    for method in ("lipsdp", "liplt", "naive"):
+        assert lipschitz_bound(plain, method).value == pytest.approx(
+            lipschitz_bound(twin, method).value, rel=1e-6)
+    mixed = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 2))
+    with pytest.raises(ValueError, match="one activation type"):
+        lipschitz_bound(mixed, "lipsdp")

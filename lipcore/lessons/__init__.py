@@ -1,0 +1,35 @@
+"""What the lessons (``notebooks/lessons/``) compute and draw: one module per lesson.
+
+Each ``draw_*`` function draws one lesson's figure onto the axes it is given, for the control
+values it is given, and returns what it shows (numbers a test can check: a control that changes
+nothing drawn is a bug). The lessons only call these, through :func:`small_multiples` (a static
+figure at a few settings, which the executed copy and the HTML book show) and :func:`explore`
+(ipywidgets controls above the same figure, redrawn on every change). No algorithm lives here
+either: training, bounds, certificates and attacks are lipcore's own.
+
+Importing this package runs torch in one thread (``torch.set_num_threads(1)``): the lessons' nets
+are tiny, so a second thread gains nothing, and where another process holds a core (a laptop
+running anything else) torch's threads wait on each other and a two-second training takes
+thirty. ``torch.set_num_threads(n)`` after the import undoes it.
+"""
+import torch
+
+from .balls import METHODS_2D, draw_certified_balls, trained_2d_net
+from .coupling import COUPLING_MAX, coupled_bound, draw_counterexample, true_constant
+from .ladder import bound_ladder, draw_bound_ladder
+from .margins import crm_2d_net, draw_margins, margin_view
+from .mnist import METHODS_MNIST, mnist_subset, small_mnist_net
+from .noise import SIGMAS, draw_noise, noise_curves
+from .own_net import every_bound
+from .show import explore, small_multiples
+from .weak_attack import (EPS_GRID, draw_accuracy_against_eps, draw_weak_attack, image_status,
+                          weak_attack_sweep)
+
+torch.set_num_threads(1)
+
+__all__ = ["COUPLING_MAX", "EPS_GRID", "METHODS_2D", "METHODS_MNIST", "SIGMAS", "bound_ladder",
+           "coupled_bound", "crm_2d_net", "draw_accuracy_against_eps", "draw_bound_ladder",
+           "draw_certified_balls", "draw_counterexample", "draw_margins", "draw_noise",
+           "draw_weak_attack", "every_bound", "explore", "image_status", "margin_view",
+           "mnist_subset", "noise_curves", "small_mnist_net", "small_multiples", "trained_2d_net",
+           "true_constant", "weak_attack_sweep"]

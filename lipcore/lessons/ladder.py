@@ -1,0 +1,59 @@
+"""Lesson 2: the ladder of Lipschitz bounds, from the empirical lower bound up to the naive
+product."""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import matplotlib.pyplot as plt
+import torch
+from torch import nn
+
+from ..estimators import empirical_lower_bound, liplt, lipsdp, naive_bound
+from ..models import fully_connected
+from ..progress import quiet
+
+def bound_ladder(depth: int = 2, width: int = 32, activation: str = "tanh", scale: float = 1.0,
+                 seed: int = 0) -> list[dict[str, Any]]:
+    """Every estimator on one random net (input 16, ``depth`` hidden layers of ``width``, 4
+    outputs, weights times ``scale``): value and seconds, from the empirical lower bound up."""
+    net = fully_connected([16] + [width] * depth + [4], activation, seed=seed)
+    with torch.no_grad():
+        for layer in net.modules():
+            if isinstance(layer, nn.Linear):
+                layer.weight.mul_(scale)
+    W, (alpha, beta) = net.weights(), net.slope_bounds
+    rows = []
+
+    def timed(name: str, fn: Callable[[], float], sound: bool) -> None:
+        start = time.perf_counter()
+        with quiet():
+            value = float(fn())
+        rows.append(dict(estimator=name, bound=value, seconds=time.perf_counter() - start,
+                         sound=sound))
+    timed("empirical lower bound", lambda: empirical_lower_bound(net, 16, n_random=128, steps=30,
+                                                                 seed=seed).value, False)
+    timed("LipSDP-neuron", lambda: lipsdp(W, alpha, beta, "neuron", progress=False).bound, True)
+    timed("LipSDP-layer", lambda: lipsdp(W, alpha, beta, "layer", progress=False).bound, True)
+    timed("LipLT", lambda: liplt(W, alpha, beta).L, True)
+    timed("naive", lambda: naive_bound(W, beta), True)
+    return rows
+
+
+def draw_bound_ladder(ax: plt.Axes, depth: int = 2, width: int = 32, activation: str = "tanh",
+                      scale: float = 1.0) -> list[dict[str, Any]]:
+    """The ladder as horizontal bars relative to the lower bound, each with its time."""
+    rows = bound_ladder(depth, width, activation, scale)
+    lower = rows[0]["bound"]
+    ax.clear()
+    names = [r["estimator"] for r in rows]
+    ratios = [r["bound"] / lower for r in rows]
+    ax.barh(names, ratios, color=["grey"] + ["tab:blue"] * (len(rows) - 1))
+    for i, r in enumerate(rows):
+        ax.text(ratios[i], i, f"  {r['bound']:.3g} ({1000 * r['seconds']:.0f} ms)", va="center",
+                fontsize=8)
+    ax.set(xscale="log", xlabel="bound / empirical lower bound",
+           title=f"{depth} x {width} {activation}, weights x {scale:g}")
+    ax.invert_yaxis()
+    ax.set_xlim(0.9, max(ratios) * 4)
+    return rows
