@@ -79,7 +79,7 @@ def _mlp_core(model: nn.Module) -> tuple[FullyConnected, float, float]:
     raise ValueError(f"LipSDP and LipLT (here) need a fully connected net (FullyConnected, "
                      f"PooledMLP, optionally with an output activation, or an nn.Sequential of Linear layers with one "
                      f"activation type between them), not this {type(model).__name__}; use "
-                     f"method='liplt' (conv nets) or 'naive'")
+                     f"method='liplt' (plain conv nets) or method='naive' (any net)")
 
 
 def _is_mlp(model: nn.Module) -> bool:

@@ -34,6 +34,8 @@ def test_an_interrupted_smoke_run_resumes_from_the_cache_with_identical_outputs(
         pytest.skip("LIPCORE_DATA not set")
     whole = reproduce(tmp_path / "whole", tmp_path / "cache-whole")
     assert whole.returncode == 0, whole.stderr[-2000:]
+    # a clean run logs no kernel noise (issue 18 saw "KeyboardInterrupt caught in kernel")
+    assert "KeyboardInterrupt" not in whole.stdout + whole.stderr
 
     first = reproduce(tmp_path / "chunked", tmp_path / "cache-chunked", "--chunk-seconds", "0")
     assert first.returncode == 75, first.stderr[-2000:]
