@@ -21,11 +21,13 @@ Two ways to get the inner norms ||A_{K,s}||:
   result is differentiable in the weights. Power iteration approaches a norm from *below*, so
   these bounds are **estimates**, not certificates (the official code certifies with them).
 * :func:`sound_norms` (certificates): an upper bound on every ||A_{K,s}|| by construction. A
-  product whose input or output has at most ``materialise_limit`` dimensions is materialised in
-  float64 and its exact norm taken (eigvalsh of its Gram matrix); a single convolution gets the
-  DFT bound of :mod:`.layerwise`; any other product is bounded by the best split
-  ||A_{K,t}|| ||A_{t-1,s}|| into pieces already bounded (submultiplicativity). Each norm is
-  inflated by SAFETY for rounding.
+  product whose input or output has at most ``materialise_limit`` dimensions gets its exact norm
+  from its Gram matrix in float64; one whose sides are both larger but which passes through a
+  middle of at most ``middle_limit`` dimensions gets it from two Gram matrices of that middle
+  (:mod:`.product_norms`: the top eigenvalue is proved by a Cholesky factorisation); a single
+  convolution gets the DFT bound of :mod:`.layerwise`; any other product is bounded by the best
+  split ||A_{K,t}|| ||A_{t-1,s}|| into pieces already bounded (submultiplicativity). Each norm
+  is inflated by SAFETY for rounding.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ from torch.nn import functional as F
 
 from ..models import ACTIVATIONS
 from .layerwise import conv2d_norm_bound, trace_layers
+from .product_norms import factored_product_norm, product_norm
 
 SAFETY = 1e-8
 ROUNDING_SLACK = 1e-9       # of G_ii + G_jj, for the cancellation in G_ii + G_jj - 2 G_ij
@@ -295,28 +298,19 @@ def logit_bounds(chain: OperatorChain, hidden: torch.Tensor, slack: float = 0.0
 
 
 def materialised_norm(chain: OperatorChain, pair: Pair, batch: int = 512) -> float:
-    """The exact ||A_{K,s}|| (up to rounding, inflated by SAFETY) from the materialised product,
-    built column by column on its smaller side in float64."""
+    """The exact ||A_{K,s}|| (up to rounding, inflated by SAFETY) from the Gram matrix of the
+    product on its smaller side, in float64."""
     K, s = pair
-    n_in, n_out = chain.ops[s].in_dim, chain.ops[K].out_dim
-    dtype = torch.float64
-    device = chain.ops[0].weight.device
     ops = [op.detached_double() for op in chain.ops[s:K + 1]]
-    n = min(n_in, n_out)
-    columns = []
-    for i in range(0, n, batch):
-        x = F.one_hot(torch.arange(i, min(i + batch, n), device=device), n).to(dtype)
-        if n_in <= n_out:                                   # A e_i: columns of A
-            for op in ops:
-                x = op.apply(x)
-        else:                                               # A^T e_i: rows of A
-            for op in reversed(ops):
-                x = op.adjoint(x)
-        columns.append(x.flatten(1))
-    A = torch.cat(columns)                                  # (n, other side)
-    gram = A @ A.T
-    top = torch.linalg.eigvalsh(gram)[-1].clamp_min(0.0)
-    return float(top.sqrt()) * (1 + SAFETY)
+    return product_norm(ops, batch) * (1 + SAFETY)
+
+
+def factored_norm(chain: OperatorChain, pair: Pair, split: int, batch: int = 512) -> float:
+    """||A_{K,s}|| through the middle between W_{split-1} and W_split (exact up to rounding,
+    inflated by SAFETY): for products whose sides are both too large to materialise."""
+    K, s = pair
+    ops = [op.detached_double() for op in chain.ops[s:K + 1]]
+    return factored_product_norm(ops, split - s, batch) * (1 + SAFETY)
 
 
 def single_norm(op: LinearOp) -> float:
@@ -326,10 +320,12 @@ def single_norm(op: LinearOp) -> float:
     return conv2d_norm_bound(op.weight, op.in_shape[-2:], op.stride, op.padding)
 
 
-def sound_norms(chain: OperatorChain, materialise_limit: int = 4096,
+def sound_norms(chain: OperatorChain, materialise_limit: int = 8192, middle_limit: int = 8192,
                 pairs: list[Pair] | None = None) -> dict[Pair, float]:
-    """An upper bound on ||A_{K,s}|| for every pair (module docstring): exact where the product is
-    small enough to materialise, else the best split into bounded pieces."""
+    """An upper bound on ||A_{K,s}|| for every pair (module docstring): exact where the product's
+    smaller side has at most ``materialise_limit`` dimensions, or where it passes through a
+    middle of at most ``middle_limit`` (:func:`factored_norm`), else the best split into bounded
+    pieces."""
     pairs = hidden_pairs(chain) if pairs is None else pairs
     bound: dict[Pair, float] = {}
     with torch.no_grad():
@@ -341,6 +337,10 @@ def sound_norms(chain: OperatorChain, materialise_limit: int = 4096,
                     best = min(best, bound[(K, t)] * bound[(t - 1, s)])
                 if min(chain.ops[s].in_dim, chain.ops[K].out_dim) <= materialise_limit:
                     best = min(best, materialised_norm(chain, (K, s)))
+                elif length > 0:
+                    middle = min(range(s + 1, K + 1), key=lambda t: chain.ops[t].in_dim)
+                    if chain.ops[middle].in_dim <= middle_limit:
+                        best = min(best, factored_norm(chain, (K, s), middle))
                 bound[(K, s)] = best
     return {p: bound[p] for p in pairs}
 
