@@ -136,3 +136,16 @@ def test_every_bound_of_a_users_net_is_ordered_or_says_why_it_does_not_apply():
     assert "fully connected" in rows.note["LipSDP-neuron"]
     assert rows.bound["empirical lower bound"] <= rows.bound["LipLT"] <= \
         rows.bound["naive (layer-wise product)"] * (1 + 1e-6)
+
+
+def test_the_accuracy_curves_follow_the_radii_and_the_eps_control(ax):
+    radii = {"strong": torch.tensor([0.0, 0.5, 1.0, float("inf")]),
+             "certified": torch.tensor([0.0, 0.2, 0.4, 0.6])}
+    lessons.draw_accuracy_against_eps(ax, radii, eps=0.3, max_eps=2.0)
+    strong, certified = ax.get_lines()[:2]
+    assert strong.get_ydata()[0] == 75.0 and certified.get_ydata()[-1] == 0.0   # % above eps
+    assert (strong.get_ydata() >= certified.get_ydata()).all()
+    first = ax.get_lines()[-1].get_xdata()[0]
+    ax.clear()
+    lessons.draw_accuracy_against_eps(ax, radii, eps=1.5, max_eps=2.0)
+    assert first == 0.3 and ax.get_lines()[-1].get_xdata()[0] == 1.5           # the eps marker
