@@ -77,17 +77,10 @@ def _mlp_core(model: nn.Module) -> tuple[FullyConnected, float, float]:
         if type(model[1]) in slopes:
             return core, pre, post * slopes[type(model[1])]
     raise ValueError(f"LipSDP and LipLT (here) need a fully connected net (FullyConnected, "
-                     f"PooledMLP, optionally with an output activation, or an nn.Sequential of Linear layers with one "
-                     f"activation type between them), not this {type(model).__name__}; use "
-                     f"method='liplt' (plain conv nets) or method='naive' (any net)")
-
-
-def _is_mlp(model: nn.Module) -> bool:
-    try:
-        _mlp_core(model)
-    except ValueError:
-        return False
-    return True
+                     f"PooledMLP, optionally with an output activation, or an nn.Sequential of "
+                     f"Linear layers with one activation type between them), not this "
+                     f"{type(model).__name__}; use method='liplt' (plain conv nets) or "
+                     f"method='naive' (any net)")
 
 
 def lipschitz_bound(model: nn.Module, method: str = "lipsdp",
@@ -100,21 +93,27 @@ def lipschitz_bound(model: nn.Module, method: str = "lipsdp",
     if method not in BOUND_METHODS:
         raise ValueError(f"unknown bound method {method!r}; choose one of {sorted(BOUND_METHODS)}")
     start = time.perf_counter()
-    if method == "liplt" and not _is_mlp(model):
+    try:
+        core, pre, post = _mlp_core(model)
+    except ValueError as not_dense:
+        core, why = None, not_dense
+    if method == "liplt" and core is None:
         if input_shape is None:
             raise ValueError("method='liplt' on a conv net needs input_shape (without the batch axis)")
         chain = operator_chain(model, input_shape)
         value = float(liplt_bounds(chain, sound_norms(chain), sound=True).L)
     elif method in ("lipsdp", "liplt"):
-        core, pre, post = _mlp_core(model)
+        if core is None:
+            raise why
         alpha, beta = core.slope_bounds
         inner = lipsdp(core.weights(), alpha, beta, coupling="neuron").bound \
             if method == "lipsdp" else float(liplt(core.weights(), alpha, beta).L)
         value = pre * inner * post
     else:
         if input_shape is None:
-            core, _, _ = _mlp_core(model)
-            if core is not model and _plain_dense(model) is None:
+            if core is None:
+                raise why
+            if core is not model and any(m is core for m in model.modules()):   # pooling first
                 raise ValueError("method='naive' needs input_shape for this model")
             input_shape = (core.widths[0],)
         value = layerwise_bound(model, input_shape)

@@ -195,11 +195,11 @@ def build_site(figures_dir: str | Path, site_dir: str | Path | None = None) -> P
     papers, lessons = [], []
     for nb in notebooks:
         (staging / f"{nb.stem}.html").write_text(_with_nav(pages[nb.stem], _nav(order, nb.stem)))
+        lesson = nb.stem.startswith("lesson")
         results = nb.parent / "results.json"
         run = json.loads(results.read_text()) if results.is_file() else {}
-        meta = ", ".join(f"{k} {run[k]}" for k in ("profile", "device", "git_commit") if k in run)
-        lesson = nb.stem.startswith("lesson")
-        meta = "controls in JupyterLab; here at a few settings" if lesson else meta
+        meta = "controls in JupyterLab; here at a few settings" if lesson else ", ".join(
+            f"{k} {run[k]}" for k in ("profile", "device", "git_commit") if k in run)
         (lessons if lesson else papers).append(
             f"<li><a href='{nb.stem}.html'>{html.escape(_title(nb))}</a> "
             f"<small>({html.escape(nb.stem)}; {html.escape(meta)})</small></li>")

@@ -10,10 +10,11 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from .ensemble import DEFAULT_ATTACKS, as_tensors, robust_accuracy
+from .ensemble import DEFAULT_ATTACKS, _predict, as_tensors, robust_accuracy
 from .pgd import pgd_l2
 
 SWEEP_ATTACKS = ("strong", "paper pgd")
+BATCH = 500                        # predictions in batches, as robust_accuracy makes them
 
 
 def breaking_radii(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, torch.Tensor],
@@ -31,8 +32,8 @@ def breaking_radii(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, t
         raise ValueError(f"eps_grid must hold finite radii > 0, got {list(eps_grid)}")
     x, y = as_tensors(data)
     model.eval()
-    with torch.no_grad():
-        correct = model(x).argmax(1) == y
+    device = str(x.device)
+    correct = _predict(model, x, device, BATCH) == y
     radii = torch.where(correct, math.inf, 0.0).double()
     for eps in grid:
         alive = torch.nonzero(torch.isinf(radii)).flatten()
@@ -44,7 +45,6 @@ def breaking_radii(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, t
                                      progress=False).robust
         else:
             adv = pgd_l2(model, x[alive], y[alive], eps=eps, step=0.25, iterations=iterations)
-            with torch.no_grad():
-                robust = model(adv).argmax(1) == y[alive]
+            robust = _predict(model, adv, device, BATCH) == y[alive]
         radii[alive[~robust]] = eps
     return radii

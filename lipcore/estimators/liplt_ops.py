@@ -300,17 +300,19 @@ def logit_bounds(chain: OperatorChain, hidden: torch.Tensor, slack: float = 0.0
 def materialised_norm(chain: OperatorChain, pair: Pair, batch: int = 512) -> float:
     """The exact ||A_{K,s}|| (up to rounding, inflated by SAFETY) from the Gram matrix of the
     product on its smaller side, in float64."""
-    K, s = pair
-    ops = [op.detached_double() for op in chain.ops[s:K + 1]]
-    return product_norm(ops, batch) * (1 + SAFETY)
+    return product_norm(_double_ops(chain, pair), batch) * (1 + SAFETY)
 
 
 def factored_norm(chain: OperatorChain, pair: Pair, split: int, batch: int = 512) -> float:
     """||A_{K,s}|| through the middle between W_{split-1} and W_split (exact up to rounding,
     inflated by SAFETY): for products whose sides are both too large to materialise."""
+    return factored_product_norm(_double_ops(chain, pair), split - pair[1], batch) * (1 + SAFETY)
+
+
+def _double_ops(chain: OperatorChain, pair: Pair) -> list[LinearOp]:
+    """W_s ... W_K of ``pair`` = (K, s), detached, in float64."""
     K, s = pair
-    ops = [op.detached_double() for op in chain.ops[s:K + 1]]
-    return factored_product_norm(ops, split - s, batch) * (1 + SAFETY)
+    return [op.detached_double() for op in chain.ops[s:K + 1]]
 
 
 def single_norm(op: LinearOp) -> float:
