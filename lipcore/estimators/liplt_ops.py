@@ -21,18 +21,20 @@ Two ways to get the inner norms ||A_{K,s}||:
   result is differentiable in the weights. Power iteration approaches a norm from *below*, so
   these bounds are **estimates**, not certificates (the official code certifies with them).
 * :func:`sound_norms` (certificates): an upper bound on every ||A_{K,s}|| by construction. A
-  product whose input or output has at most ``materialise_limit`` dimensions gets its exact norm
-  from its Gram matrix in float64; one whose sides are both larger but which passes through a
-  middle of at most ``middle_limit`` dimensions gets it from two Gram matrices of that middle
-  (:mod:`.product_norms`: the top eigenvalue is proved by a Cholesky factorisation); a single
-  convolution gets the DFT bound of :mod:`.layerwise`; any other product is bounded by the best
-  split ||A_{K,t}|| ||A_{t-1,s}|| into pieces already bounded (submultiplicativity). Each norm
-  is inflated by SAFETY for rounding.
+  product whose narrowest point (its input, its output or any layer between) has at most
+  ``gram_limit`` dimensions gets its exact norm from a Gram matrix of that size in float64, one
+  forward sweep per start s for all its ends K (:mod:`.product_norms`: the top eigenvalue is
+  proved by a Cholesky factorisation); a single convolution also gets the DFT bound of
+  :mod:`.layerwise`; any other product is bounded by the best split ||A_{K,t}|| ||A_{t-1,s}||
+  into pieces already bounded (submultiplicativity). Each norm is inflated by SAFETY for
+  rounding.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+import time
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -41,7 +43,7 @@ from torch.nn import functional as F
 
 from ..models import ACTIVATIONS
 from .layerwise import conv2d_norm_bound, trace_layers
-from .product_norms import factored_product_norm, product_norm
+from .product_norms import sweep_norms
 
 SAFETY = 1e-8
 ROUNDING_SLACK = 1e-9       # of G_ii + G_jj, for the cancellation in G_ii + G_jj - 2 G_ij
@@ -297,18 +299,6 @@ def logit_bounds(chain: OperatorChain, hidden: torch.Tensor, slack: float = 0.0
     return w @ whole, torch.einsum("s,sij->ij", w, pairs), w @ classes
 
 
-def materialised_norm(chain: OperatorChain, pair: Pair, batch: int = 512) -> float:
-    """The exact ||A_{K,s}|| (up to rounding, inflated by SAFETY) from the Gram matrix of the
-    product on its smaller side, in float64."""
-    return product_norm(_double_ops(chain, pair), batch) * (1 + SAFETY)
-
-
-def factored_norm(chain: OperatorChain, pair: Pair, split: int, batch: int = 512) -> float:
-    """||A_{K,s}|| through the middle between W_{split-1} and W_split (exact up to rounding,
-    inflated by SAFETY): for products whose sides are both too large to materialise."""
-    return factored_product_norm(_double_ops(chain, pair), split - pair[1], batch) * (1 + SAFETY)
-
-
 def _double_ops(chain: OperatorChain, pair: Pair) -> list[LinearOp]:
     """W_s ... W_K of ``pair`` = (K, s), detached, in float64."""
     K, s = pair
@@ -322,28 +312,35 @@ def single_norm(op: LinearOp) -> float:
     return conv2d_norm_bound(op.weight, op.in_shape[-2:], op.stride, op.padding)
 
 
-def sound_norms(chain: OperatorChain, materialise_limit: int = 8192, middle_limit: int = 8192,
-                pairs: list[Pair] | None = None) -> dict[Pair, float]:
+def sound_norms(chain: OperatorChain, gram_limit: int = 8192, pairs: list[Pair] | None = None,
+                time_budget_s: float | None = None) -> dict[Pair, float]:
     """An upper bound on ||A_{K,s}|| for every pair (module docstring): exact where the product's
-    smaller side has at most ``materialise_limit`` dimensions, or where it passes through a
-    middle of at most ``middle_limit`` (:func:`factored_norm`), else the best split into bounded
-    pieces."""
+    narrowest point has at most ``gram_limit`` dimensions (cost: a Cholesky factorisation of
+    that size per pair, and one sweep of Gram-size batches through the layers per start), else
+    the best split into bounded pieces. With ``time_budget_s``, the sweeps (the cheap late
+    starts first) stop once it is spent, checked between steps; the products they did not reach
+    are bounded by splits, still soundly, and a warning says so."""
     pairs = hidden_pairs(chain) if pairs is None else pairs
+    last = max(K for K, _ in pairs)
+    deadline = math.inf if time_budget_s is None else time.monotonic() + time_budget_s
     bound: dict[Pair, float] = {}
+    exact: dict[Pair, float] = {}
     with torch.no_grad():
+        for s in range(last, -1, -1):
+            norms, cut = sweep_norms(_double_ops(chain, (last, s)), gram_limit, deadline=deadline)
+            exact.update({(s + k, s): norm * (1 + SAFETY) for k, norm in norms.items()})
+            if cut:
+                warnings.warn(f"sound_norms: the time budget of {time_budget_s:g} s ran out; "
+                              "the products not reached are bounded by splits (sound, looser); "
+                              "raise time_budget_s for a tighter bound", stacklevel=2)
+                break
         for length in range(max(K - s for K, s in pairs) + 1):
-            for K in range(length, max(K for K, _ in pairs) + 1):
+            for K in range(length, last + 1):
                 s = K - length
                 best = single_norm(chain.ops[K]) if length == 0 else math.inf
                 for t in range(s + 1, K + 1):               # split W_K..W_t | W_{t-1}..W_s
                     best = min(best, bound[(K, t)] * bound[(t - 1, s)])
-                if min(chain.ops[s].in_dim, chain.ops[K].out_dim) <= materialise_limit:
-                    best = min(best, materialised_norm(chain, (K, s)))
-                elif length > 0:
-                    middle = min(range(s + 1, K + 1), key=lambda t: chain.ops[t].in_dim)
-                    if chain.ops[middle].in_dim <= middle_limit:
-                        best = min(best, factored_norm(chain, (K, s), middle))
-                bound[(K, s)] = best
+                bound[(K, s)] = min(best, exact.get((K, s), math.inf))
     return {p: bound[p] for p in pairs}
 
 

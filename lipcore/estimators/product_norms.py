@@ -1,32 +1,47 @@
 """Sound norms of products of linear operators (dense layers, zero-padded convolutions) that are
-never written down as one matrix: their Gram matrices are built column by column in float64.
+never written down as one matrix, in float64.
 
-* :func:`product_norm`: ||A|| for A = W_K ... W_s from the Gram matrix on A's smaller side.
-* :func:`factored_product_norm`: ||B C|| for a product whose sides are both large but which
-  passes through a small middle (a strided conv's output): with G_C = C C^T + tau I = L L^T
-  (tau >= 0 makes it positive definite and only raises the bound), ||B C||^2 = lambda_max(B G_C
-  B^T) <= lambda_max(L^T (B^T B) L), two m x m Gram matrices for a middle of size m.
+:func:`sweep_norms` bounds ||A_K|| for every prefix A_K = W_K ... W_0 of a chain in one forward
+sweep. It carries a matrix Z whose r rows live in the current layer's space, with
+Z^T Z >= A_{K-1} A_{K-1}^T (equal up to tau, below); at the start Z = I. One step computes
+Y = Z W_K^T (each row through W_K), so that Y^T Y >= A_K A_K^T and ||A_K||^2 <= lambda_max(Y Y^T)
+= lambda_max(Y^T Y), taken on the smaller side. When the layer's output is narrower than r, the
+rows are compressed: with Y^T Y + tau I = L L^T (Cholesky, tau >= 0 only raises the bounds),
+Z = L^T has as many rows as the narrow layer has dimensions and the same Z^T Z. So every product
+costs one Gram matrix of the size of its narrowest point, however large its two ends, and the
+operators of a start are applied once for all its ends.
+
+* :func:`banded_gram`: the first Gram matrix of a sweep, W W^T or W^T W of a convolution, from a
+  few probes: two positions further apart than the product's receptive field never interact, so
+  one probe per channel and colour class of a distance-2 colouring of the grid recovers every
+  column (Curtis, Powell and Reid 1974), e.g. 288 probes instead of 8,192 one-hot vectors for a
+  stride-2 4x4 conv with 32 output channels on a 16 x 16 grid.
 * :func:`lambda_max_bound`: the top eigenvalue of a symmetric PSD matrix from above: Lanczos
-  (scipy's eigsh) estimates it, and a Cholesky factorisation of c I - M proves c is an upper
-  bound. A Cholesky that succeeds in floating point proves c I - M + E positive definite with
+  (scipy's eigsh, in float32: it only guesses) estimates it, and a Cholesky factorisation of
+  c I - M in float64 proves c, a millionth above the guess, is an upper bound. A Cholesky that succeeds in floating point proves c I - M + E positive definite with
   ||E|| <= about (n + 1) eps (c + ||M||) (Demmel 1989), far below the callers' SAFETY inflation,
   and it costs n^3 / 3 flops against about 9 n^3 for eigvalsh.
 """
 from __future__ import annotations
 
+import time
 from typing import Protocol, Sequence
 
 import numpy as np
 import torch
-from scipy.sparse.linalg import eigsh
-from torch.nn import functional as F
+from scipy.linalg.blas import dsyrk
+from scipy.sparse.linalg import ArpackNoConvergence, eigsh
 
-MARGINS = (1e-9, 1e-7, 1e-5, 1e-3)        # relative margins above the Lanczos estimate, in turn
+MARGINS = (1e-6, 1e-5, 1e-3, 1e-1)        # relative margins above the Lanczos estimate, in turn
+ROW_LIMIT = 2 ** 28                         # entries of the swept rows (2 GiB in float64)
+BATCH = 512                                 # rows through an operator at a time
 
 
 class Operator(Protocol):
     """What a product needs of each factor (:class:`lipcore.estimators.liplt_ops.LinearOp`)."""
 
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
     in_dim: int
     out_dim: int
 
@@ -38,15 +53,18 @@ class Operator(Protocol):
 def lambda_max_bound(M: torch.Tensor) -> float:
     """An upper bound on the largest eigenvalue of the symmetric PSD float64 matrix ``M``,
     proved by a Cholesky factorisation of c I - M (module docstring); eigvalsh if no margin of
-    MARGINS is proved (never seen, but rounding is not a theorem)."""
+    MARGINS is proved or Lanczos does not converge (never seen, but rounding is not a theorem)."""
     n = len(M)
     if n <= 64:
         return float(torch.linalg.eigvalsh(M)[-1].clamp_min(0.0))
     top = float(torch.diagonal(M).max().clamp_min(0.0))
     if top == 0.0:
         return 0.0
-    estimate = float(eigsh(M.cpu().numpy(), k=1, which="LA", tol=1e-10,
-                           v0=np.ones(n), return_eigenvectors=False)[0])
+    try:
+        estimate = float(eigsh(M.cpu().float().numpy(), k=1, which="LA", tol=1e-7,
+                               v0=np.ones(n, dtype=np.float32), return_eigenvectors=False)[0])
+    except ArpackNoConvergence:
+        return float(torch.linalg.eigvalsh(M)[-1].clamp_min(0.0))
     estimate = max(estimate, top)                  # lambda_max >= the largest diagonal entry
     eye = torch.eye(n, dtype=M.dtype, device=M.device)
     for margin in MARGINS:
@@ -56,67 +74,149 @@ def lambda_max_bound(M: torch.Tensor) -> float:
     return float(torch.linalg.eigvalsh(M)[-1].clamp_min(0.0))
 
 
-def _through(ops: Sequence[Operator], x: torch.Tensor, adjoint: bool) -> torch.Tensor:
-    for op in (reversed(ops) if adjoint else ops):
-        x = op.adjoint(x) if adjoint else op.apply(x)
-    return x.flatten(1)
+def row_gram(Y: torch.Tensor, side: str) -> torch.Tensor:
+    """Y Y^T (``side="rows"``) or Y^T Y (``"columns"``) of a float64 matrix, by BLAS syrk (one
+    triangle: half a general product's flops), made exactly symmetric."""
+    if Y.device.type != "cpu":
+        G = Y @ Y.T if side == "rows" else Y.T @ Y
+        return (G + G.T) / 2
+    a = Y.contiguous().numpy().T                   # Fortran order: no copy for BLAS
+    upper = torch.from_numpy(dsyrk(1.0, a, trans=1 if side == "rows" else 0))
+    return upper.triu() + upper.triu(1).T
 
 
-def gram(ops: Sequence[Operator], side: str, batch: int = 512) -> torch.Tensor:
-    """A A^T (``side="out"``, on A's output space) or A^T A (``"in"``) for A = ops[-1] ... ops[0]
-    in float64, from ``batch`` unit vectors at a time: either A's rows (or columns) from one pass
-    and then one matrix product, or both passes (A (A^T e)) and no product, whichever costs less
-    (:func:`_one_pass_is_cheaper`)."""
-    n = ops[-1].out_dim if side == "out" else ops[0].in_dim
-    device = _device(ops)
-    one_pass = _one_pass_is_cheaper(ops, n)
-    parts = []
-    for i in range(0, n, batch):
-        e = F.one_hot(torch.arange(i, min(i + batch, n), device=device), n).to(torch.float64)
-        x = _through(ops, e, adjoint=side == "out")
-        parts.append(x if one_pass else _through(ops, x, adjoint=side != "out"))
-    G = torch.cat(parts)
-    if one_pass:
-        return G @ G.T
-    return (G + G.T) / 2                          # symmetric up to rounding; make it exactly so
+def _grid(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """(channels, height, width) of a layer's space; a flat (dense) space is n channels on 1 x 1."""
+    return tuple(shape) if len(shape) == 3 else (int(np.prod(shape)), 1, 1)
 
 
-CONV_PENALTY = 4.0          # a float64 conv does about this many times fewer flops/s than a GEMM
+def interaction_radius(ops: Sequence[Operator], side: str) -> tuple[int, int] | None:
+    """The largest grid distance (per axis) at which two positions of the Gram matrix of
+    ops[-1] ... ops[0] on ``side`` ("out": A A^T, "in": A^T A) can be non-zero, from the
+    receptive field (width w in the input, step S): outputs interact when their windows
+    overlap (|d| S < w), inputs when one window holds both (|d| < w). None for dense layers."""
+    if any(getattr(op, "stride", None) is None for op in ops):
+        return None
+    radius = []
+    for axis in range(2):
+        S, w = 1, 1
+        for op in reversed(ops):
+            S, w = S * op.stride[axis], op.stride[axis] * (w - 1) + op.weight.shape[2 + axis]
+        radius.append((w - 1) // S if side == "out" else w - 1)
+    return radius[0], radius[1]
 
 
-def _one_pass_is_cheaper(ops: Sequence[Operator], n: int) -> bool:
-    """One pass plus an n x n product (n^2 N multiply-adds, N the other side) against a second
-    pass through the operators (n times their multiply-adds, convs penalised)."""
-    other = ops[0].in_dim + ops[-1].out_dim - n
-    macs = sum(op.out_dim * (op.weight[0].numel() if getattr(op, "is_conv", False)
-                             else op.in_dim) for op in ops)
-    return n * other < CONV_PENALTY * macs
+def _owners(size: int, colour: int, period: int, radius: int) -> torch.Tensor:
+    """For each position of an axis, the member of colour class ``colour`` (positions colour,
+    colour + period, ...) within ``radius`` of it, or -1; at most one exists."""
+    owner = torch.full((size,), -1, dtype=torch.long)
+    for member in range(colour, size, period):
+        near = slice(max(0, member - radius), min(size, member + radius + 1))
+        assert bool((owner[near] == -1).all()), "colour classes closer than twice the radius"
+        owner[near] = member
+    return owner
 
 
-def _device(ops: Sequence[Operator]) -> torch.device:
-    return next(o.weight.device for o in ops if hasattr(o, "weight"))
+def banded_gram(ops: Sequence[Operator], side: str) -> torch.Tensor:
+    """A A^T (``side="out"``) or A^T A (``"in"``) of A = ops[-1] ... ops[0] in float64, from
+    A A^T p (or A^T A p) for one probe p per channel and colour class (module docstring); with
+    dense layers the probes are the one-hot vectors."""
+    shape = ops[-1].out_shape if side == "out" else ops[0].in_shape
+    C, H, W = _grid(shape)
+    radius = interaction_radius(ops, side) or (H, W)
+    period = (min(2 * radius[0] + 1, H), min(2 * radius[1] + 1, W))
+    n = C * H * W
+    G = torch.zeros(n, n, dtype=torch.float64, device=ops[0].weight.device)
+    channel = torch.arange(C, device=G.device)
+    y, x = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    for a in range(period[0]):
+        for b in range(period[1]):
+            rows, cols = _owners(H, a, period[0], radius[0]), _owners(W, b, period[1], radius[1])
+            probes = torch.zeros(C, C, H, W, dtype=torch.float64, device=G.device)
+            probes[channel, channel, a::period[0], b::period[1]] = 1.0
+            seen = _gram_apply(ops, probes.reshape(C, *shape), side).reshape(C, C, H * W)
+            valid = ((rows[y] >= 0) & (cols[x] >= 0)).flatten().to(G.device)
+            here = (y * W + x).flatten().to(G.device)[valid]
+            owner = (rows[y] * W + cols[x]).flatten().to(G.device)[valid]
+            # G[(c', here), (c, owner)] = response at (c', here) to the probe of channel c
+            G[(channel[:, None, None] * H * W + here).expand(C, C, -1),
+              (channel[None, :, None] * H * W + owner).expand(C, C, -1)] = \
+                seen[:, :, valid].permute(1, 0, 2)
+    return (G + G.T) / 2
 
 
-def product_norm(ops: Sequence[Operator], batch: int = 512) -> float:
-    """||ops[-1] ... ops[0]|| from its Gram matrix on the smaller side (float64, unrounded)."""
-    side = "in" if ops[0].in_dim <= ops[-1].out_dim else "out"
-    return float(np.sqrt(lambda_max_bound(gram(ops, side, batch))))
+def _gram_apply(ops: Sequence[Operator], x: torch.Tensor, side: str) -> torch.Tensor:
+    """A A^T x (``"out"``) or A^T A x (``"in"``), batch by batch."""
+    out = []
+    for chunk in x.split(BATCH):
+        for op in (reversed(ops) if side == "out" else ops):
+            chunk = op.adjoint(chunk) if side == "out" else op.apply(chunk)
+        for op in (ops if side == "out" else reversed(ops)):
+            chunk = op.apply(chunk) if side == "out" else op.adjoint(chunk)
+        out.append(chunk.flatten(1))
+    return torch.cat(out)
 
 
-def factored_product_norm(ops: Sequence[Operator], split: int, batch: int = 512) -> float:
-    """An upper bound on ||B C|| with C = ops[:split], B = ops[split:] through the middle of
-    size ops[split].in_dim (module docstring): exact up to tau and rounding."""
-    C, B = ops[:split], ops[split:]
-    G_C = gram(C, "out", batch)
-    tau = 1e-12 * float(torch.diagonal(G_C).max())
-    eye = torch.eye(len(G_C), dtype=G_C.dtype, device=G_C.device)
-    for _ in range(4):
-        L, info = torch.linalg.cholesky_ex(G_C + tau * eye)
+def _rows_through(op: Operator, Z: torch.Tensor) -> torch.Tensor:
+    """Every row of Z through ``op``, batch by batch."""
+    return torch.cat([op.apply(chunk).flatten(1) for chunk in Z.split(BATCH)])
+
+
+def _compressed(G: torch.Tensor) -> torch.Tensor:
+    """Z with Z^T Z = G + tau I (tau >= 0, the least of 1e-12 * max diag G times a power of 100
+    that makes it positive definite): the rows that replace a wide matrix of Gram G."""
+    tau = 1e-12 * float(torch.diagonal(G).max().clamp_min(1e-300))
+    eye = torch.eye(len(G), dtype=G.dtype, device=G.device)
+    for _ in range(6):
+        L, info = torch.linalg.cholesky_ex(G + tau * eye)
         if int(info) == 0:
-            break
+            return L.T.contiguous()
         tau *= 100.0
-    else:
-        raise FloatingPointError("the middle Gram matrix has no Cholesky factor even with "
-                                 f"tau = {tau:g}; use the split bound instead")
-    S = L.T @ gram(B, "in", batch) @ L
-    return float(np.sqrt(lambda_max_bound((S + S.T) / 2)))
+    raise FloatingPointError(f"a Gram matrix has no Cholesky factor even with tau = {tau:g}")
+
+
+def sweep_norms(ops: Sequence[Operator], gram_limit: int, row_limit: int = ROW_LIMIT,
+                deadline: float = float("inf")) -> tuple[dict[int, float], bool]:
+    """{K: an upper bound on ||ops[K] ... ops[0]||} (module docstring), for every K whose Gram
+    matrix has at most ``gram_limit`` rows, while the swept rows have at most ``row_limit``
+    entries and ``time.monotonic()`` is before ``deadline`` (checked between steps); the ends
+    before the first narrow layer of a start wider than ``gram_limit`` are missing too (the
+    caller bounds them otherwise). Each value is exact up to tau and rounding. The flag says
+    whether the deadline stopped the sweep."""
+    norms: dict[int, float] = {}
+    if time.monotonic() >= deadline:
+        return norms, True
+    Z = None                            # None: the identity on ops[0]'s input, not yet written
+    start = 0
+    if ops[0].in_dim > gram_limit:      # compress first at the first narrow output
+        narrow = [K for K, op in enumerate(ops) if op.out_dim <= gram_limit]
+        if not narrow:
+            return norms, False
+        G = banded_gram(ops[:narrow[0] + 1], "out")
+        norms[narrow[0]] = float(np.sqrt(lambda_max_bound(G)))
+        Z, start = _compressed(G), narrow[0] + 1
+    for K in range(start, len(ops)):
+        if time.monotonic() >= deadline:
+            return norms, True
+        op = ops[K]
+        r = ops[0].in_dim if Z is None else len(Z)
+        if Z is None:                   # the first operator alone: probes, not r one-hot rows
+            narrower = op.out_dim < r
+            G = banded_gram([op], "out" if narrower else "in")
+            if narrower:
+                Z = _compressed(G)
+            elif r * op.out_dim <= row_limit:
+                eye = torch.eye(r, dtype=torch.float64, device=op.weight.device)
+                Z = _rows_through(op, eye.reshape(r, *op.in_shape))
+            else:
+                norms[K] = float(np.sqrt(lambda_max_bound(G)))
+                break
+        else:
+            if r * op.out_dim > row_limit:
+                break
+            Y = _rows_through(op, Z)
+            narrower = op.out_dim < r
+            G = row_gram(Y, "columns" if narrower else "rows")
+            Z = _compressed(G) if narrower else Y
+        norms[K] = float(np.sqrt(lambda_max_bound(G)))
+    return norms, False

@@ -84,8 +84,7 @@ class CRMSetting:
     stand_in: tuple[int, int] = (512, 256)
     pgd_iterations: int = 100
     strong_iterations: int = 100
-    materialise_limit: int = 8192
-    middle_limit: int = 8192            # products through a middle this small: exact too
+    gram_limit: int = 8192              # products whose narrowest point is this small: exact
 
     def model(self, seed: int) -> nn.Module:
         return crm_net(self.arch, seed)
@@ -113,7 +112,7 @@ def crm_settings(profile: str, cifar_arch: str = "6C2F", cifar_eps: str = "paper
     full = {"MNIST": CRMSetting("MNIST", "mnist", "4C3F", 1.58, mnist),
             "CIFAR-10": CRMSetting("CIFAR-10", "cifar10", cifar_arch, cifar.eps, cifar),
             "Tiny-ImageNet": CRMSetting("Tiny-ImageNet", "tiny_imagenet", "8C2F", tiny.eps, tiny,
-                                        materialise_limit=2048)}
+                                        gram_limit=2048)}
     if profile == "paper":
         return full
 
@@ -122,8 +121,7 @@ def crm_settings(profile: str, cifar_arch: str = "6C2F", cifar_eps: str = "paper
                                   robust_start=max(1, epochs // 4))
         return dataclasses.replace(s, train=cfg, **more)
     if profile == "smoke":
-        quick = dict(pgd_iterations=5, strong_iterations=5, materialise_limit=64,
-                     middle_limit=0)
+        quick = dict(pgd_iterations=5, strong_iterations=5, gram_limit=64)
         return {"MNIST": cut(full["MNIST"], 1, n_train=256, n_test=128, n_attack=32, **quick),
                 "CIFAR-10": cut(full["CIFAR-10"], 1, stand_in=(64, 32), n_attack=16, **quick)}
     return {"MNIST": cut(full["MNIST"], 8, n_train=30_000, n_attack=500),
@@ -213,7 +211,7 @@ def bounds(s: CRMSetting, net: TrainedNet, estimate_iterations: int = 100) -> Bo
     """Sound LipLT, the power-iteration estimate from the trained vectors, and the naive bound."""
     chain = net.chain
     start = time.perf_counter()
-    sound = lo.liplt_bounds(chain, lo.sound_norms(chain, s.materialise_limit, s.middle_limit), sound=True)
+    sound = lo.liplt_bounds(chain, lo.sound_norms(chain, s.gram_limit), sound=True)
     t_sound = time.perf_counter() - start
     start = time.perf_counter()
     with torch.no_grad():

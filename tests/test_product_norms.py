@@ -1,0 +1,110 @@
+"""Sound norms of operator products (issue 19): the probed Gram matrix of a conv product is its
+Gram matrix, the sweeps give every product's exact norm wherever its narrowest point fits the
+limit and an upper bound everywhere else, and a spent time budget falls back to splits soundly."""
+import pytest
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from lipcore.estimators import liplt_ops as lo
+from lipcore.estimators.product_norms import banded_gram, lambda_max_bound, sweep_norms
+
+
+def dense_matrix(ops):
+    """The product ops[-1] ... ops[0] written down, column by column (the reference)."""
+    n = ops[0].in_dim
+    x = torch.eye(n, dtype=torch.float64).reshape(n, *ops[0].in_shape)
+    for op in ops:
+        x = op.apply(x)
+    return x.flatten(1).T
+
+
+def exact_norm(ops):
+    return float(torch.linalg.matrix_norm(dense_matrix(ops), ord=2))
+
+
+def conv_net(seed, convs, size, classes=3):
+    """ReLU net of the given (c_in, c_out, (kh, kw), (sh, sw), (ph, pw)) convs, two dense layers."""
+    torch.manual_seed(seed)
+    layers = []
+    for c_in, c_out, k, s, p in convs:
+        layers += [nn.Conv2d(c_in, c_out, k, s, p), nn.ReLU()]
+    layers.append(nn.Flatten())
+    with torch.no_grad():
+        flat = nn.Sequential(*layers)(torch.zeros(1, convs[0][0], *size)).numel()
+    return nn.Sequential(*layers, nn.Linear(flat, 6), nn.ReLU(), nn.Linear(6, classes))
+
+
+conv_spec = st.tuples(st.integers(1, 3), st.sampled_from([(1, 1), (2, 2), (3, 2), (4, 4)]),
+                      st.sampled_from([(1, 1), (2, 2), (1, 2)]), st.integers(0, 2))
+
+
+@settings(max_examples=25, deadline=None)
+@given(specs=st.lists(conv_spec, min_size=1, max_size=3), size=st.tuples(st.integers(7, 12),
+       st.integers(7, 12)), seed=st.integers(0, 10**6))
+def test_the_probed_gram_matrix_of_a_conv_product_is_its_gram_matrix(specs, size, seed):
+    convs, channels, hw = [], 2, size
+    for c_out, k, s, p in specs:
+        pad = (min(p, k[0] - 1), min(p, k[1] - 1))
+        hw = tuple((hw[i] + 2 * pad[i] - k[i]) // s[i] + 1 for i in range(2))
+        assume(min(hw) >= 1)
+        convs.append((channels, c_out, k, s, pad))
+        channels = c_out
+    chain = lo.operator_chain(conv_net(seed, convs, size), (2, *size))
+    ops = [op.detached_double() for op in chain.ops[:len(convs)]]
+    A = dense_matrix(ops)
+    for side, reference in (("out", A @ A.T), ("in", A.T @ A)):
+        assert torch.allclose(banded_gram(ops, side), reference, rtol=0, atol=1e-12)
+
+
+def test_every_product_is_exact_when_its_narrowest_point_fits_and_bounded_above_otherwise():
+    convs = [(1, 4, (3, 3), (1, 1), (1, 1)), (4, 4, (4, 4), (2, 2), (1, 1)),
+             (4, 3, (3, 3), (2, 2), (0, 0))]
+    chain = lo.operator_chain(conv_net(0, convs, (15, 13)), (1, 15, 13))
+    ops = [op.detached_double() for op in chain.ops]
+    exact = {p: exact_norm(ops[p[1]:p[0] + 1]) for p in lo.hidden_pairs(chain)}
+    for gram_limit in (10**6, 30, 8):
+        bound = lo.sound_norms(chain, gram_limit=gram_limit)
+        for (K, s), value in bound.items():
+            narrowest = min(op.in_dim for op in ops[s:K + 2])
+            assert value >= exact[(K, s)] * (1 - 1e-12)
+            if narrowest <= gram_limit:               # input 195, outputs 780, 168, 27, 6
+                assert value == pytest.approx(exact[(K, s)], rel=1e-6)
+    assert lo.sound_norms(chain, gram_limit=8)[(1, 0)] > 1.5 * exact[(1, 0)]   # a split
+
+
+def test_a_sweep_applies_each_operator_once_for_all_its_ends(monkeypatch):
+    chain = lo.operator_chain(conv_net(1, [(1, 3, (3, 3), (1, 1), (1, 1)),
+                                           (3, 3, (4, 4), (2, 2), (1, 1))], (8, 8)), (1, 8, 8))
+    ops = [op.detached_double() for op in chain.ops]
+    calls = []
+    monkeypatch.setattr(lo.LinearOp, "apply", lambda op, x, call=lo.LinearOp.apply:
+                        calls.append(op.out_shape) or call(op, x))
+    norms, cut = sweep_norms(ops, gram_limit=10**6)
+    passes = list(calls)
+    assert not cut and sorted(norms) == [0, 1, 2, 3]
+    for K, value in norms.items():
+        assert value == pytest.approx(exact_norm(ops[:K + 1]), rel=1e-6)
+    assert [passes.count(op.out_shape) for op in ops[1:]] == [1, 1, 1]   # rows, in one batch
+
+
+def test_a_spent_time_budget_falls_back_to_splits_soundly_and_says_so():
+    chain = lo.operator_chain(conv_net(2, [(1, 4, (3, 3), (1, 1), (1, 1)),
+                                           (4, 4, (4, 4), (2, 2), (1, 1))], (10, 10)), (1, 10, 10))
+    tight = lo.sound_norms(chain)
+    with pytest.warns(UserWarning, match="time budget"):
+        rushed = lo.sound_norms(chain, time_budget_s=0.0)
+    assert all(rushed[p] >= tight[p] * (1 - 1e-12) for p in tight)
+    assert any(rushed[p] > tight[p] * 1.01 for p in tight)
+    assert lo.sound_norms(chain, time_budget_s=600.0) == tight
+
+
+def test_the_cholesky_proved_top_eigenvalue_is_tight_and_never_below_eigvalsh():
+    gen = torch.Generator().manual_seed(0)
+    for n in (10, 300):
+        X = torch.randn(n, n // 2, generator=gen, dtype=torch.float64)
+        M = X @ X.T                                             # PSD and singular
+        exact = float(torch.linalg.eigvalsh(M)[-1])
+        assert exact <= lambda_max_bound(M) <= exact * (1 + 1e-5)
+    assert lambda_max_bound(torch.zeros(100, 100, dtype=torch.float64)) == 0.0
