@@ -234,3 +234,19 @@ def test_the_crm_pgd_protocol_stays_on_its_sphere_inside_the_box():
     assert adv.min() >= 0 and adv.max() <= 1
     with pytest.raises(ValueError, match="variant"):
         pgd_l2(net, x, y, variant="fgsm")
+
+
+def test_the_sound_over_estimate_table_reads_the_mean_the_worst_pair_and_the_global_bound():
+    from lipcore.experiments.crm_liplt import Bounds, sound_vs_estimate
+    chain = lo.operator_chain(small_conv(4), (1, 8, 8))
+    sound = lo.liplt_bounds(chain, lo.sound_norms(chain), sound=True)
+    with torch.no_grad():
+        estimate = lo.liplt_bounds(chain, lo.PowerIteration(chain).norms(chain, 3), sound=False)
+    b = Bounds(sound, estimate, *lo.naive_pairwise_ops(chain), dict(sound=1.5))
+    [row] = sound_vs_estimate({("toy", "CRM"): b})
+    off = ~torch.eye(5, dtype=torch.bool)
+    assert row["worst_L_ij_ratio"] == pytest.approx(float(
+        (sound.pairwise[off] / estimate.pairwise[off].double()).max()))
+    assert 1.0 <= row["sound_over_estimate"] <= row["worst_L_ij_ratio"]   # 3 steps: from below
+    assert row["global_L_ratio"] == pytest.approx(float(sound.L / estimate.L))
+    assert (row["setting"], row["method"], row["sound_seconds"]) == ("toy", "CRM", 1.5)
