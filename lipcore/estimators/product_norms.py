@@ -117,15 +117,20 @@ def _owners(size: int, colour: int, period: int, radius: int) -> torch.Tensor:
     return owner
 
 
-def banded_gram(ops: Sequence[Operator], side: str) -> torch.Tensor:
+def banded_gram(ops: Sequence[Operator], side: str, row_limit: int = ROW_LIMIT) -> torch.Tensor:
     """A A^T (``side="out"``) or A^T A (``"in"``) of A = ops[-1] ... ops[0] in float64, from
-    A A^T p (or A^T A p) for one probe p per channel and colour class (module docstring); with
-    dense layers the probes are the one-hot vectors."""
+    A A^T p (or A^T A p) for one probe p per channel and colour class (module docstring). Where
+    colouring saves nothing (dense layers, or a receptive field as wide as the grid), the unit
+    vectors make one pass instead, X = their images (A's rows or columns), and G = X X^T: half
+    the passes, and a cheap product when this side is the small one."""
     shape = ops[-1].out_shape if side == "out" else ops[0].in_shape
     C, H, W = _grid(shape)
     radius = interaction_radius(ops, side) or (H, W)
     period = (min(2 * radius[0] + 1, H), min(2 * radius[1] + 1, W))
     n = C * H * W
+    other = ops[0].in_dim if side == "out" else ops[-1].out_dim
+    if period == (H, W) and n * other <= row_limit:
+        return row_gram(_one_pass(ops, n, side), "rows")
     G = torch.zeros(n, n, dtype=torch.float64, device=ops[0].weight.device)
     channel = torch.arange(C, device=G.device)
     y, x = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
@@ -143,6 +148,17 @@ def banded_gram(ops: Sequence[Operator], side: str) -> torch.Tensor:
               (channel[None, :, None] * H * W + owner).expand(C, C, -1)] = \
                 seen[:, :, valid].permute(1, 0, 2)
     return (G + G.T) / 2
+
+
+def _one_pass(ops: Sequence[Operator], n: int, side: str) -> torch.Tensor:
+    """The n x other matrix of A^T e_i (``"out"``) or A e_i (``"in"``), batch by batch."""
+    eye = torch.eye(n, dtype=torch.float64, device=ops[0].weight.device)
+    out = []
+    for chunk in eye.split(BATCH):
+        for op in (reversed(ops) if side == "out" else ops):
+            chunk = op.adjoint(chunk) if side == "out" else op.apply(chunk)
+        out.append(chunk.flatten(1))
+    return torch.cat(out)
 
 
 def _gram_apply(ops: Sequence[Operator], x: torch.Tensor, side: str) -> torch.Tensor:
