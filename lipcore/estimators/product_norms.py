@@ -153,24 +153,25 @@ def banded_gram(ops: Sequence[Operator], side: str, row_limit: int = ROW_LIMIT) 
 def _one_pass(ops: Sequence[Operator], n: int, side: str) -> torch.Tensor:
     """The n x other matrix of A^T e_i (``"out"``) or A e_i (``"in"``), batch by batch."""
     eye = torch.eye(n, dtype=torch.float64, device=ops[0].weight.device)
-    out = []
-    for chunk in eye.split(BATCH):
-        for op in (reversed(ops) if side == "out" else ops):
-            chunk = op.adjoint(chunk) if side == "out" else op.apply(chunk)
-        out.append(chunk.flatten(1))
-    return torch.cat(out)
+    return torch.cat([_across(ops, chunk, side).flatten(1) for chunk in eye.split(BATCH)])
 
 
 def _gram_apply(ops: Sequence[Operator], x: torch.Tensor, side: str) -> torch.Tensor:
     """A A^T x (``"out"``) or A^T A x (``"in"``), batch by batch."""
-    out = []
-    for chunk in x.split(BATCH):
-        for op in (reversed(ops) if side == "out" else ops):
-            chunk = op.adjoint(chunk) if side == "out" else op.apply(chunk)
-        for op in (ops if side == "out" else reversed(ops)):
-            chunk = op.apply(chunk) if side == "out" else op.adjoint(chunk)
-        out.append(chunk.flatten(1))
-    return torch.cat(out)
+    return torch.cat([_across(ops, _across(ops, chunk, side), side, back=True).flatten(1)
+                      for chunk in x.split(BATCH)])
+
+
+def _across(ops: Sequence[Operator], x: torch.Tensor, side: str, back: bool = False
+            ) -> torch.Tensor:
+    """From ``side`` of A to the other side (A^T x from "out", A x from "in"), or ``back``."""
+    if (side == "out") != back:
+        for op in reversed(ops):
+            x = op.adjoint(x)
+        return x
+    for op in ops:
+        x = op.apply(x)
+    return x
 
 
 def _rows_through(op: Operator, Z: torch.Tensor) -> torch.Tensor:
