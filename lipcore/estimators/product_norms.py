@@ -18,9 +18,10 @@ operators of a start are applied once for all its ends.
   stride-2 4x4 conv with 32 output channels on a 16 x 16 grid.
 * :func:`lambda_max_bound`: the top eigenvalue of a symmetric PSD matrix from above: Lanczos
   (scipy's eigsh, in float32: it only guesses) estimates it, and a Cholesky factorisation of
-  c I - M in float64 proves c, a millionth above the guess, is an upper bound. A Cholesky that succeeds in floating point proves c I - M + E positive definite with
-  ||E|| <= about (n + 1) eps (c + ||M||) (Demmel 1989), far below the callers' SAFETY inflation,
-  and it costs n^3 / 3 flops against about 9 n^3 for eigvalsh.
+  c I - M in float64 proves c, a millionth above the guess, is an upper bound. A Cholesky that
+  succeeds in floating point proves c I - M + E positive definite with ||E|| <= about
+  (n + 1) eps (c + ||M||) (Demmel 1989), far below the callers' SAFETY inflation, and it costs
+  n^3 / 3 flops against about 9 n^3 for eigvalsh.
 """
 from __future__ import annotations
 
@@ -151,15 +152,14 @@ def banded_gram(ops: Sequence[Operator], side: str, row_limit: int = ROW_LIMIT) 
 
 
 def _one_pass(ops: Sequence[Operator], n: int, side: str) -> torch.Tensor:
-    """The n x other matrix of A^T e_i (``"out"``) or A e_i (``"in"``), batch by batch."""
+    """The n x other matrix of A^T e_i (``"out"``) or A e_i (``"in"``)."""
     eye = torch.eye(n, dtype=torch.float64, device=ops[0].weight.device)
-    return torch.cat([_across(ops, chunk, side).flatten(1) for chunk in eye.split(BATCH)])
+    return _in_batches(lambda chunk: _across(ops, chunk, side), eye)
 
 
 def _gram_apply(ops: Sequence[Operator], x: torch.Tensor, side: str) -> torch.Tensor:
-    """A A^T x (``"out"``) or A^T A x (``"in"``), batch by batch."""
-    return torch.cat([_across(ops, _across(ops, chunk, side), side, back=True).flatten(1)
-                      for chunk in x.split(BATCH)])
+    """A A^T x (``"out"``) or A^T A x (``"in"``)."""
+    return _in_batches(lambda chunk: _across(ops, _across(ops, chunk, side), side, back=True), x)
 
 
 def _across(ops: Sequence[Operator], x: torch.Tensor, side: str, back: bool = False
@@ -174,9 +174,9 @@ def _across(ops: Sequence[Operator], x: torch.Tensor, side: str, back: bool = Fa
     return x
 
 
-def _rows_through(op: Operator, Z: torch.Tensor) -> torch.Tensor:
-    """Every row of Z through ``op``, batch by batch."""
-    return torch.cat([op.apply(chunk).flatten(1) for chunk in Z.split(BATCH)])
+def _in_batches(fn, x: torch.Tensor) -> torch.Tensor:
+    """fn applied to the rows of x, BATCH at a time, as flat rows."""
+    return torch.cat([fn(chunk).flatten(1) for chunk in x.split(BATCH)])
 
 
 def _compressed(G: torch.Tensor) -> torch.Tensor:
@@ -211,29 +211,33 @@ def sweep_norms(ops: Sequence[Operator], gram_limit: int, row_limit: int = ROW_L
             return norms, False
         G = banded_gram(ops[:narrow[0] + 1], "out")
         norms[narrow[0]] = float(np.sqrt(lambda_max_bound(G)))
-        Z, start = _compressed(G), narrow[0] + 1
+        start = narrow[0] + 1
+        if start == len(ops):
+            return norms, False
+        Z = _compressed(G)
     for K in range(start, len(ops)):
         if time.monotonic() >= deadline:
             return norms, True
         op = ops[K]
-        r = ops[0].in_dim if Z is None else len(Z)
-        if Z is None:                   # the first operator alone: probes, not r one-hot rows
-            narrower = op.out_dim < r
+        rows = ops[0].in_dim if Z is None else len(Z)
+        narrower = op.out_dim < rows
+        if Z is None:                   # the first operator alone: probes, not one-hot rows
             G = banded_gram([op], "out" if narrower else "in")
-            if narrower:
-                Z = _compressed(G)
-            elif r * op.out_dim <= row_limit:
-                eye = torch.eye(r, dtype=torch.float64, device=op.weight.device)
-                Z = _rows_through(op, eye.reshape(r, *op.in_shape))
-            else:
-                norms[K] = float(np.sqrt(lambda_max_bound(G)))
-                break
+        elif rows * op.out_dim > row_limit:
+            break
         else:
-            if r * op.out_dim > row_limit:
-                break
-            Y = _rows_through(op, Z)
-            narrower = op.out_dim < r
+            Y = _in_batches(op.apply, Z)
             G = row_gram(Y, "columns" if narrower else "rows")
-            Z = _compressed(G) if narrower else Y
         norms[K] = float(np.sqrt(lambda_max_bound(G)))
+        if K + 1 == len(ops):           # the rows for the next operator are not needed
+            break
+        if narrower:
+            Z = _compressed(G)
+        elif Z is not None:
+            Z = Y
+        elif rows * op.out_dim <= row_limit:
+            eye = torch.eye(rows, dtype=torch.float64, device=op.weight.device)
+            Z = _in_batches(op.apply, eye)
+        else:
+            break
     return norms, False
