@@ -125,4 +125,4 @@ def test_mosek_without_installation_says_so():
 def test_uncertifiable_T_raises():
     W = fully_connected([3, 4, 2], "relu", seed=0).weights()
     with pytest.raises(LipSDPError, match="not negative definite"):
-        M.best_exact_L2(W, np.zeros((4, 4)), 0.0, 1.0)
+        M.certified_L2(W, np.zeros((4, 4)), 0.0, 1.0)

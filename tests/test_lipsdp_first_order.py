@@ -6,7 +6,9 @@ import pytest
 
 from lipcore.estimators import empirical_lower_bound, lipsdp, lmi_max_eig, naive_bound
 from lipcore.estimators.lipsdp import exact_L2
-from lipcore.estimators.lipsdp_fo import SchurLMI, minimise_T
+from lipcore.estimators.chain import ChainLMI
+from lipcore.estimators.compositional import start_multipliers
+from lipcore.estimators.lipsdp_fo import minimise_T
 from lipcore.models import fully_connected
 
 NETS = [([6, 10, 4], "tanh", 0), ([12, 8, 8, 3], "relu", 1), ([5, 7, 6, 5, 2], "tanh", 2),
@@ -18,21 +20,22 @@ def test_a_hand_made_T_gives_exactly_the_bound_of_the_lmi_at_that_T():
     W, (alpha, beta) = [np.asarray(w, dtype=np.float64) for w in net.weights()], net.slope_bounds
     rng = np.random.default_rng(0)
     t = 2.0 + rng.random(17) * 3.0
-    g = SchurLMI(W, alpha, beta).value(t)
+    g = ChainLMI(W, alpha, beta).value(t)
     assert np.isfinite(g)
     assert g == pytest.approx(exact_L2(W, np.diag(t), alpha, beta), rel=1e-10)
     assert lmi_max_eig(W, np.diag(t), g * (1 + 1e-8), alpha, beta) <= 1e-12
     assert lmi_max_eig(W, np.diag(t), g * (1 - 1e-6), alpha, beta) > 0
-    assert SchurLMI(W, alpha, beta).value(np.full(17, 1e-9)) == np.inf     # H not < 0
+    assert ChainLMI(W, alpha, beta).value(np.full(17, 1e-9)) == np.inf     # H not < 0
 
 
 def test_the_gradient_is_the_envelope_formula():
     W = [np.asarray(w, dtype=np.float64) for w in fully_connected([5, 6, 4, 2], "tanh",
                                                                       seed=7).weights()]
-    lmi = SchurLMI(W, 0.2, 1.0)
+    lmi = ChainLMI(W, 0.2, 1.0)
     t = 3.0 + np.random.default_rng(1).random(10)
-    lam, U, V = lmi.spectrum(t)
-    grad = lmi.neuron_gradients(U[:, -1:], V @ U[:, -1:])[:, 0]
+    S, factors = lmi.schur(t)
+    lam, U = np.linalg.eigh(S)
+    grad = lmi.neuron_gradients(lmi.chain(t, factors, U[:, -1:]))[:, 0]
     h = 1e-6
     for i in range(10):
         e = np.zeros(10)
@@ -73,6 +76,8 @@ def test_a_budget_stops_cleanly_with_a_sound_looser_value():
     assert lmi_max_eig(W, stopped.T, stopped.L2) <= 0.0
     assert stopped.bound >= full.bound * (1 - 1e-9)
     assert stopped.bound <= naive_bound(W, 1.0) * 1.5
-    _, trace = minimise_T([np.asarray(w) / np.linalg.norm(w, 2) for w in W], 0.0, 1.0,
-                          "neuron", time_budget=60.0)
+    balanced = [np.asarray(w) / np.linalg.norm(w, 2) for w in W]
+    t0, g0, _ = start_multipliers(balanced, 0.0, 1.0)
+    _, trace = minimise_T(balanced, 0.0, 1.0, "neuron", t0, time_budget=60.0)
+    assert trace.values[0] == pytest.approx(g0, rel=1e-12)
     assert trace.values[-1] <= trace.values[0] and trace.iterations > 1

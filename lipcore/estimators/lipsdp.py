@@ -27,9 +27,16 @@ Two implementation choices make the solve fast and the answer trustworthy:
 
 2. Certification. The solver's T (projected back onto its cone) is kept and the smallest L^2 with
    P(L^2, T) <= 0 is computed exactly by a Schur complement on the input block:
-   with P(0, T) = [[C, D], [D^T, H]] and H < 0,  L^2 = lambda_max(C - D H^{-1} D^T).
-   The full, unreduced LMI is then checked with an eigenvalue solver and L^2 is backed off until
-   lambda_max(P) <= 0 holds. The returned bound therefore does not rely on solver tolerance.
+   with P(0, T) = [[C, D], [D^T, H]] and H < 0,  L^2 = lambda_max(C - D H^{-1} D^T), by the
+   block-tridiagonal recursion of :mod:`lipcore.estimators.chain` (linear in depth). The full,
+   unreduced LMI is then proven negative definite in float64 by a shifted block Cholesky with a
+   stated allowance (:func:`lipcore.estimators.chain.lmi_holds`), backing L^2 off until it holds.
+   The returned bound therefore does not rely on solver tolerance.
+
+3. Never above the compositional start. Every solve starts from, and is compared with, the
+   certified compositional bound (ECLipsE-Fast's multipliers at their best common scale,
+   :mod:`lipcore.estimators.compositional`): the returned bound is the smaller of the two, and a
+   solve that fails or cannot be certified falls back to the start instead of raising.
 """
 from __future__ import annotations
 
@@ -41,6 +48,9 @@ from typing import Callable, Sequence
 import cvxpy as cp
 import numpy as np
 from threadpoolctl import threadpool_limits
+
+from .chain import ChainLMI, LipSDPError, balance, check_weights, reduce_input_layer
+from .compositional import certify_t, start_multipliers
 
 COUPLINGS = ("neuron", "layer", "network")
 SOLVERS = ("auto", "SCS", "CLARABEL", "MOSEK", "first-order")
@@ -58,21 +68,21 @@ def small_lmi_threads(hidden: int) -> threadpool_limits:
     return threadpool_limits(limits=1 if hidden < SINGLE_THREAD_BELOW else None, user_api="blas")
 
 
-class LipSDPError(RuntimeError):
-    """LipSDP could not produce a certified bound (infeasible, inaccurate or failed solve)."""
-
-
 class UnsoundCouplingWarning(UserWarning):
     """LipSDP with coupling="network" (the set T_n) does not give a valid upper bound."""
 
 
 @dataclass
 class LipSDPResult:
-    """Outcome of :func:`lipsdp`. ``bound`` is a certified upper bound when ``sound`` is True."""
+    """Outcome of :func:`lipsdp`. ``bound`` is a certified upper bound when ``sound`` is True.
+    ``t`` is T's diagonal (``T`` the dense matrix; for network coupling ``t`` is the full T).
+    ``start_bound`` is the certified compositional start (never below ``bound``);
+    ``lmi_max_eig`` the largest eigenvalue of the full LMI at (L^2, T) where it has at most
+    DENSE_CHECK_ROWS rows (a cross-check of the certificate), else nan."""
 
     bound: float
     L2: float
-    T: np.ndarray
+    t: np.ndarray
     coupling: str
     solver: str
     status: str
@@ -80,6 +90,11 @@ class LipSDPResult:
     lmi_max_eig: float
     sound: bool
     solver_bound: float
+    start_bound: float = np.nan
+
+    @property
+    def T(self) -> np.ndarray:
+        return np.diag(self.t) if self.t.ndim == 1 else self.t
 
 
 # ----------------------------------------------------------------------------------------------
@@ -143,15 +158,6 @@ def lmi_max_eig(weights: Sequence[np.ndarray], T: np.ndarray, L2: float,
     return float(np.linalg.eigvalsh(lmi_matrix(weights, T, L2, alpha, beta))[-1])
 
 
-def reduce_input_layer(W0: np.ndarray) -> np.ndarray:
-    """W~^0 (n_1 x min(n_0, n_1)) with W~^0 W~^0^T = W^0 W^0^T: same LipSDP optimum (module doc)."""
-    n1, n0 = W0.shape
-    if n0 <= n1:
-        return W0
-    lam, U = np.linalg.eigh(W0 @ W0.T)
-    return U * np.sqrt(np.clip(lam, 0.0, None))
-
-
 # ----------------------------------------------------------------------------------------------
 # Certification: the exact L^2 for a fixed T, then an eigenvalue check of the full LMI
 # ----------------------------------------------------------------------------------------------
@@ -177,57 +183,53 @@ def exact_L2(weights: Sequence[np.ndarray], T: np.ndarray, alpha: float, beta: f
     P0 = lmi_matrix(weights, T, 0.0, alpha, beta)
     r = weights[0].shape[1]
     C, D, H = P0[:r, :r], P0[:r, r:], P0[r:, r:]
-    if not np.linalg.eigvalsh(H)[-1] < 0.0:
+    try:
+        if not np.linalg.eigvalsh(H)[-1] < 0.0:
+            return np.inf
+        S = C - D @ np.linalg.solve(H, D.T)
+        return max(float(np.linalg.eigvalsh((S + S.T) / 2.0)[-1]), 0.0)
+    except np.linalg.LinAlgError:                   # singular H or no eigen-convergence
         return np.inf
-    S = C - D @ np.linalg.solve(H, D.T)
-    return max(float(np.linalg.eigvalsh((S + S.T) / 2.0)[-1]), 0.0)
 
 
 # At the optimum the hidden block H is often singular (e.g. the layer bound of the counterexample
 # net), so the solver's T sits on or just outside the boundary. Scaling T by c > 1 gives
 # H(cT) = c H(T) + (1 - c) W^l^T W^l, which moves such directions strictly inside.
 T_SCALINGS = (1.0, 1 + 1e-9, 1 + 1e-8, 1 + 1e-7, 1 + 1e-6, 1 + 1e-5, 1 + 1e-4, 1 + 1e-3)
-
-
-def best_exact_L2(weights: Sequence[np.ndarray], T: np.ndarray, alpha: float, beta: float
-                  ) -> tuple[float, np.ndarray]:
-    """The smallest exact L^2 over the slightly scaled multipliers c T, c in T_SCALINGS."""
-    L2, c = min((exact_L2(weights, c * T, alpha, beta), c) for c in T_SCALINGS)
-    if not np.isfinite(L2):
-        raise LipSDPError(
-            "the hidden block of the LMI is not negative definite at the solver's T, even after "
-            "scaling T by up to 1.001, so no L certifies it; retry with a tighter solver "
-            "tolerance (eps=...) or solver='CLARABEL'")
-    return L2, c * T
-
-
-def certify(weights: Sequence[np.ndarray], T: np.ndarray, L2: float, alpha: float, beta: float,
-            max_backoffs: int = 12) -> tuple[float, float]:
-    """Back L^2 off from ``L2`` until the full LMI provably holds; returns (L2, lambda_max)."""
-    scale = max(L2, 1e-300)
-    for k in range(max_backoffs):
-        candidate = L2 + scale * 10.0 ** (k - 10)           # +1e-10, 1e-9, ... relative
-        top = lmi_max_eig(weights, T, candidate, alpha, beta)
-        if top <= 0.0:
-            return candidate, top
-    raise LipSDPError(
-        f"could not certify the LMI at L^2={L2:.6g}: the largest eigenvalue stays at {top:.3e} > 0 "
-        f"after backing L^2 off by {10.0 ** (max_backoffs - 11):.0e} (relative); the solve is too "
-        f"inaccurate: tighten eps or change solver")
+# The dense eigenvalue cross-check of the result (lmi_max_eig) runs up to this many rows.
+DENSE_CHECK_ROWS = 600
 
 
 def certified_L2(weights: Sequence[np.ndarray], T: np.ndarray, alpha: float = 0.0,
                  beta: float = 1.0) -> tuple[float, np.ndarray, float]:
     """A certified L^2 for ``weights`` with a fixed diagonal multiplier T (Theorem 1).
 
-    Returns (L^2, the T actually used, lambda_max of the full LMI at that point, <= 0).
+    The exact least L^2 of c T for c in T_SCALINGS (by :class:`ChainLMI` on the input-reduced
+    weights), then the first of them, least first, that :func:`certify_t` proves on the full LMI.
+    Returns (L^2, the T actually used, lambda_max of the full LMI there or nan: see
+    :class:`LipSDPResult`). Raises :class:`LipSDPError` when no scaling certifies.
     Used by :func:`lipsdp` and by the ADMM trainer to certify W-bar for its fixed T.
     """
     weights = [np.atleast_2d(np.asarray(w, dtype=np.float64)) for w in weights]
-    reduced = [reduce_input_layer(weights[0]), *weights[1:]]
-    L2_exact, T = best_exact_L2(reduced, T, alpha, beta)
-    L2, top = certify(weights, T, L2_exact, alpha, beta)
-    return L2, T, top
+    t = np.clip(np.diag(T) if np.ndim(T) == 2 else np.asarray(T, dtype=np.float64), 0.0, None)
+    lmi = ChainLMI([reduce_input_layer(weights[0]), *weights[1:]], alpha, beta)
+    for L2, c in sorted((lmi.value(c * t), c) for c in T_SCALINGS):
+        if not np.isfinite(L2):
+            break
+        certified = certify_t(weights, c * t, L2, alpha, beta)
+        if certified is not None:
+            return certified, np.diag(c * t), _dense_check(weights, c * t, certified, alpha, beta)
+    raise LipSDPError(
+        "the hidden block of the LMI is not negative definite at this T (or the LMI holds only "
+        "up to rounding), even after scaling T by up to 1.001, so no L certifies it; use the "
+        "certified start (compositional_bound) or naive_bound, or retry with a tighter solver "
+        "tolerance (eps=...) or solver='CLARABEL'")
+
+
+def _dense_check(weights: Sequence[np.ndarray], t: np.ndarray, L2: float, alpha: float,
+                 beta: float) -> float:
+    rows = weights[0].shape[1] + len(t)
+    return lmi_max_eig(weights, np.diag(t), L2, alpha, beta) if rows <= DENSE_CHECK_ROWS else np.nan
 
 
 # ----------------------------------------------------------------------------------------------
@@ -314,13 +316,15 @@ def lipsdp(weights: Sequence[np.ndarray], alpha: float = 0.0, beta: float = 1.0,
     counterexample). ``solver``: "SCS" (the SDP's optimum), "CLARABEL" (interior point, small
     LMIs), "MOSEK" (if licensed), "first-order" (:mod:`lipcore.estimators.lipsdp_fo`: minimises
     the exact bound over T by smoothed L-BFGS within ``time_budget`` seconds, stopping at relative
-    progress ``tol``; neuron and layer coupling; scales to wide nets), or "auto" (first-order
-    for neuron and layer coupling, faster than SCS at every size measured; SCS for network).
-    Whatever the solver, a sound coupling's bound is certified exactly on the full LMI. Raises :class:`LipSDPError` on
-    infeasible or inaccurate solves.
+    progress ``tol``; neuron and layer coupling; scales to deep and wide nets), or "auto"
+    (first-order for neuron and layer coupling; SCS for network).
+    A sound coupling's bound is certified on the full LMI and is never above the certified
+    compositional start (module doc, step 3); a solve that fails or cannot be certified returns
+    the start (``status`` says why). Raises :class:`LipSDPError` only when not even the start
+    certifies (the message names what to use instead).
     """
-    weights = [np.atleast_2d(np.asarray(w, dtype=np.float64)) for w in weights]
-    _check_inputs(weights, alpha, beta, coupling, solver)
+    weights = check_weights(weights, alpha, beta)
+    _check_options(weights, coupling, solver)
     if coupling == "network":
         warnings.warn("LipSDP with coupling='network' (the set T_n) is not a valid upper bound "
                       "(Pauli et al. 2021, Section II-C); use 'neuron' or 'layer'",
@@ -328,67 +332,77 @@ def lipsdp(weights: Sequence[np.ndarray], alpha: float = 0.0, beta: float = 1.0,
     if solver == "auto":            # the fastest sound solver at every size (docs/benchmarks.md)
         solver = "SCS" if coupling == "network" else "first-order"
     start = time.perf_counter()
+    sizes = [w.shape[0] for w in weights[:-1]]
+    if any(not np.any(w) for w in weights):           # a zero layer: f is constant, L = 0
+        return LipSDPResult(0.0, 0.0, np.ones(sum(sizes)), coupling, solver, "constant net",
+                            time.perf_counter() - start, np.nan, True, 0.0, 0.0)
     # Solve on the reduced, balanced problem; certify on the original one.
-    W0 = reduce_input_layer(weights[0])
-    reduced = [W0, *weights[1:]]
-    c = np.array([1.0 / max(np.linalg.norm(w, 2), 1e-12) for w in reduced])
-    balanced = [ck * w for ck, w in zip(c, reduced)]
-    if solver == "first-order":
-        from .lipsdp_fo import minimise_T
-        T_bal, trace = minimise_T(balanced, alpha, beta, coupling, time_budget, tol,
-                                  progress=progress)
-        L2_bal, status = trace.best, trace.stopped
-    else:
-        L2_bal, T_bal, status = _solve(balanced, alpha, beta, coupling, solver, eps, verbose)
-        if status == cp.OPTIMAL_INACCURATE and solver == "SCS":
-            tighter = (SCS_DEFAULT_EPS if eps is None else eps) / 10.0
-            L2_bal, T_bal, status = _solve(balanced, alpha, beta, coupling, solver, tighter,
-                                           verbose)
-        if status != cp.OPTIMAL:
-            raise LipSDPError(f"LipSDP-{coupling} did not converge with {solver} (status "
-                              f"{status!r}); try a looser eps, more iterations or another solver")
-    with small_lmi_threads(sum(w.shape[0] for w in weights[:-1])):
-        L2_solver, T = unbalance(L2_bal, T_bal, c, weights)
-        T = project_T(T, coupling, weights)
-        if coupling == "network":
-            L2_final = L2_solver
-            top = lmi_max_eig(weights, T, L2_final, alpha, beta)
-            sound = False
-        else:
-            L2_final, T, top = certified_L2(weights, T, alpha, beta)
-            sound = True
-    return LipSDPResult(bound=float(np.sqrt(L2_final)), L2=float(L2_final), T=T, coupling=coupling,
+    balanced, to_original = balance([reduce_input_layer(weights[0]), *weights[1:]])
+    if coupling == "network":
+        L2_bal, T_bal, status = _solve_cvxpy(balanced, alpha, beta, coupling, solver, eps, verbose)
+        L2, T = to_original(L2_bal, project_T(T_bal, coupling, weights))
+        return LipSDPResult(float(np.sqrt(L2)), L2, T, coupling, solver, status,
+                            time.perf_counter() - start, lmi_max_eig(weights, T, L2, alpha, beta),
+                            False, float(np.sqrt(L2)))
+    with small_lmi_threads(sum(sizes)):
+        t0_bal, start_L2, start_t = _start(weights, balanced, to_original, alpha, beta)
+        try:
+            if solver == "first-order":
+                from .lipsdp_fo import minimise_T
+                budget = time_budget - (time.perf_counter() - start)
+                t_bal, trace = minimise_T(balanced, alpha, beta, coupling, t0_bal, budget, tol,
+                                          progress=progress)
+                L2_bal, status = trace.best, trace.stopped
+            else:
+                L2_bal, T_bal, status = _solve_cvxpy(balanced, alpha, beta, coupling, solver, eps,
+                                                     verbose)
+                t_bal = np.diag(project_T(T_bal, coupling, balanced))
+            L2_solver, t = to_original(L2_bal, t_bal)
+            L2, T, top = certified_L2(weights, t, alpha, beta)
+        except (LipSDPError, np.linalg.LinAlgError) as exc:
+            if not np.isfinite(start_L2):
+                raise LipSDPError(f"LipSDP-{coupling} failed ({exc}) and the compositional start "
+                                  f"could not be certified either; use naive_bound(weights, "
+                                  f"beta), which is always sound") from exc
+            L2 = L2_solver = np.inf
+            status = f"start ({solver} failed: {exc})"
+        if start_L2 < L2:
+            status = status if status.startswith("start") else f"start ({solver} ended above it)"
+            L2, T = start_L2, np.diag(start_t)
+            top = _dense_check(weights, start_t, L2, alpha, beta)
+    return LipSDPResult(bound=float(np.sqrt(L2)), L2=float(L2), t=np.diag(T), coupling=coupling,
                         solver=solver, status=status, solve_time=time.perf_counter() - start,
-                        lmi_max_eig=top, sound=sound, solver_bound=float(np.sqrt(L2_solver)))
+                        lmi_max_eig=top, sound=True,
+                        solver_bound=float(np.sqrt(min(L2_solver, L2))),
+                        start_bound=float(np.sqrt(start_L2)))
 
 
-def unbalance(L2: float, T: np.ndarray, c: np.ndarray, weights: Sequence[np.ndarray]
-              ) -> tuple[float, np.ndarray]:
-    """Map a solution for the balanced weights c_k W^k back to the original weights.
+def _start(weights: Sequence[np.ndarray], balanced: Sequence[np.ndarray], to_original,
+           alpha: float, beta: float) -> tuple[np.ndarray | None, float, np.ndarray | None]:
+    """(t of the start for the balanced problem, its certified L^2 for the original weights
+    (inf if it does not certify), its t for the original weights)."""
+    try:
+        t_bal, L2_bal, _ = start_multipliers(balanced, alpha, beta)
+    except (np.linalg.LinAlgError, ValueError):
+        return None, np.inf, None
+    L2, t = to_original(L2_bal, t_bal)
+    certified = certify_t(weights, t, L2, alpha, beta) if np.isfinite(L2) else None
+    return t_bal, (np.inf if certified is None else certified), t
 
-    Congruence with blkdiag(d_0 I, ..., d_l I), d_k = p_k / C, p_k = prod_{j<k} c_j and
-    C = prod_k c_k, turns P~(L~^2, T~) into P(L~^2 / C^2, T) with T_k = p_k^2 T~_k / C^2.
-    """
-    C = float(np.prod(c))
-    p = np.cumprod(np.concatenate([[1.0], c[:-1]]))        # p_0 = 1, p_k = c_0 ... c_{k-1}
-    d = np.concatenate([np.full(s.stop - s.start, (p[k + 1] / C) ** 2)
-                        for k, s in enumerate(_hidden_slices(weights))])
-    return L2 / C ** 2, T * np.sqrt(np.outer(d, d))
+
+def _solve_cvxpy(balanced, alpha, beta, coupling, solver, eps, verbose):
+    """:func:`_solve`, retried once with a tighter eps when SCS reports an inaccurate optimum."""
+    L2, T, status = _solve(balanced, alpha, beta, coupling, solver, eps, verbose)
+    if status == cp.OPTIMAL_INACCURATE and solver == "SCS":
+        tighter = (SCS_DEFAULT_EPS if eps is None else eps) / 10.0
+        L2, T, status = _solve(balanced, alpha, beta, coupling, solver, tighter, verbose)
+    if status != cp.OPTIMAL:
+        raise LipSDPError(f"LipSDP-{coupling} did not converge with {solver} (status "
+                          f"{status!r}); try a looser eps, more iterations or another solver")
+    return L2, T, status
 
 
-def _check_inputs(weights: Sequence[np.ndarray], alpha: float, beta: float, coupling: str,
-                  solver: str) -> None:
-    if len(weights) < 2:
-        raise ValueError("LipSDP needs at least one hidden layer (two weight matrices)")
-    for i, (a, b) in enumerate(zip(weights[:-1], weights[1:])):
-        if b.shape[1] != a.shape[0]:
-            raise ValueError(f"W^{i + 1} has {b.shape[1]} columns but W^{i} has {a.shape[0]} rows; "
-                             f"weights must be ordered W^0..W^l with W^i of shape (n_(i+1), n_i)")
-    if not all(np.all(np.isfinite(w)) for w in weights):
-        raise ValueError("weights contain NaN or inf")
-    if not 0.0 <= alpha < beta < np.inf:
-        raise ValueError(f"slope bounds must satisfy 0 <= alpha < beta < inf, got "
-                         f"alpha={alpha}, beta={beta}")
+def _check_options(weights: Sequence[np.ndarray], coupling: str, solver: str) -> None:
     if coupling not in COUPLINGS:
         raise ValueError(f"unknown coupling {coupling!r}; choose one of {COUPLINGS}")
     if solver not in SOLVERS:

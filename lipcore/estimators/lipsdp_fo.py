@@ -17,10 +17,12 @@ with a = the pre-activations W^{k-1} x^{k-1} and b = x^k of z at neuron i (eq. (
 constraint). lambda_max is not smooth where it is multiple, so the solver minimises the smooth
 maximum tau * log sum_j exp(lambda_j / tau), lowering tau as it goes, with L-BFGS directions and
 a backtracking line search that never leaves {H < 0}. It works on log T (T stays positive) and
-on the balanced, input-reduced weights; the best T found is mapped back and certified exactly in
-float64 on the full LMI by :func:`lipcore.estimators.lipsdp.certified_L2`, so the returned bound
-never relies on the optimiser having converged: a time budget that stops it early gives a looser,
-still sound, bound.
+on the balanced, input-reduced weights, starting from the compositional multipliers
+(:mod:`lipcore.estimators.compositional`). Every value and gradient uses the block-tridiagonal
+recursion of :mod:`lipcore.estimators.chain` (cost linear in depth). The best T found is mapped
+back and certified in float64 on the full LMI by :func:`lipcore.estimators.lipsdp.certified_L2`,
+so the returned bound never relies on the optimiser having converged: a time budget that stops it
+early gives a looser, still sound, bound.
 """
 from __future__ import annotations
 
@@ -29,9 +31,9 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-import scipy.linalg
 
 from ..progress import bar
+from .chain import ChainLMI
 from .lipsdp import small_lmi_threads
 
 
@@ -47,73 +49,6 @@ class FirstOrderTrace:
     seconds: float
 
 
-def _layer_sizes(weights: Sequence[np.ndarray]) -> list[int]:
-    return [w.shape[0] for w in weights[:-1]]
-
-
-class SchurLMI:
-    """g(T) = lambda_max(C - D H^{-1} D^T) and its gradient for LipSDP with diagonal T.
-
-    ``weights`` are W^0..W^l (numpy, float64). The blocks are assembled directly from the
-    weights: H is block tridiagonal over the hidden layers and D couples x^0 to x^1 only."""
-
-    def __init__(self, weights: Sequence[np.ndarray], alpha: float, beta: float):
-        self.W = [np.asarray(w, dtype=np.float64) for w in weights]
-        self.alpha, self.beta = alpha, beta
-        self.sizes = _layer_sizes(self.W)
-        self.offsets = np.cumsum([0] + self.sizes)
-        self.n0, self.n = self.W[0].shape[1], int(self.offsets[-1])
-        self.last_gram = self.W[-1].T @ self.W[-1]
-
-    def blocks(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(C, D, H) of P(0, T) for T = diag(t), eq. (5)."""
-        a, b, W, o = self.alpha, self.beta, self.W, self.offsets
-        H = np.zeros((self.n, self.n))
-        for k, size in enumerate(self.sizes):          # hidden layer k + 1: x^{k+1} = phi(W^k x^k)
-            tk = t[o[k]:o[k + 1]]
-            rows = slice(o[k], o[k + 1])
-            H[rows, rows] -= 2.0 * np.diag(tk)                              # -2 T (B^T T B)
-            if k == 0:
-                continue
-            prev = slice(o[k - 1], o[k])                                    # x^k feeds layer k+1
-            Wt = W[k].T * tk                                                # W^k^T T_{k+1}
-            if a * b != 0.0:
-                H[prev, prev] -= 2.0 * a * b * (Wt @ W[k])                   # A^T T A
-            H[prev, rows] += (a + b) * Wt                                   # A^T T B
-            H[rows, prev] += (a + b) * Wt.T
-        H[o[-2]:, o[-2]:] += self.last_gram                                 # W^l^T W^l
-        t1 = t[:self.sizes[0]]
-        Wt0 = W[0].T * t1
-        C = -2.0 * a * b * (Wt0 @ W[0]) if a * b != 0.0 else np.zeros((self.n0, self.n0))
-        D = np.zeros((self.n0, self.n))
-        D[:, :self.sizes[0]] = (a + b) * Wt0
-        return C, D, H
-
-    def spectrum(self, t: np.ndarray):
-        """(eigenvalues, eigenvectors of S, the matrix -H^{-1} D^T) or None if H is not < 0."""
-        C, D, H = self.blocks(t)
-        try:
-            factor = scipy.linalg.cho_factor(-H, lower=True, check_finite=False)
-        except np.linalg.LinAlgError:
-            return None
-        V = scipy.linalg.cho_solve(factor, D.T, check_finite=False)       # -H^{-1} D^T
-        S = C + D @ V
-        lam, U = np.linalg.eigh((S + S.T) / 2.0)
-        return lam, U, V
-
-    def value(self, t: np.ndarray) -> float:
-        """g(T): the exact least L^2 for this T (inf outside {H < 0})."""
-        spec = self.spectrum(t)
-        return np.inf if spec is None else max(float(spec[0][-1]), 0.0)
-
-    def neuron_gradients(self, U: np.ndarray, V: np.ndarray) -> np.ndarray:
-        """d lambda_j / d t_i for the eigenvectors U[:, j] (neurons x vectors)."""
-        x = [U] + [V[self.offsets[k]:self.offsets[k + 1]] for k in range(len(self.sizes))]
-        pre = np.concatenate([self.W[k] @ x[k] for k in range(len(self.sizes))])   # a = A z
-        post = np.concatenate(x[1:])                                                # b = B z
-        return -2.0 * (post - self.alpha * pre) * (post - self.beta * pre)
-
-
 def _smooth_max(lam: np.ndarray, tau: float) -> tuple[float, np.ndarray]:
     """tau * log sum exp(lam / tau) and its weights softmax(lam / tau)."""
     tau = max(tau, 1e-300)                  # g = 0 (an all-zero net): the plain maximum
@@ -123,51 +58,46 @@ def _smooth_max(lam: np.ndarray, tau: float) -> tuple[float, np.ndarray]:
     return float(lam[-1] + tau * np.log(total)), w / total
 
 
-def feasible_start(lmi: SchurLMI, layer_of: np.ndarray) -> np.ndarray:
-    """A T = diag(c theta^k) (layer k) with H < 0, for balanced weights (every ||W^k|| = 1):
-    theta in (1, 4) makes each consecutive 2x2 block negative definite; c covers W^l^T W^l."""
-    for theta in (2.0, 1.5, 3.0, 1.2, 3.5):
-        for c in (1.0, 2.0, 4.0, 8.0, 32.0, 256.0):
-            t = c * theta ** layer_of.astype(np.float64)
-            if lmi.spectrum(t) is not None:
-                return t
-    raise RuntimeError("no starting T with a negative definite hidden block was found; "
-                       "are the weights finite?")
-
-
 def minimise_T(weights: Sequence[np.ndarray], alpha: float, beta: float, coupling: str,
-               time_budget: float = 60.0, tol: float = 1e-4, max_iterations: int = 2000,
-               memory: int = 10, progress: bool | None = None
+               t0: np.ndarray, time_budget: float = 60.0, tol: float = 1e-4,
+               max_iterations: int = 2000, memory: int = 10, progress: bool | None = None
                ) -> tuple[np.ndarray, FirstOrderTrace]:
     """Minimise g over diagonal T >= 0 ("neuron": one t per neuron, "layer": one per layer) by
-    smoothed L-BFGS on log t (module docstring). Returns the best T found (by the exact g) and a
-    trace. Stops when g improved by less than ``tol`` (relative) over 25 accepted steps at the
-    finest smoothing, after ``time_budget`` seconds, or after ``max_iterations`` steps."""
+    smoothed L-BFGS on log t (module docstring), from the feasible start ``t0`` (T's diagonal;
+    equal within each layer for "layer"). Returns the best t found (by the exact g) and a trace.
+    Stops when g improved by less than ``tol`` (relative) over 25 accepted steps at the finest
+    smoothing, after ``time_budget`` seconds, or after ``max_iterations`` steps."""
     start = time.perf_counter()
-    lmi = SchurLMI(weights, alpha, beta)
-    layer_of = np.concatenate([np.full(s, k) for k, s in enumerate(lmi.sizes)])
+    lmi = ChainLMI(weights, alpha, beta)
     if coupling == "layer":
-        expand = np.eye(len(lmi.sizes))[layer_of]            # neurons x layers
+        starts = lmi.offsets[:-1]
+        expand = lambda v: np.repeat(v, lmi.sizes)                          # noqa: E731
+        collapse = lambda g: np.add.reduceat(g, starts)                     # noqa: E731
+        s = np.log(t0[starts])
     else:
-        expand = np.eye(lmi.n)
-    t0 = feasible_start(lmi, layer_of)
-    s = np.log(np.linalg.lstsq(expand, t0, rcond=None)[0])
+        expand = collapse = lambda v: v                                     # noqa: E731
+        s = np.log(t0)
 
     def evaluate(s_, tau):
-        t_ = expand @ np.exp(s_)
-        spec = lmi.spectrum(t_)
-        if spec is None:
+        with np.errstate(over="ignore"):               # a trial step may overflow: H test fails
+            t_ = expand(np.exp(s_))
+        out = lmi.schur(t_)
+        if out is None:
             return None
-        lam, U, V = spec
+        S, factors = out
+        try:
+            lam, U = np.linalg.eigh(S)
+        except np.linalg.LinAlgError:
+            return None
         value, w = _smooth_max(lam, tau)
         keep = w > 1e-10 * w.max()
-        grad_t = lmi.neuron_gradients(U[:, keep], V @ U[:, keep]) @ w[keep]
-        return value, (expand.T @ grad_t) * np.exp(s_), max(float(lam[-1]), 0.0)
+        grad_t = lmi.neuron_gradients(lmi.chain(t_, factors, U[:, keep])) @ w[keep]
+        return value, collapse(grad_t) * np.exp(s_), max(float(lam[-1]), 0.0)
 
     with small_lmi_threads(lmi.n):
-        best_s, trace = _minimise(evaluate, lmi.value(t0), s, start, time_budget, tol,
-                                  max_iterations, memory, coupling, progress)
-    return np.diag(expand @ np.exp(best_s)), trace
+        best_s, trace = _minimise(evaluate, lmi.value(expand(np.exp(s))), s, start, time_budget,
+                                  tol, max_iterations, memory, coupling, progress)
+    return expand(np.exp(best_s)), trace
 
 
 def _minimise(evaluate, g0: float, s: np.ndarray, start: float, time_budget: float, tol: float,
