@@ -14,12 +14,12 @@ thirty. ``torch.set_num_threads(n)`` after the import undoes it.
 """
 import torch
 
-from .balls import METHODS_2D, draw_certified_balls, trained_2d_net
-from .coupling import COUPLING_MAX, coupled_bound, draw_counterexample, true_constant
+from .balls import METHODS_2D, draw_certified_balls, nearest_other_class, trained_2d_net
+from .coupling import COUPLING_MAX, coupled_bound, draw_counterexample, least_L, true_constant
 from .ladder import bound_ladder, draw_bound_ladder
-from .margins import crm_2d_net, draw_margins, margin_view
+from .margins import CRM_STRENGTHS, EPS_2D, crm_2d_net, draw_margins, margin_view
 from .mnist import METHODS_MNIST, mnist_subset, small_mnist_net
-from .noise import SIGMAS, draw_noise, noise_curves
+from .noise import SIGMAS, SIGMAS_TRAIN, draw_noise, noise_curves
 from .own_net import every_bound
 from .show import explore, small_multiples
 from .weak_attack import (EPS_GRID, draw_accuracy_against_eps, draw_weak_attack, image_status,
@@ -27,9 +27,10 @@ from .weak_attack import (EPS_GRID, draw_accuracy_against_eps, draw_weak_attack,
 
 torch.set_num_threads(1)
 
-__all__ = ["COUPLING_MAX", "EPS_GRID", "METHODS_2D", "METHODS_MNIST", "SIGMAS", "bound_ladder",
-           "coupled_bound", "crm_2d_net", "draw_accuracy_against_eps", "draw_bound_ladder",
-           "draw_certified_balls", "draw_counterexample", "draw_margins", "draw_noise",
-           "draw_weak_attack", "every_bound", "explore", "image_status", "margin_view",
-           "mnist_subset", "noise_curves", "small_mnist_net", "small_multiples", "trained_2d_net",
-           "true_constant", "weak_attack_sweep"]
+__all__ = ["COUPLING_MAX", "CRM_STRENGTHS", "EPS_2D", "EPS_GRID", "METHODS_2D", "METHODS_MNIST",
+           "SIGMAS", "SIGMAS_TRAIN", "bound_ladder", "coupled_bound", "crm_2d_net",
+           "draw_accuracy_against_eps", "draw_bound_ladder", "draw_certified_balls",
+           "draw_counterexample", "draw_margins", "draw_noise", "draw_weak_attack", "every_bound",
+           "explore", "image_status", "least_L", "margin_view", "mnist_subset",
+           "nearest_other_class", "noise_curves", "small_mnist_net", "small_multiples",
+           "trained_2d_net", "true_constant", "weak_attack_sweep"]

@@ -7,13 +7,21 @@ from typing import Any, Callable
 import matplotlib.pyplot as plt
 
 def small_multiples(draw: Callable[..., Any], settings: list[dict[str, Any]], ncols: int = 3,
-                    size: tuple[float, float] = (4.0, 3.6)) -> plt.Figure:
-    """One panel per setting: the static view of a lesson (the book, an executed copy)."""
+                    size: tuple[float, float] = (4.0, 3.6), share: str = "") -> plt.Figure:
+    """One panel per setting: the static view of a lesson (the book, an executed copy).
+    ``share`` ("x", "y" or "xy") gives the panels common limits on those axes, the union of
+    what each drew, so they compare at a glance."""
     nrows = -(-len(settings) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows),
                              squeeze=False)
-    for ax, setting in zip(axes.flat, settings):
+    drawn = axes.flat[:len(settings)]
+    for ax, setting in zip(drawn, settings):
         draw(ax, **setting)
+    for axis in share:
+        limits = [getattr(ax, f"get_{axis}lim")() for ax in drawn]
+        low, high = min(min(lim) for lim in limits), max(max(lim) for lim in limits)
+        for ax, lim in zip(drawn, limits):       # keep an inverted axis inverted
+            getattr(ax, f"set_{axis}lim")((low, high) if lim[0] <= lim[1] else (high, low))
     for ax in axes.flat[len(settings):]:
         ax.axis("off")
     fig.tight_layout()
