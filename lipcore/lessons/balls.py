@@ -19,7 +19,7 @@ from ..trainers import LipschitzLossConfig, TrainConfig, train, train_lipschitz_
 from ..trainers.clip import CLIPConfig, LipschitzSet, clip_train
 
 METHODS_2D = ("none", "l2", "lipschitz loss", "clip")
-STEPS_2D = 1000            # full-batch Adam steps: about a second on one core
+STEPS_2D = 600             # full-batch Adam steps: well under a second on one core
 GRID = 400                 # grid points per side of the unit square: spacing 1/399
 CLASS_COLOURS = ("tab:blue", "tab:orange", "tab:green")
 
