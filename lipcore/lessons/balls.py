@@ -112,7 +112,7 @@ def draw_certified_balls(ax: plt.Axes, method: str = "none", strength: float = 0
                  f", {BOUND_METHODS[bound]}: L = {L:.3g}, acc {accuracy:.0f}%\nmeans: margin "
                  f"{means[0]:.2f}, radius {means[1]:.3f}, distance {means[2]:.3f}")
     ax.title.set_fontsize(9)
-    ax.legend(fontsize=6, loc="upper right", framealpha=0.8)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3)
     return dict(L=L, accuracy=accuracy, certified=int(certified.sum()), mean_margin=means[0],
                 mean_radius=means[1], mean_distance=means[2],
                 recovered=float((radii[certified] / distance).mean()) if len(distance) else 0.0,
