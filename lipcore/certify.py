@@ -7,14 +7,17 @@ If the logit map f is L-Lipschitz in l2, each logit difference z_y - z_j is sqrt
 
 and x is certified at radius eps when r(x) > eps. With pairwise constants L_ij of z_i - z_j
 (LipLT's, for example) the radius is min_{j != y} (z_y - z_j) / L_yj, which is never smaller.
-Margins are computed in float64 on a copy of the model, so the certificate concerns the net's
-exact-arithmetic function. A certificate is only as good as its bound: :func:`lipschitz_bound`
-returns only bounds that hold by construction (LipSDP-neuron's certified value, or the layer-wise
-product with exact and DFT-computed norms), never a power-iteration estimate.
+Float arithmetic falls on the safe side: a point is certified only if the model as the user runs
+it (its dtype, its device) predicts the label with a strict margin, and the float64 margin less an
+allowance for the logits' float error exceeds the bound times the radius (:func:`certified_radii`);
+bounds are rounded up (:func:`round_up`). A certificate is only as good as its bound:
+:func:`lipschitz_bound` returns only bounds that hold by construction (LipSDP-neuron's certified
+value, LipLT with exact or Gram-proved norms, the layer-wise product with exact and DFT-computed
+norms), never a power-iteration estimate, and only for models whose chain of operators
+:func:`lipcore.trace.trace` has extracted and checked.
 """
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass
@@ -26,10 +29,13 @@ from torch.utils.data import TensorDataset
 
 from .attacks.ensemble import as_tensors
 from .estimators import liplt, lipsdp
-from .estimators.layerwise import layer_bound, layerwise_bound
+from .estimators.layerwise import op_bound
 from .estimators.liplt_ops import liplt_bounds, operator_chain, sound_norms
-from .models import ACTIVATIONS, FullyConnected, PooledMLP, from_weights
+from .trace import Chain, eval_mode, float64_copy, model_dtype_device, trace
 
+FLOAT_ALLOWANCE = 1e-9     # relative: float64 SVDs, Cholesky proofs and FFTs err by ~1e-12 here
+LOGIT_ERROR_FACTOR = 4     # the logits' float error at x is allowed this many times over ...
+LOGIT_ERROR_ULPS = 64      # ... plus this many machine epsilons of the largest logit
 BOUND_METHODS = {"lipsdp": "LipSDP-neuron", "liplt": "LipLT", "naive": "naive (layer-wise product)"}
 
 
@@ -43,93 +49,89 @@ class LipschitzBound:
     seconds: float
 
 
-def _plain_dense(model: nn.Module) -> FullyConnected | None:
-    """A user's plain ``nn.Sequential`` of [Flatten,] Linear, activation, ..., Linear (one
-    activation type of ACTIVATIONS) as a FullyConnected net with the same weights, else None."""
-    if not isinstance(model, nn.Sequential):
-        return None
-    layers = [m for m in model if not isinstance(m, nn.Flatten)]
-    names = {a.module: name for name, a in ACTIVATIONS.items()}
-    acts = {type(m) for m in layers[1::2]}
-    if (len(layers) < 3 or len(layers) % 2 == 0 or len(acts) != 1 or acts - names.keys()
-            or not all(isinstance(m, nn.Linear) and m.bias is not None for m in layers[0::2])):
-        return None
-    linears = layers[0::2]
-    return from_weights([m.weight.detach().cpu().double().numpy() for m in linears],
-                        [m.bias.detach().cpu().double().numpy() for m in linears],
-                        names[acts.pop()])
+def dense_core(chain: Chain) -> tuple[list[np.ndarray], float, float, float, float]:
+    """(W^0 ... W^l, alpha, beta, pre, post) of a traced net whose affine layers are all dense,
+    with one activation between consecutive ones: the fully connected core LipSDP and LipLT
+    read, the sound factor ``pre`` of the layers before it (pooling, activations) and ``post`` of
+    those after it (an output activation). [alpha, beta] is the hull of the core's activations'
+    slope bounds. Raises a ValueError saying why a net has no such core."""
+    ops = [op for op in chain.ops if op.kind not in ("reshape", "identity")]
+    affine = [i for i, op in enumerate(ops) if op.kind == "affine"]
+    if not affine or any(not isinstance(ops[i].module, nn.Linear) for i in affine):
+        raise ValueError("LipSDP and LipLT (dense) need a fully connected net; this one has "
+                         "convolutions (use method='liplt' with input_shape, or 'naive')")
+    first, last = affine[0], affine[-1]
+    core = ops[first:last + 1]
+    acts = core[1::2]
+    if any(op.kind != "affine" for op in core[0::2]) or any(op.kind != "activation" for op in acts):
+        raise ValueError("LipSDP and LipLT (dense) need exactly one activation between "
+                         "consecutive dense layers, and no pooling inside the dense part")
+    pre = math.prod(op_bound(op) for op in ops[:first])
+    post = math.prod(op_bound(op) for op in ops[last + 1:])
+    weights = [op.module.weight.detach().cpu().double().numpy() for op in core[0::2]]
+    alpha = min((op.alpha for op in acts), default=0.0)
+    beta = max((op.beta for op in acts), default=1.0)
+    return weights, alpha, beta, pre, post
 
 
-def _mlp_core(model: nn.Module) -> tuple[FullyConnected, float, float]:
-    """(fully connected core, factor of the layers before it, factor of those after it): a
-    PooledMLP's pooling comes before; an output activation (with_output_activation) after; a
-    plain dense ``nn.Sequential`` is its own core."""
-    if isinstance(model, FullyConnected):
-        return model, 1.0, 1.0
-    dense = _plain_dense(model)
-    if dense is not None:
-        return dense, 1.0, 1.0
-    if isinstance(model, PooledMLP):
-        return model.mlp, layer_bound(model.pool, (1, 28, 28)), 1.0
-    if isinstance(model, nn.Sequential) and len(model) == 2:
-        core, pre, post = _mlp_core(model[0])
-        slopes = {a.module: a.beta for a in ACTIVATIONS.values()}
-        if type(model[1]) in slopes:
-            return core, pre, post * slopes[type(model[1])]
-    raise ValueError(f"LipSDP and LipLT (here) need a fully connected net (FullyConnected, "
-                     f"PooledMLP, optionally with an output activation, or an nn.Sequential of "
-                     f"Linear layers with one activation type between them), not this "
-                     f"{type(model).__name__}; use method='liplt' (plain conv nets) or "
-                     f"method='naive' (any net)")
+def round_up(value: float) -> float:
+    """A bound computed in floating point, moved up by the stated relative allowance
+    FLOAT_ALLOWANCE and one more unit in the last place, so rounding never lands below."""
+    return math.nextafter(value * (1 + FLOAT_ALLOWANCE), math.inf)
 
 
 def lipschitz_bound(model: nn.Module, method: str = "lipsdp",
                     input_shape: tuple[int, ...] | None = None) -> LipschitzBound:
-    """A sound l2 Lipschitz bound of ``model``'s outputs: ``"lipsdp"`` (LipSDP-neuron) or
-    ``"liplt"`` (LipLT, Theorem 3.3) on the fully connected core, times the sound factors of
-    pooling before it and an output activation after it; ``"liplt"`` on a plain conv net uses the
-    sound operator version (:mod:`lipcore.estimators.liplt_ops`); ``"naive"`` is the product of
-    sound layer bounds, for dense and conv nets. Conv nets need ``input_shape`` (no batch axis)."""
+    """A sound l2 Lipschitz bound of ``model``'s outputs, read from its verified chain of
+    operators (:func:`lipcore.trace.trace`, which refuses any layer, container or parameter it
+    cannot prove): ``"lipsdp"`` (LipSDP-neuron) or ``"liplt"`` (LipLT, Theorem 3.3) on the fully
+    connected core times the sound factors of the layers before and after it; ``"liplt"`` on a
+    conv net uses the sound operator version (:mod:`lipcore.estimators.liplt_ops`); ``"naive"``
+    is the product of sound layer bounds. Conv nets need ``input_shape`` (no batch axis). The
+    value is rounded up (:func:`round_up`); the model's train/eval mode is left as it was."""
     if method not in BOUND_METHODS:
         raise ValueError(f"unknown bound method {method!r}; choose one of {sorted(BOUND_METHODS)}")
     start = time.perf_counter()
-    try:
-        core, pre, post = _mlp_core(model)
-    except ValueError as not_dense:
-        core, why = None, not_dense
-    if method == "liplt" and core is None:
-        if input_shape is None:
-            raise ValueError("method='liplt' on a conv net needs input_shape (without the batch axis)")
-        chain = operator_chain(model, input_shape)
-        value = float(liplt_bounds(chain, sound_norms(chain), sound=True).L)
-    elif method in ("lipsdp", "liplt"):
-        if core is None:
-            raise why
-        alpha, beta = core.slope_bounds
-        inner = lipsdp(core.weights(), alpha, beta, coupling="neuron").bound \
-            if method == "lipsdp" else float(liplt(core.weights(), alpha, beta).L)
-        value = pre * inner * post
+    chain = trace(model, input_shape)
+    if method == "naive":
+        value = math.prod(op_bound(op) for op in chain.ops)
     else:
-        if input_shape is None:
-            if core is None:
-                raise why
-            if core is not model and any(m is core for m in model.modules()):   # pooling first
-                raise ValueError("method='naive' needs input_shape for this model")
-            input_shape = (core.widths[0],)
-        value = layerwise_bound(model, input_shape)
+        try:
+            weights, alpha, beta, pre, post = dense_core(chain)
+        except ValueError as not_dense:
+            if method != "liplt":
+                raise ValueError(f"{not_dense}; method={method!r} needs a fully connected "
+                                 "core") from None
+            ops = operator_chain(model, chain.input_shape)
+            value = float(liplt_bounds(ops, sound_norms(ops), sound=True).L)
+        else:
+            value = pre * post * _core_bound(method, weights, alpha, beta)
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"the {BOUND_METHODS[method]} bound of this model is {value}, not a "
-                         "finite positive number (all-zero or non-finite weights?); it cannot "
-                         "certify anything")
-    return LipschitzBound(float(value), method, BOUND_METHODS[method],
+                         "finite positive number (all-zero weights?); it cannot certify anything")
+    return LipschitzBound(round_up(float(value)), method, BOUND_METHODS[method],
                           time.perf_counter() - start)
+
+
+def _core_bound(method: str, weights: list[np.ndarray], alpha: float, beta: float) -> float:
+    """The bound of a fully connected core W^0 ... W^l with activations in [alpha, beta]."""
+    if len(weights) == 1:                       # a linear map: its spectral norm
+        return float(np.linalg.norm(weights[0], 2))
+    if method == "lipsdp":
+        return lipsdp(weights, alpha, beta, coupling="neuron").bound
+    return float(liplt(weights, alpha, beta).L)
 
 
 def validated_bound(lipschitz: float | np.ndarray | torch.Tensor, classes: int) -> torch.Tensor:
     """``lipschitz`` as a float64 tensor a certificate may use, or a ValueError that names what
-    is wrong: a bound must be finite and positive (a zero, negative or NaN bound would make every
-    margin a certificate), and a pairwise matrix must be (C, C) for the model's C classes with
-    finite, positive off-diagonal entries (its diagonal, z_i - z_i = 0, is not used)."""
+    is wrong: a bound must be a finite positive number (not a bool: a zero, negative or NaN bound
+    would make every margin a certificate), and a pairwise matrix must be (C, C) for the model's
+    C classes, symmetric (L_ij bounds z_i - z_j and so z_j - z_i) with finite, positive entries
+    off the diagonal and a finite, non-negative diagonal (z_i - z_i = 0, not used)."""
+    if isinstance(lipschitz, (bool, np.bool_)) or (
+            isinstance(lipschitz, (np.ndarray, torch.Tensor)) and lipschitz.dtype in (np.bool_, torch.bool)):
+        raise ValueError("the Lipschitz bound must be a number or a (C, C) matrix of numbers, "
+                         "not a bool")
     try:
         bound = torch.as_tensor(lipschitz, dtype=torch.float64).detach().cpu()
     except (TypeError, ValueError, RuntimeError) as exc:
@@ -146,51 +148,81 @@ def validated_bound(lipschitz: float | np.ndarray | torch.Tensor, classes: int) 
                          f"a model with {classes} classes, got shape {tuple(bound.shape)}")
     off = ~torch.eye(classes, dtype=torch.bool)
     bad = off & ~(torch.isfinite(bound) & (bound > 0))
-    if bad.any() or not torch.isfinite(bound.diagonal()).all():
-        i, j = (int(k) for k in bad.nonzero()[0]) if bad.any() else (0, 0)
+    if bad.any():
+        i, j = (int(k) for k in bad.nonzero()[0])
         raise ValueError(f"pairwise Lipschitz bounds must be finite and positive off the "
                          f"diagonal, got L[{i}, {j}] = {float(bound[i, j])} "
                          f"({int(bad.sum())} bad entries); such a matrix certifies nothing")
+    diagonal = bound.diagonal()
+    if not (torch.isfinite(diagonal) & (diagonal >= 0)).all():
+        raise ValueError(f"the diagonal of a pairwise bound matrix must be finite and "
+                         f"non-negative (z_i - z_i = 0), got {diagonal.tolist()}")
+    if not torch.equal(bound, bound.T):
+        i, j = (int(k) for k in (bound != bound.T).nonzero()[0])
+        raise ValueError(f"a pairwise bound matrix must be symmetric (L_ij bounds both z_i - z_j "
+                         f"and z_j - z_i), got L[{i}, {j}] = {float(bound[i, j])} but "
+                         f"L[{j}, {i}] = {float(bound[j, i])}; use torch.maximum(L, L.T) if "
+                         "both are sound")
     return bound
 
 
 def certified_radii(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, torch.Tensor],
                     lipschitz: float | np.ndarray | torch.Tensor, device: str = "cpu",
                     batch_size: int = 1000) -> torch.Tensor:
-    """The certified l2 radius of every sample (module docstring): 0 where the model is wrong
-    or its top logits tie (an argmax tie-break is no margin). ``lipschitz`` is a sound bound L
-    of the whole logit map, or a (C, C) matrix of sound pairwise bounds L_ij of z_i - z_j; both
-    are validated (:func:`validated_bound`), and non-finite logits raise a ValueError."""
+    """The certified l2 radius of every sample (module docstring). ``lipschitz`` is a sound bound
+    L of the whole logit map, or a (C, C) matrix of sound pairwise bounds L_ij of z_i - z_j; both
+    are validated (:func:`validated_bound`), and non-finite logits raise a ValueError.
+
+    The radius is 0 unless the model *as the user runs it* (its own dtype and device, in eval
+    mode) predicts the label with a strict margin. The margins are computed in float64 on a copy
+    of the model, less an allowance for the float error of the logits: twice (one per logit)
+    LOGIT_ERROR_FACTOR times the gap between the user's and the float64 logits at x, plus
+    LOGIT_ERROR_ULPS machine epsilons of the model's dtype times the largest logit. A radius
+    that overflows raises a ValueError instead of certifying an infinite ball."""
     x, y = as_tensors(data)
-    exact = copy.deepcopy(model).double().to(device).eval()
+    dtype, user_device = model_dtype_device(model)
+    exact = float64_copy(model, device)
+    unit = torch.finfo(dtype).eps
     radii, pairwise = [], None
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(model):
         for i in range(0, len(x), batch_size):
-            z = exact(x[i:i + batch_size].to(device).double()).cpu()
+            batch = x[i:i + batch_size]
+            z = exact(batch.to(device).double()).cpu()
+            z_user = model(batch.to(user_device, dtype)).double().cpu()
             if z.dim() != 2 or z.shape[1] < 2:
                 raise ValueError(f"certificates need a (batch, classes) logit output with at "
                                  f"least 2 classes, got shape {tuple(z.shape)}")
             if pairwise is None:
                 pairwise = validated_bound(lipschitz, z.shape[1])
                 scale = math.sqrt(2) * pairwise if pairwise.dim() == 0 else pairwise
-            if not torch.isfinite(z).all():
+            if not (torch.isfinite(z).all() and torch.isfinite(z_user).all()):
                 raise ValueError(f"the model's logits are not finite (NaN or inf) for samples "
                                  f"{i}..{i + len(z) - 1}; a certificate needs finite logits")
             labels = y[i:i + batch_size]
             if labels.min() < 0 or labels.max() >= z.shape[1]:
                 raise ValueError(f"labels must lie in 0..{z.shape[1] - 1} for a model with "
                                  f"{z.shape[1]} classes, got {int(labels.min())}..{int(labels.max())}")
-            radii.append(margin_radii(z, labels, scale).min(1).values.clamp_min(0.0))
+            error = (LOGIT_ERROR_FACTOR * (z_user - z).abs().amax(1)
+                     + LOGIT_ERROR_ULPS * unit * z.abs().amax(1).clamp_min(1.0))
+            user_right = margin_radii(z_user, labels, torch.tensor(1.0)).min(1).values > 0
+            r = margin_radii(z, labels, scale, allowance=2 * error).min(1).values
+            if not torch.isfinite(r[user_right]).all():
+                raise ValueError("a certified radius overflows float64 (a huge margin over a tiny "
+                                 "Lipschitz bound); no finite radius can be reported")
+            radii.append(torch.where(user_right, r.clamp_min(0.0), torch.zeros_like(r)))
     return torch.cat(radii)
 
 
-def margin_radii(logits: torch.Tensor, labels: torch.Tensor, pairwise: torch.Tensor
-                 ) -> torch.Tensor:
-    """R_j = (z_y - z_j) / L_yj for every sample and class, +inf at j = y. ``pairwise`` is a
-    (C, C) matrix of bounds on z_i - z_j, or one number for every pair (sqrt(2) L). The
-    certified radius is min_j R_j; CRM's loss uses the R_j themselves (differentiably: the zero
-    diagonal of L is clamped so that no 0/0 enters the graph)."""
+def margin_radii(logits: torch.Tensor, labels: torch.Tensor, pairwise: torch.Tensor,
+                 allowance: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """R_j = (z_y - z_j - allowance) / L_yj for every sample and class, +inf at j = y.
+    ``pairwise`` is a (C, C) matrix of bounds on z_i - z_j, or one number for every pair
+    (sqrt(2) L); ``allowance`` (per sample) covers float error in the logits. The certified
+    radius is min_j R_j; CRM's loss uses the R_j themselves (differentiably: the zero diagonal of
+    L is clamped so that no 0/0 enters the graph)."""
     gaps = logits.gather(1, labels[:, None]) - logits
+    if torch.is_tensor(allowance) or allowance != 0:
+        gaps = gaps - torch.as_tensor(allowance, dtype=gaps.dtype).reshape(-1, 1)
     scale = pairwise[labels] if pairwise.dim() == 2 else pairwise
     return (gaps / scale.clamp_min(1e-12)).scatter(1, labels[:, None], math.inf)
 

@@ -150,11 +150,14 @@ def test_lipschitz_bound_refuses_a_zero_bound():
         with pytest.raises(ValueError, match="not a finite positive number"):
             lipschitz_bound(net, method)
     # LipSDP certifies its least L^2 plus a positive back-off: tiny, positive and sound (the
-    # zero net is constant), or no bound at all (an SDP solver may find no strict T)
+    # zero net is constant), or no bound at all (an SDP solver may find no strict T), or the
+    # exact 0, which lipschitz_bound refuses because it certifies nothing
     try:
         assert 0 < lipschitz_bound(net, "lipsdp").value < 1e-6
     except LipSDPError:
         pass
+    except ValueError as zero:
+        assert "not a finite positive number" in str(zero)
 
 
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -200,6 +203,10 @@ def test_certified_radius_never_exceeds_the_exact_radius_of_a_linear_model(seed,
     gaps = z.gather(1, y[:, None]) - z
     ratio = gaps / pairwise[y].clamp_min(1e-300)
     ratio[torch.arange(len(y)), y] = math.inf
-    assert torch.allclose(exact, ratio.min(1).values.clamp_min(0.0), rtol=1e-9, atol=1e-12)
+    true_radius = ratio.min(1).values.clamp_min(0.0)
+    # never above the exact radius; below it only by the float32 logits' allowance on the margin
+    assert (exact <= true_radius).all()
+    nearest_pair = pairwise[~torch.eye(classes, dtype=torch.bool)].min()
+    assert ((true_radius - exact) * nearest_pair <= 1e-4).all()
     assert (global_radii <= exact * (1 + 1e-9) + 1e-12).all()
     assert np.isfinite(global_radii.numpy()).all()

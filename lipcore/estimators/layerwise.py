@@ -31,8 +31,9 @@ stride-2 conv by about a factor 2 on trained nets; folded, it is within a few pe
 materialised norm. Everything is computed in float64, and each norm is inflated by SAFETY to
 cover rounding in the FFT and the SVD.
 
-Other layers: a dense layer's exact spectral norm; ReLU, tanh, ELU, softplus (slope <= 1) and
-sigmoid (<= 1/4); max pooling sqrt(m) and average pooling sqrt(m / (kh kw)), where each input
+Other layers (exactly the types and parameters :mod:`lipcore.trace` accepts): a dense layer's
+exact spectral norm; an activation with slopes in [alpha, beta] max(|alpha|, |beta|) (ReLU, tanh,
+ELU with alpha <= 1, LeakyReLU, softplus: 1; sigmoid: 1/4); max pooling sqrt(m) and average pooling sqrt(m / (kh kw)), where each input
 falls in at most m windows (m = 1 without overlap), since per window |max a - max b| <= ||a - b||_2
 and |mean a - mean b| <= ||a - b||_2 / sqrt(kh kw); flatten, identity and dropout (in eval mode): 1.
 """
@@ -44,9 +45,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..trace import Op, trace
+
 SAFETY = 1e-9          # relative inflation of every computed norm (rounding in FFT and SVD)
-SLOPES = {nn.ReLU: 1.0, nn.Tanh: 1.0, nn.ELU: 1.0, nn.Softplus: 1.0, nn.Sigmoid: 0.25}
-NORM_ONE = (nn.Flatten, nn.Identity, nn.Dropout)
 
 
 @dataclass
@@ -108,72 +109,45 @@ def _windows_per_input(kernel: int, stride: int) -> int:
     return math.ceil(kernel / stride)
 
 
+def op_bound(op: Op) -> float:
+    """Sound l2 Lipschitz bound of one traced op (:mod:`lipcore.trace`) on its input shape."""
+    m = op.module
+    if op.kind == "affine":
+        if isinstance(m, nn.Linear):
+            return linear_norm(m.weight)
+        return conv2d_norm_bound(m.weight, tuple(op.in_shape[-2:]), m.stride, m.padding)
+    if op.kind == "activation":
+        return max(abs(op.alpha), abs(op.beta))
+    if op.kind == "pool":
+        kernel, stride = _pair(m.kernel_size), _pair(m.stride or m.kernel_size)
+        windows = math.prod(_windows_per_input(k, s) for k, s in zip(kernel, stride))
+        return math.sqrt(windows if isinstance(m, nn.MaxPool2d) else windows / math.prod(kernel))
+    return 1.0                                              # reshape, identity
+
+
 def layer_bound(module: nn.Module, input_shape: tuple[int, ...]) -> float:
-    """Sound l2 Lipschitz bound of one leaf layer on inputs of ``input_shape`` (no batch axis)."""
-    if isinstance(module, nn.Linear):
-        return linear_norm(module.weight)
-    if isinstance(module, nn.Conv2d):
-        if module.groups != 1 or _pair(module.dilation) != (1, 1) or \
-                module.padding_mode != "zeros":
-            raise ValueError(f"{module}: only zero-padded, undilated, ungrouped convolutions "
-                             "have a sound bound here")
-        return conv2d_norm_bound(module.weight, tuple(input_shape[-2:]), module.stride,
-                                 module.padding)
-    if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
-        kernel, stride = _pair(module.kernel_size), _pair(module.stride or module.kernel_size)
-        if _pair(module.padding) != (0, 0) or module.ceil_mode or \
-                getattr(module, "dilation", 1) not in (1, (1, 1)):
-            raise ValueError(f"{module}: only unpadded, undilated pooling without ceil_mode has "
-                             "a sound bound here")
-        m = math.prod(_windows_per_input(k, s) for k, s in zip(kernel, stride))
-        if isinstance(module, nn.MaxPool2d):
-            return math.sqrt(m)
-        return math.sqrt(m / math.prod(kernel))
-    for kind, slope in SLOPES.items():
-        if isinstance(module, kind):
-            return slope
-    if isinstance(module, NORM_ONE):
-        return 1.0
-    raise ValueError(f"no sound Lipschitz bound is known here for layer {module!r}; "
-                     "lipcore handles Linear, Conv2d, pooling, flatten and slope-restricted "
-                     "activations")
-
-
-def leaf_layers(model: nn.Module) -> list[nn.Module]:
-    """The leaf modules of ``model`` in registration order, which for the sequential nets of
-    lipcore (nn.Sequential, FullyConnected, PooledMLP) is the order of the forward pass."""
-    return [m for m in model.modules() if not list(m.children())]
+    """Sound l2 Lipschitz bound of one layer on inputs of ``input_shape`` (no batch axis); a
+    layer lipcore cannot analyse raises :class:`~lipcore.trace.NotAnalysable`."""
+    (op,) = trace(module, input_shape).ops
+    return op_bound(op)
 
 
 def trace_layers(model: nn.Module, input_shape: tuple[int, ...]
                  ) -> list[tuple[nn.Module, tuple[int, ...], tuple[int, ...]]]:
-    """(leaf layer, input shape, output shape) in the order of one forward pass (no batch
-    axis). The forward pass must apply the leaves once each, in registration order (checked):
-    the layer-wise bounds need a plain feed-forward net."""
-    layers = leaf_layers(model)
-    seen: list[tuple[nn.Module, tuple[int, ...], tuple[int, ...]]] = []
-    hooks = [m.register_forward_hook(lambda mod, args, out: seen.append(
-        (mod, tuple(args[0].shape[1:]), tuple(out.shape[1:])))) for m in layers]
-    try:
-        device = next(model.parameters()).device
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, *input_shape, device=device))
-    finally:
-        for h in hooks:
-            h.remove()
-    if [id(m) for m, _, _ in seen] != [id(m) for m in layers]:
-        raise ValueError("the model does not apply its layers once each, in registration order; "
-                         "the layer-wise bound needs a plain feed-forward net")
-    return seen
+    """(layer, input shape, output shape) in the order of one forward pass (no batch axis), for
+    a model :func:`lipcore.trace.trace` can analyse (it refuses the rest)."""
+    return [(op.module, op.in_shape, op.out_shape) for op in trace(model, input_shape).ops]
 
 
-def layer_bounds(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerBound]:
-    """Every leaf layer's sound bound, with the input shape each one sees (:func:`trace_layers`)."""
-    return [LayerBound(type(m).__name__, layer_bound(m, shape), shape)
-            for m, shape, _ in trace_layers(model, input_shape)]
+def layer_bounds(model: nn.Module, input_shape: tuple[int, ...] | None = None
+                 ) -> list[LayerBound]:
+    """Every layer's sound bound, with the input shape each one sees (:func:`lipcore.trace.trace`;
+    ``input_shape`` may be left out for dense nets)."""
+    return [LayerBound(type(op.module).__name__, op_bound(op), op.in_shape)
+            for op in trace(model, input_shape).ops]
 
 
-def layerwise_bound(model: nn.Module, input_shape: tuple[int, ...]) -> float:
+def layerwise_bound(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> float:
     """The naive bound: the product of every layer's sound bound. Sound for any feed-forward net
     built from the layers :func:`layer_bound` knows; exact-arithmetic conv norms from the DFT."""
     return math.prod(b.bound for b in layer_bounds(model, input_shape))

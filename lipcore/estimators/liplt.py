@@ -79,7 +79,8 @@ def liplt(weights: Sequence, alpha: float = 0.0, beta: float = 1.0) -> LipLTResu
     per_class = _last_step(final.unsqueeze(1), chains, hidden, c)           # rows e_i^T W_L
     diffs = final.unsqueeze(1) - final.unsqueeze(0)                          # (C, C, n_L)
     pairwise = _last_step(diffs.reshape(classes * classes, 1, -1), chains, hidden, c)
-    return LipLTResult(L, pairwise.reshape(classes, classes), per_class, hidden)
+    pairwise = pairwise.reshape(classes, classes)
+    return LipLTResult(L, torch.maximum(pairwise, pairwise.T), per_class, hidden)  # rounding
 
 
 def naive_pairwise(weights: Sequence, beta: float = 1.0) -> torch.Tensor:

@@ -41,8 +41,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..models import ACTIVATIONS
-from .layerwise import conv2d_norm_bound, trace_layers
+from ..trace import trace
+from .layerwise import conv2d_norm_bound
 from .product_norms import sweep_norms
 
 SAFETY = 1e-8
@@ -97,9 +97,6 @@ def linear_op(module: nn.Conv2d | nn.Linear, in_shape: tuple[int, ...],
               out_shape: tuple[int, ...]) -> LinearOp:
     if isinstance(module, nn.Linear):
         return LinearOp(module.weight, in_shape, out_shape)
-    if module.groups != 1 or module.dilation != (1, 1) or module.padding_mode != "zeros" \
-            or isinstance(module.padding, str):
-        raise ValueError(f"{module}: LipLT handles zero-padded, undilated, ungrouped convs")
     return LinearOp(module.weight, in_shape, out_shape, module.stride, module.padding)
 
 
@@ -125,33 +122,30 @@ class OperatorChain:
         return (self.beta - self.alpha) / 2
 
 
-ACTIVATION_SLOPES = {a.module: (a.alpha, a.beta) for a in ACTIVATIONS.values()}
-
-
 def operator_chain(model: nn.Module, input_shape: tuple[int, ...]) -> OperatorChain:
-    """The chain of a plain feed-forward net: [flatten] linear/conv, activation, ..., linear.
-    Raises a clear error for anything else (pooling, batch norm, residual connections)."""
-    ops, slopes, expect_op = [], set(), True
-    for m, in_shape, out_shape in trace_layers(model, input_shape):
-        if isinstance(m, nn.Flatten):
+    """The chain of a plain feed-forward net, [flatten] linear/conv, activation, ..., linear, as
+    :func:`lipcore.trace.trace` extracts and verifies it, with the live weights (CRM trains
+    through them). Activations may differ between layers: the chain's [alpha, beta] is the hull
+    of their slope bounds. Raises a clear error for anything else (pooling, batch norm, residual
+    connections)."""
+    ops, slopes, expect_op = [], [], True
+    for op in trace(model, input_shape).ops:
+        if op.kind in ("reshape", "identity"):
             continue
-        if isinstance(m, (nn.Linear, nn.Conv2d)):
-            if not expect_op:
-                raise ValueError("LipLT needs an activation between two linear layers")
-            ops.append(linear_op(m, in_shape, out_shape))
+        if op.kind == "affine" and expect_op:
+            ops.append(linear_op(op.module, op.in_shape, op.out_shape))
             expect_op = False
-        elif type(m) in ACTIVATION_SLOPES and not expect_op:
-            slopes.add(ACTIVATION_SLOPES[type(m)])
+        elif op.kind == "activation" and not expect_op:
+            slopes.append((op.alpha, op.beta))
             expect_op = True
         else:
             raise ValueError(f"LipLT (here) handles nets of Linear/Conv2d layers with one "
-                             f"slope-restricted activation after each hidden layer; got {m!r}")
+                             f"slope-restricted activation after each hidden layer; got "
+                             f"{op.module!r} where {'a linear layer' if expect_op else 'an activation'} "
+                             "was expected")
     if len(ops) < 2 or expect_op:
         raise ValueError("LipLT needs at least one hidden layer and a linear output layer")
-    if len(slopes) != 1:
-        raise ValueError(f"LipLT (here) needs one activation type throughout, got {slopes}")
-    alpha, beta = slopes.pop()
-    return OperatorChain(ops, alpha, beta)
+    return OperatorChain(ops, min(a for a, _ in slopes), max(b for _, b in slopes))
 
 
 def hidden_pairs(chain: OperatorChain) -> list[Pair]:
@@ -296,7 +290,8 @@ def logit_bounds(chain: OperatorChain, hidden: torch.Tensor, slack: float = 0.0
     k = torch.arange(L, dtype=W.dtype, device=W.device)
     mid, c = chain.mid, chain.c
     w = torch.cat([hidden.new_full((1,), mid ** L), c * mid ** (L - 1 - k) * hidden])
-    return w @ whole, torch.einsum("s,sij->ij", w, pairs), w @ classes
+    pairwise = torch.einsum("s,sij->ij", w, pairs)
+    return w @ whole, torch.maximum(pairwise, pairwise.T), w @ classes   # symmetric up to rounding
 
 
 def _double_ops(chain: OperatorChain, pair: Pair) -> list[LinearOp]:

@@ -34,6 +34,7 @@ from ..augment import FlipAffine
 from ..certify import margin_radii
 from ..estimators.liplt_ops import OperatorChain, PowerIteration, liplt_bounds, operator_chain
 from ..progress import bar
+from ..trace import InputShapeMismatch
 
 LOSSES = ("standard", "crm", "gloro")
 
@@ -108,7 +109,7 @@ def crm_train(model: nn.Module, data: TensorDataset, cfg: CRMConfig, device: str
     x_all, y_all = (t.to(device) for t in data.tensors)
     try:
         chain = operator_chain(model, tuple(x_all.shape[1:]))
-    except RuntimeError as mismatch:
+    except InputShapeMismatch as mismatch:
         raise ValueError(f"training images of shape {tuple(x_all.shape[1:])} do not fit this "
                          f"net ({mismatch}); 4C3F takes (1, 28, 28), 6C2F (3, 32, 32), 8C2F "
                          "(3, 64, 64)") from None

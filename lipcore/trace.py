@@ -1,0 +1,391 @@
+"""The chain of operators a model computes, extracted only where lipcore can prove what it is.
+
+Every sound bound (the layer-wise product, LipLT, LipSDP) reads a model through :func:`trace`,
+which returns its layers as a flat list of :class:`Op` (affine map, slope-restricted activation,
+pooling, reshape) and refuses anything it cannot prove:
+
+* **Exact types only.** A container is analysed only if it is exactly ``nn.Sequential`` or one of
+  lipcore's own plain chains (``FullyConnected``, ``PooledMLP``); a leaf only if its type is
+  exactly one of :data:`LEAVES`. A subclass (even one that changes nothing), a module with its own
+  ``forward`` set on the instance, a module with forward hooks (or a global forward hook), and a
+  module owning a parameter or buffer its type does not have are refused: any of them can change
+  the function without changing what the bounds see. So are modules whose weights
+  ``torch.nn.utils.parametrize`` computes (``parametrizations.spectral_norm``): bake them first.
+* **Every parameter that changes the function is checked** by the leaf's entry in
+  :data:`LEAVES`: an activation's parameters give its slope bounds (ELU's alpha, LeakyReLU's
+  slope, Softplus's beta) or refuse it (Softplus with a threshold below 20 jumps where it switches
+  to the identity, so it is not Lipschitz); pooling must be unpadded, undilated, without
+  ``ceil_mode``, and an average pool must divide by its window (no ``divisor_override``); a
+  convolution must be zero-padded, ungrouped and undilated with integer padding; a flatten must
+  flatten everything but the batch axis. Weights must be finite.
+* **The chain is checked against the model.** The extracted chain is evaluated from its own
+  parameters with ``torch.nn.functional`` and compared with the model's outputs and Jacobian-
+  vector products at random inputs (:func:`verify`); a model whose function differs is refused.
+  This catches what no list of types foresees.
+
+The analysis concerns the model in eval mode (dropout off); :func:`trace` leaves the model's
+train/eval mode as it found it.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.utils import parametrize
+
+from .models import FullyConnected, PooledMLP
+
+CONTAINERS = (nn.Sequential, FullyConnected, PooledMLP)   # forward = children in order
+CHECK_POINTS = 4                                          # random inputs of the chain check
+
+
+class NotAnalysable(ValueError):
+    """lipcore cannot prove what this model computes, so it gives it no bound."""
+
+
+class InputShapeMismatch(ValueError):
+    """The model does not run on inputs of the given shape."""
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """What lipcore knows of one exact layer type: its kind, the parameters it may own, why a
+    given instance cannot be analysed (None if it can), its slope bounds (activations) and its
+    function written from its parameters."""
+
+    kind: str                                            # affine, activation, pool, reshape, identity
+    params: frozenset[str]
+    refuse: Callable[[nn.Module], str | None]
+    apply: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+    slopes: Callable[[nn.Module], tuple[float, float]] | None = None
+
+
+def _conv_refusal(m: nn.Conv2d) -> str | None:
+    if isinstance(m.padding, str):
+        return f"padding={m.padding!r}: give the padding as integers"
+    if m.padding_mode != "zeros":
+        return f"padding_mode={m.padding_mode!r}: only zero padding is bounded"
+    if m.groups != 1:
+        return f"groups={m.groups}: only ungrouped convolutions are bounded"
+    if _pair(m.dilation) != (1, 1):
+        return f"dilation={m.dilation}: only undilated convolutions are bounded"
+    return None
+
+
+def _pool_refusal(m: nn.Module) -> str | None:
+    if _pair(m.padding) != (0, 0):
+        return f"padding={m.padding}: only unpadded pooling is bounded"
+    if m.ceil_mode:
+        return "ceil_mode=True: only floor-mode pooling is bounded"
+    if getattr(m, "dilation", 1) not in (1, (1, 1)):
+        return f"dilation={m.dilation}: only undilated pooling is bounded"
+    if getattr(m, "return_indices", False):
+        return "return_indices=True: the output is not a tensor of pooled values"
+    if getattr(m, "divisor_override", None) is not None:
+        return (f"divisor_override={m.divisor_override}: the window is summed, not averaged; "
+                "only plain average pooling is bounded")
+    return None
+
+
+def _softplus_refusal(m: nn.Softplus) -> str | None:
+    if not m.beta > 0:
+        return f"beta={m.beta}: softplus needs beta > 0"
+    if m.threshold < 20:
+        return (f"threshold={m.threshold}: PyTorch switches to the identity at beta x > "
+                f"threshold, a jump of log(1 + exp(-threshold)) / beta there, so the function is "
+                "not Lipschitz; use threshold >= 20 (the default), where the jump is below float "
+                "resolution")
+    return None
+
+
+def _range(name: str, value: float, low: float, high: float) -> str | None:
+    if not (math.isfinite(value) and low <= value <= high):
+        return (f"{name}={value}: only {low} <= {name} <= {high} is bounded (a monotone "
+                "activation with slopes in [0, 1])")
+    return None
+
+
+def _pooling(pool: Callable) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
+    return lambda m, x: pool(x, _pair(m.kernel_size), _pair(m.stride or m.kernel_size))
+
+
+_none = lambda m: None  # noqa: E731
+LEAVES: dict[type, Leaf] = {
+    nn.Linear: Leaf("affine", frozenset({"weight", "bias"}), _none,
+                    lambda m, x: F.linear(x, m.weight, m.bias)),
+    nn.Conv2d: Leaf("affine", frozenset({"weight", "bias"}), _conv_refusal,
+                    lambda m, x: F.conv2d(x, m.weight, m.bias, m.stride, m.padding)),
+    nn.ReLU: Leaf("activation", frozenset(), _none, lambda m, x: F.relu(x), lambda m: (0.0, 1.0)),
+    nn.Tanh: Leaf("activation", frozenset(), _none, lambda m, x: torch.tanh(x),
+                  lambda m: (0.0, 1.0)),
+    nn.Sigmoid: Leaf("activation", frozenset(), _none, lambda m, x: torch.sigmoid(x),
+                     lambda m: (0.0, 0.25)),
+    nn.ELU: Leaf("activation", frozenset(), lambda m: _range("alpha", m.alpha, 0.0, 1.0),
+                 lambda m, x: F.elu(x, m.alpha), lambda m: (0.0, 1.0)),
+    nn.LeakyReLU: Leaf("activation", frozenset(),
+                       lambda m: _range("negative_slope", m.negative_slope, 0.0, 1.0),
+                       lambda m, x: F.leaky_relu(x, m.negative_slope),
+                       lambda m: (float(m.negative_slope), 1.0)),
+    nn.Softplus: Leaf("activation", frozenset(), _softplus_refusal,
+                      lambda m, x: F.softplus(x, m.beta, m.threshold), lambda m: (0.0, 1.0)),
+    nn.MaxPool2d: Leaf("pool", frozenset(), _pool_refusal, _pooling(F.max_pool2d)),
+    nn.AvgPool2d: Leaf("pool", frozenset(), _pool_refusal, _pooling(F.avg_pool2d)),
+    nn.Flatten: Leaf("reshape", frozenset(),
+                     lambda m: None if (m.start_dim, m.end_dim) == (1, -1) else
+                     f"start_dim={m.start_dim}, end_dim={m.end_dim}: only Flatten(1, -1) is analysed",
+                     lambda m, x: x.flatten(1)),
+    nn.Identity: Leaf("identity", frozenset(), _none, lambda m, x: x),
+    nn.Dropout: Leaf("identity", frozenset(), _none, lambda m, x: x),    # eval mode
+}
+
+
+@dataclass(frozen=True)
+class Op:
+    """One layer of a traced chain: the live module (for training), its kind, what it maps
+    (shapes without the batch axis) and, for activations, its slope bounds [alpha, beta]."""
+
+    module: nn.Module
+    kind: str
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    alpha: float = 0.0
+    beta: float = 1.0
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """The op's function, written from its parameters (not the module's forward)."""
+        return LEAVES[_base_type(self.module)].apply(self.module, x)
+
+
+@dataclass(frozen=True)
+class Chain:
+    """A model as a verified chain of ops, on inputs of ``input_shape`` (no batch axis)."""
+
+    ops: tuple[Op, ...]
+    input_shape: tuple[int, ...]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        for op in self.ops:
+            x = op.apply(x)
+        return x
+
+    @property
+    def affine(self) -> list[Op]:
+        return [op for op in self.ops if op.kind == "affine"]
+
+
+def _base_type(m: nn.Module) -> type:
+    return type(m)
+
+
+def _name(path: str, m: nn.Module) -> str:
+    return f"{path or 'the model'} ({type(m).__name__})"
+
+
+def _refusal(path: str, m: nn.Module) -> str | None:
+    """Why module ``m`` (at ``path``) cannot be analysed, or None."""
+    if m._forward_hooks or m._forward_pre_hooks:
+        return (f"{_name(path, m)} has forward hooks, which can change its output (remove them; "
+                "torch.nn.utils.remove_spectral_norm undoes spectral_norm)")
+    if "forward" in vars(m):
+        return f"{_name(path, m)} has its own forward set on the instance"
+    if parametrize.is_parametrized(m):
+        return (f"{_name(path, m)} computes its weights through torch.nn.utils.parametrize; bake "
+                "them first (parametrize.remove_parametrizations(module, name, "
+                "leave_parametrized=True) on a copy), so that the weights bounded are the weights "
+                "run")
+    kind = _base_type(m)
+    if kind in CONTAINERS:
+        return None
+    if kind not in LEAVES:
+        near = next((base.__name__ for base in (*LEAVES, *CONTAINERS) if isinstance(m, base)),
+                    None)
+        what = (f"a subclass of {near}, whose forward may differ" if near else
+                "not a layer lipcore can bound")
+        return (f"{_name(path, m)} is {what}; lipcore analyses exactly these types: "
+                f"{', '.join(sorted(t.__name__ for t in LEAVES))} inside nn.Sequential "
+                "(use those layers, or bound the model another way and pass the bound to "
+                "certified_radii yourself)")
+    leaf = LEAVES[kind]
+    params = {n for n, _ in m.named_parameters(recurse=False)} | \
+        {n for n, _ in m.named_buffers(recurse=False)}
+    extra = params - leaf.params
+    if extra:
+        return (f"{_name(path, m)} owns parameters or buffers its type does not use "
+                f"({', '.join(sorted(extra))}); lipcore cannot tell what they change")
+    why = leaf.refuse(m)
+    if why:
+        return f"{_name(path, m)}: {why}"
+    for n in leaf.params:
+        value = getattr(m, n, None)
+        if value is not None and not torch.isfinite(value.detach()).all():
+            return f"{_name(path, m)} has non-finite values (NaN or inf) in {n}"
+    return None
+
+
+def leaves(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The leaf layers of ``model`` in forward order, after checking that every module is one
+    lipcore can analyse (module docstring); raises :class:`NotAnalysable` naming the first
+    module that is not."""
+    hooks = [h for h in (torch.nn.modules.module._global_forward_hooks,
+                         torch.nn.modules.module._global_forward_pre_hooks) if h]
+    if hooks:
+        raise NotAnalysable("global forward hooks are registered (torch.nn.modules.module."
+                            "register_module_forward_hook); they can change any layer's output")
+    found = []
+    for path, m in _walk(model, ""):
+        why = _refusal(path, m)
+        if why:
+            raise NotAnalysable(why)
+        if _base_type(m) in LEAVES:
+            if _children(m):
+                raise NotAnalysable(f"{_name(path, m)} has child modules of its own "
+                                    f"({', '.join(_children(m))}); lipcore cannot tell what they do")
+            found.append((path, m))
+    return found
+
+
+def _children(m: nn.Module) -> dict[str, nn.Module]:
+    return dict(m.named_children())
+
+
+def _walk(m: nn.Module, path: str):
+    yield path, m
+    for n, c in _children(m).items():
+        yield from _walk(c, f"{path}.{n}" if path else n)
+
+
+class _EvalMode:
+    """Switch a model to eval mode, then restore every module's own mode."""
+
+    def __init__(self, model: nn.Module):
+        self.model, self.modes = model, [(m, m.training) for m in model.modules()]
+
+    def __enter__(self) -> nn.Module:
+        return self.model.eval()
+
+    def __exit__(self, *exc) -> None:
+        for m, mode in self.modes:
+            m.training = mode
+
+
+def eval_mode(model: nn.Module) -> _EvalMode:
+    """``with eval_mode(model):`` runs it in eval mode and leaves its modes as they were."""
+    return _EvalMode(model)
+
+
+def model_dtype_device(model: nn.Module) -> tuple[torch.dtype, torch.device]:
+    """The dtype and device the model computes in (its first floating parameter's)."""
+    for p in list(model.parameters()) + list(model.buffers()):
+        if p.is_floating_point():
+            return p.dtype, p.device
+    return torch.get_default_dtype(), torch.device("cpu")
+
+
+def infer_input_shape(model: nn.Module) -> tuple[int, ...]:
+    """The input shape of a dense net (its first layer's in_features) or of lipcore's PooledMLP
+    (28 x 28 images); conv nets need it given."""
+    if type(model) is PooledMLP:
+        return (1, 28, 28)
+    first = next((m for _, m in leaves(model) if LEAVES[_base_type(m)].kind in ("affine", "pool")),
+                 None)
+    if isinstance(first, nn.Linear):
+        return (first.in_features,)
+    raise ValueError(f"give input_shape (without the batch axis) for this model: its first layer "
+                     f"is {type(first).__name__}, whose input size lipcore cannot infer")
+
+
+def trace(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> Chain:
+    """The verified chain of ``model`` on inputs of ``input_shape`` (no batch axis; inferred for
+    dense nets), or :class:`NotAnalysable` saying which module cannot be analysed and why."""
+    layers = leaves(model)
+    if not layers:
+        raise NotAnalysable("the model has no layers lipcore can analyse")
+    shape = tuple(input_shape) if input_shape is not None else infer_input_shape(model)
+    dtype, device = model_dtype_device(model)
+    seen: list[tuple[nn.Module, tuple[int, ...], tuple[int, ...]]] = []
+    handles = [m.register_forward_hook(lambda mod, args, out: seen.append(
+        (mod, tuple(args[0].shape[1:]), tuple(out.shape[1:])))) for _, m in layers]
+    try:
+        with eval_mode(model), torch.no_grad():
+            model(torch.zeros(1, *shape, dtype=dtype, device=device))
+    except RuntimeError as exc:
+        raise InputShapeMismatch(f"the model does not run on inputs of shape {shape}: {exc}") from exc
+    finally:
+        for h in handles:
+            h.remove()
+    if [id(m) for m, _, _ in seen] != [id(m) for _, m in layers]:
+        raise NotAnalysable("the model does not apply its layers once each, in the order they "
+                            "are registered; lipcore analyses plain feed-forward chains")
+    ops = []
+    for m, in_shape, out_shape in seen:
+        leaf = LEAVES[_base_type(m)]
+        alpha, beta = leaf.slopes(m) if leaf.slopes else (0.0, 1.0)
+        ops.append(Op(m, leaf.kind, in_shape, out_shape, alpha, beta))
+    chain = Chain(tuple(ops), shape)
+    verify(chain, model)
+    return chain
+
+
+def verify(chain: Chain, model: nn.Module, points: int = CHECK_POINTS, seed: int = 0) -> None:
+    """Refuse (NotAnalysable) unless the chain, evaluated from its own parameters in float64,
+    gives the model's outputs and Jacobian-vector products at ``points`` random inputs, up to
+    the rounding of the model's dtype (relative tolerance 10 sqrt(eps))."""
+    dtype, device = model_dtype_device(model)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(points, *chain.input_shape, generator=gen, dtype=torch.float64)
+    x[points // 2:] = 4 * torch.randn(points - points // 2, *chain.input_shape, generator=gen,
+                                      dtype=torch.float64)
+    v = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    exact = _double_chain(chain)
+    with eval_mode(model):
+        got, got_jvp = torch.func.jvp(model, (x.to(device, dtype),), (v.to(device, dtype),))
+        want, want_jvp = torch.func.jvp(exact, (x,), (v,))
+    tol = 10 * math.sqrt(torch.finfo(dtype).eps)
+    for what, a, b in (("outputs", got, want), ("Jacobian-vector products", got_jvp, want_jvp)):
+        a, b = a.detach().double().cpu(), b.detach()
+        if a.shape != b.shape:
+            raise NotAnalysable(f"the extracted chain gives outputs of shape {tuple(b.shape)}, "
+                                f"the model {tuple(a.shape)}")
+        err = float((a - b).abs().max())
+        if not err <= tol * (1 + float(b.abs().max())):
+            raise NotAnalysable(f"the model's {what} differ from those of the chain of layers "
+                                f"lipcore extracted (largest difference {err:.3g}): its forward "
+                                "does more than apply its layers in order (a skip connection, a "
+                                "scale, a custom container?); lipcore refuses to bound it")
+
+
+def float64_copy(model: nn.Module, device: str | torch.device = "cpu") -> nn.Module:
+    """A float64 copy of ``model`` in eval mode, with the same weights (cast, not recomputed)."""
+    return copy.deepcopy(model).double().to(device).eval()
+
+
+class _Float64View:
+    """A layer's attributes with its tensors in float64 (for :func:`_double_chain`)."""
+
+    def __init__(self, module: nn.Module):
+        self._module = module
+
+    def __getattr__(self, name: str):
+        value = getattr(self._module, name)
+        return value.detach().double().cpu() if torch.is_tensor(value) else value
+
+
+def _double_chain(chain: Chain) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The chain's function in float64 on the CPU, from copies of its parameters."""
+    apply = [LEAVES[_base_type(op.module)].apply for op in chain.ops]
+    mods = [_Float64View(op.module) for op in chain.ops]
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        for fn, m in zip(apply, mods):
+            x = fn(m, x)
+        return x
+    return f

@@ -1,0 +1,310 @@
+"""No model can fool a certificate (issue 27): every net a user could bring is either bounded
+soundly (the bound is at least every Jacobian norm a gradient ascent finds, and no certified point
+falls to an attack inside its radius) or refused with a message that names the module.
+
+Property-based (Hypothesis): random nets of every layer kind and parameter lipcore accepts; and a
+regression test for each model the issue found that fooled the earlier code."""
+import math
+from fractions import Fraction
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+from torch.nn.utils import parametrizations, parametrize
+
+from lipcore.certify import certified_radii, lipschitz_bound, validated_bound
+from lipcore.estimators.lipsdp import LipSDPError
+from lipcore.trace import NotAnalysable, float64_copy, trace, verify
+
+ACTIVATIONS = {
+    "relu": lambda d: nn.ReLU(),
+    "tanh": lambda d: nn.Tanh(),
+    "sigmoid": lambda d: nn.Sigmoid(),
+    "elu": lambda d: nn.ELU(alpha=d(st.floats(0.0, 1.0))),
+    "leaky": lambda d: nn.LeakyReLU(d(st.floats(0.0, 1.0))),
+    "softplus": lambda d: nn.Softplus(beta=d(st.floats(0.5, 4.0))),
+}
+
+
+@st.composite
+def random_nets(draw):
+    """(net, input_shape): a random dense or conv net built from every layer kind lipcore
+    accepts, with random parameters and weight scale."""
+    act = lambda: ACTIVATIONS[draw(st.sampled_from(sorted(ACTIVATIONS)))](draw)  # noqa: E731
+    layers: list[nn.Module] = []
+    if draw(st.booleans()):                                   # conv front
+        c, side = draw(st.integers(1, 2)), draw(st.integers(4, 7))
+        shape = (c, side, side)
+        for _ in range(draw(st.integers(1, 2))):
+            out, k = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+            stride, pad = draw(st.integers(1, 2)), draw(st.integers(0, 1))
+            if side + 2 * pad < k:
+                break
+            layers += [nn.Conv2d(c, out, k, stride, pad, bias=draw(st.booleans())), act()]
+            c, side = out, (side + 2 * pad - k) // stride + 1
+            if side >= 2 and draw(st.booleans()):
+                kind = draw(st.sampled_from([nn.MaxPool2d, nn.AvgPool2d]))
+                pool_stride = draw(st.integers(1, 2))
+                layers.append(kind(2, pool_stride))
+                side = (side - 2) // pool_stride + 1
+        layers.append(nn.Flatten())
+        width = c * side * side
+    else:
+        width = draw(st.integers(1, 6))
+        shape = (width,)
+    for _ in range(draw(st.integers(0, 2))):
+        out = draw(st.integers(1, 8))
+        layers += [nn.Linear(width, out), act()]
+        if draw(st.integers(0, 4)) == 0:
+            layers.append(draw(st.sampled_from([nn.Identity(), nn.Dropout(0.3)])))
+        width = out
+    layers.append(nn.Linear(width, draw(st.integers(2, 4))))
+    torch.manual_seed(draw(st.integers(0, 2**16)))
+    net = nn.Sequential(*layers)
+    scale = draw(st.sampled_from([0.3, 1.0, 3.0]))
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                m.weight.mul_(scale)
+    return net.eval(), shape
+
+
+def largest_jacobian_norm(net: nn.Module, shape, points: int = 16, steps: int = 10) -> float:
+    """The largest ||J(x)||_2 gradient ascent finds from random starts (a lower bound on L)."""
+    f = lambda v: net(v.reshape(1, *shape)).reshape(-1)  # noqa: E731
+    jacobians = torch.func.vmap(torch.func.jacrev(f))
+    x = (3 * torch.randn(points, math.prod(shape), dtype=torch.float64)).requires_grad_()
+    opt = torch.optim.Adam([x], lr=0.1)
+    best = 0.0
+    for _ in range(steps):
+        norms = torch.linalg.matrix_norm(jacobians(x), 2)
+        best = max(best, float(norms.detach().max()))
+        opt.zero_grad()
+        (-norms.sum()).backward()
+        opt.step()
+    return best
+
+
+def attack_inside(net: nn.Module, x: torch.Tensor, y: torch.Tensor, radii: torch.Tensor,
+                  steps: int = 40) -> torch.Tensor:
+    """Per-sample l2 PGD on the margin inside each point's own radius (0.999 r, no box: a
+    certificate holds everywhere); True where the model, as the user runs it, changes class."""
+    delta = 1e-3 * torch.randn_like(x)
+    r = (0.999 * radii).to(x.dtype).reshape(-1, *[1] * (x.dim() - 1))
+    broken = torch.zeros(len(x), dtype=torch.bool)
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        z = net(x + delta)
+        top = z.gather(1, y[:, None])[:, 0]
+        other = z.masked_fill(nn.functional.one_hot(y, z.shape[1]).bool(), -math.inf).max(1).values
+        grad, = torch.autograd.grad((other - top).sum(), delta)
+        with torch.no_grad():
+            broken |= z.argmax(1) != y
+            step = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).reshape(r.shape)
+            delta = delta + 0.25 * r * step
+            norm = delta.flatten(1).norm(dim=1).reshape(r.shape)
+            delta = delta * torch.clamp(r / norm.clamp_min(1e-12), max=1.0)
+    with torch.no_grad():
+        broken |= net(x + delta).argmax(1) != y
+    return broken
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.data_too_large])
+@given(spec=random_nets(), method=st.sampled_from(["naive", "liplt", "lipsdp"]))
+def test_no_random_net_fools_a_certificate(spec, method):
+    """Every bound lipcore returns is at least the largest Jacobian norm gradient ascent finds,
+    and no certified point falls to an attack inside its radius."""
+    net, shape = spec
+    try:
+        bound = lipschitz_bound(net, method, shape).value
+    except LipSDPError:
+        return                               # LipSDP may refuse; it must not be wrong
+    except ValueError:                       # no dense core for LipSDP/LipLT: a clear refusal
+        assert method != "naive"
+        return
+    assert bound >= largest_jacobian_norm(float64_copy(net), shape) * (1 - 1e-9)
+    x = torch.rand(64, *shape)
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    radii = certified_radii(net, (x, y), bound)
+    certified = radii > 0
+    if certified.any():
+        assert not attack_inside(net, x[certified], y[certified], radii[certified]).any()
+
+
+# --- regression: the models of issue 27 --------------------------------------------------------
+
+class ScaledReLU(nn.ReLU):
+    def forward(self, x):
+        return 100 * super().forward(x)
+
+
+class StandardisedLinear(nn.Linear):
+    def forward(self, x):
+        w = (self.weight - self.weight.mean()) / self.weight.std()
+        return nn.functional.linear(x, w, self.bias)
+
+
+class Residual(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.inner = nn.Linear(width, width)
+
+    def forward(self, x):
+        return x + self.inner(x)
+
+
+class SkipSequential(nn.Sequential):
+    def forward(self, x):
+        return super().forward(x) + x[:, :2]
+
+
+class Scale100(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.act = nn.Tanh()
+
+    def forward(self, x):
+        return 100 * self.act(x)
+
+
+def small(*middle):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 4), *middle, nn.Linear(4, 2))
+
+
+@pytest.mark.parametrize("model, message", [
+    (nn.Sequential(nn.Linear(1, 1), nn.ELU(alpha=3.0), nn.Linear(1, 2)), "alpha=3.0"),
+    (small(nn.Softplus(threshold=0.5)), "threshold=0.5.*not Lipschitz"),
+    (small(ScaledReLU()), "ScaledReLU.*subclass of ReLU"),
+    (nn.Sequential(StandardisedLinear(3, 4), nn.ReLU(), nn.Linear(4, 2)), "subclass of Linear"),
+    (small(Residual(4), nn.ReLU()), "Residual.*not a layer lipcore can bound"),
+    (SkipSequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)), "subclass of Sequential"),
+    (small(Scale100()), "Scale100"),
+    (small(nn.LeakyReLU(-0.5)), "negative_slope=-0.5"),
+    (small(nn.BatchNorm1d(4)), "BatchNorm1d"),
+])
+def test_models_that_fooled_the_certificate_are_refused_by_name(model, message):
+    for method in ("naive", "liplt", "lipsdp"):
+        with pytest.raises(NotAnalysable, match=message):
+            lipschitz_bound(model, method)
+
+
+def test_conv_subclass_and_sum_pool_are_refused():
+    class Doubled(nn.Conv2d):
+        def forward(self, x):
+            return 2 * super().forward(x)
+    cnn = nn.Sequential(Doubled(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 2))
+    with pytest.raises(NotAnalysable, match="subclass of Conv2d"):
+        lipschitz_bound(cnn, "naive", (1, 4, 4))
+    sum_pool = nn.Sequential(nn.AvgPool2d(2, divisor_override=1), nn.Flatten(), nn.Linear(4, 2))
+    with pytest.raises(NotAnalysable, match="divisor_override=1.*summed"):
+        lipschitz_bound(sum_pool, "naive", (1, 4, 4))
+    for bad in (nn.Conv2d(1, 2, 3, groups=1, dilation=2), nn.Conv2d(1, 2, 3, padding="same"),
+                nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect"),
+                nn.MaxPool2d(2, ceil_mode=True), nn.MaxPool2d(2, padding=1)):
+        with pytest.raises(NotAnalysable):
+            lipschitz_bound(nn.Sequential(bad, nn.Flatten()), "naive", (1, 6, 6))
+
+
+def test_hooks_instance_forwards_and_stray_parameters_are_refused():
+    net = small(nn.ReLU())
+    handle = net[1].register_forward_hook(lambda m, a, out: 100 * out)
+    with pytest.raises(NotAnalysable, match="forward hooks"):
+        lipschitz_bound(net, "naive")
+    handle.remove()
+    net.forward = lambda x: 2 * nn.Sequential.forward(net, x)
+    with pytest.raises(NotAnalysable, match="own forward"):
+        lipschitz_bound(net, "naive")
+    net = small(nn.ReLU())
+    net[1].gain = nn.Parameter(torch.ones(1))
+    with pytest.raises(NotAnalysable, match="gain"):
+        lipschitz_bound(net, "naive")
+    shared = nn.Linear(4, 4)
+    with pytest.raises(NotAnalysable, match="once each"):
+        lipschitz_bound(nn.Sequential(shared, nn.ReLU(), shared), "naive")
+
+
+def test_the_chain_check_refuses_a_chain_that_is_not_the_model():
+    a, b = small(nn.ReLU()), small(nn.Tanh())
+    with torch.no_grad():
+        b[0].weight.mul_(3)
+    with pytest.raises(NotAnalysable, match="differ from those of the chain"):
+        verify(trace(a), b)
+
+
+def test_a_parametrized_layer_is_refused_until_its_weights_are_baked():
+    torch.manual_seed(0)
+    net = nn.Sequential(parametrizations.spectral_norm(nn.Linear(5, 6)), nn.ReLU(), nn.Linear(6, 2))
+    net.eval()
+    with pytest.raises(NotAnalysable, match="parametrize.*bake"):
+        lipschitz_bound(net, "naive")
+    parametrize.remove_parametrizations(net[0], "weight", leave_parametrized=True)
+    bound = lipschitz_bound(net, "naive").value
+    with torch.no_grad():
+        exact = float(torch.linalg.matrix_norm(net[0].weight.double(), 2)
+                      * torch.linalg.matrix_norm(net[2].weight.double(), 2))
+    assert exact <= bound <= exact * (1 + 1e-6)
+
+
+def test_a_point_the_float32_model_misclassifies_is_never_certified():
+    """The float64 copy separates the classes by 1e-9; the float32 model, as the user runs it,
+    ties them. A tie is no margin: radius 0."""
+    net = nn.Linear(1, 2)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+        net.bias.copy_(torch.tensor([1e-9, 0.0]))
+    x, y = torch.ones(1, 1), torch.zeros(1, dtype=torch.long)
+    assert net.double()(x.double())[0, 0] > net.double()(x.double())[0, 1]
+    net.float()
+    assert certified_radii(net, (x, y), 1.0).item() == 0.0
+
+
+def test_the_bound_of_a_tight_net_is_never_below_its_exact_constant():
+    """f(x) = w1 relu(w0 x) on one neuron: L = |w1 w0| exactly; every method returns at least
+    that, computed in exact rational arithmetic."""
+    for w0, w1 in ((2.3456789, 2.5278912), (0.1, 3.3), (1e-3, 7.77777)):
+        net = nn.Sequential(nn.Linear(1, 1), nn.ReLU(), nn.Linear(1, 1)).double()
+        with torch.no_grad():
+            net[0].weight.fill_(w0)
+            net[2].weight.fill_(w1)
+        exact = Fraction(w0) * Fraction(w1)
+        for method in ("naive", "liplt", "lipsdp"):
+            assert Fraction(lipschitz_bound(net, method).value) >= exact
+
+
+def test_bad_weights_dtype_and_mode():
+    net = small(nn.ReLU())
+    with torch.no_grad():
+        net[0].weight[0, 0] = math.nan
+    with pytest.raises(NotAnalysable, match="non-finite"):
+        lipschitz_bound(net, "naive")
+    double = small(nn.Tanh()).double()
+    for method in ("naive", "liplt", "lipsdp"):
+        assert lipschitz_bound(double, method).value > 0
+    training = small(nn.Dropout(0.5), nn.ReLU()).train()
+    lipschitz_bound(training, "naive")
+    assert training.training and all(m.training for m in training.modules())
+
+
+def test_certified_radii_refuses_bools_asymmetric_negative_diagonal_and_overflow():
+    net = nn.Linear(2, 3)
+    x, y = torch.rand(4, 2), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ValueError, match="bool"):
+        certified_radii(net, (x, y), True)
+    asym = torch.ones(3, 3).fill_diagonal_(0)
+    asym[0, 1] = 2.0
+    with pytest.raises(ValueError, match="symmetric"):
+        validated_bound(asym, 3)
+    negative = torch.ones(3, 3).fill_diagonal_(-1.0)
+    with pytest.raises(ValueError, match="diagonal"):
+        validated_bound(negative, 3)
+    huge = nn.Linear(1, 2).double()
+    with torch.no_grad():
+        huge.weight.zero_()
+        huge.bias.copy_(torch.tensor([1e300, -1e300], dtype=torch.float64))
+    with pytest.raises(ValueError, match="overflows"):
+        certified_radii(huge, (torch.ones(1, 1), torch.zeros(1, dtype=torch.long)), 1e-300)
