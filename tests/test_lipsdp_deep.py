@@ -33,8 +33,11 @@ def dense_check(W, t, L2, alpha=0.0, beta=1.0):
 
 
 def lower_bound(W, activation):
+    """An empirical lower bound, less 1e-6 relative: its difference quotients of nearby points
+    carry rounding error (1.4e-9 relative seen on a 1-1-1 sigmoid net whose bound is exact)."""
     net = from_weights(W, [np.zeros(w.shape[0]) for w in W], activation)
-    return empirical_lower_bound(net, W[0].shape[1], n_random=64, steps=15, n_ascent=4).value
+    return empirical_lower_bound(net, W[0].shape[1], n_random=64, steps=15,
+                                n_ascent=4).value * (1 - 1e-6)
 
 
 @pytest.mark.parametrize("alpha,beta", [(0.0, 1.0), (0.2, 1.0), (0.0, 0.25)])
@@ -59,8 +62,10 @@ def test_the_float_allowance_is_stated_and_small():
 
 @pytest.mark.parametrize("widths,act", [([5, 7, 6, 5, 2], "tanh"), ([9, 16, 3], "sigmoid"),
                                         ([20] + [20] * 20 + [10], "relu"),
-                                        ([12] + [15] * 40 + [4], "relu")])
+                                        ([12] + [15] * 40 + [4], "relu"),
+                                        ([30] + [30] * 100 + [5], "relu")])
 def test_closed_form_is_eclipse_fast_and_the_start_is_below_it(widths, act):
+    """(The 100-deep net's start needs T scaled by 1 + 1e-6 to certify: a regression test.)"""
     net = fully_connected(widths, act, seed=0)
     W, (alpha, beta) = net.weights(), net.slope_bounds
     reference = eclipse_fast(W, alpha, beta)
@@ -95,7 +100,7 @@ def test_issue_27_nets_get_a_certified_bound(widths, act, scale, seed):
     r = lipsdp(W, alpha, beta, progress=False)
     assert r.sound and dense_check(W, r.t, r.L2, alpha, beta) <= 0.0
     assert r.bound <= naive_bound(W, beta) * (1 + 1e-9)
-    assert r.bound >= lower_bound(W, act) * (1 - 1e-9)
+    assert r.bound >= lower_bound(W, act)
 
 
 def test_a_constant_net_has_bound_zero_and_degenerate_layers_do_not_crash():
@@ -134,4 +139,4 @@ def test_every_returned_bound_is_certified_above_the_truth_and_below_the_start(c
     assert dense_check(W, r.t, r.L2, alpha, beta) <= 0.0
     assert r.bound <= r.start_bound
     assert r.bound <= naive_bound(W, beta) * (1 + 1e-9)
-    assert r.bound >= lower_bound(W, act) * (1 - 1e-9)
+    assert r.bound >= lower_bound(W, act)

@@ -28,23 +28,26 @@ from typing import Sequence
 
 import numpy as np
 import scipy.linalg
+from scipy.linalg import lapack
 
 UNIT_ROUNDOFF = 2.0 ** -53
 
 
 def _cholesky(Z: np.ndarray) -> np.ndarray | None:
-    """Lower Cholesky factor of Z, or None when Z is not (numerically) positive definite."""
+    """Lower Cholesky factor of Z, or None when Z is not (numerically) positive definite.
+    LAPACK directly: scipy.linalg's checking wrappers cost more than a 20 x 20 factorisation."""
     if not np.all(np.isfinite(Z)):
         return None
-    try:
-        return scipy.linalg.cholesky(Z, lower=True, check_finite=False)
-    except np.linalg.LinAlgError:
-        return None
+    Lf, info = lapack.dpotrf(Z, lower=1, clean=1)
+    return Lf if info == 0 else None
 
 
 def _solve_lower(Lf: np.ndarray, B: np.ndarray, trans: bool = False) -> np.ndarray:
-    return scipy.linalg.solve_triangular(Lf, B, lower=True, trans=1 if trans else 0,
-                                         check_finite=False)
+    """L^{-1} B (or L^{-T} B) for a lower-triangular factor L."""
+    X, info = lapack.dtrtrs(Lf, B, lower=1, trans=1 if trans else 0)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"triangular solve failed (LAPACK info {info})")
+    return X
 
 
 class ChainLMI:

@@ -35,6 +35,11 @@ from .chain import (ChainLMI, LipSDPError, balance, check_weights, lmi_holds,
 # Relative back-offs of L^2 tried until the float64 certificate holds (chain.float_allowance is
 # below 1e-8 up to blocks of 3,000 rows).
 BACKOFFS = (1e-12, 1e-10, 1e-8, 1e-6, 1e-4)
+# At an optimum the hidden block H is often singular up to rounding (the layer bound of the
+# counterexample net; the compositional start of a 100-deep net, where no back-off of L^2 helps).
+# Scaling T by c > 1 adds (c - 1) W^l^T W^l to -P's last block (-P(L^2, cT) = c (-P(L^2/c, T))
+# + (c - 1) blkdiag(0, ..., W^l^T W^l)), which moves such directions strictly inside.
+T_SCALINGS = (1.0, 1 + 1e-9, 1 + 1e-8, 1 + 1e-7, 1 + 1e-6, 1 + 1e-5, 1 + 1e-4, 1 + 1e-3)
 GOLDEN = (np.sqrt(5.0) - 1.0) / 2.0
 
 
@@ -80,16 +85,25 @@ def closed_form(weights: Sequence[np.ndarray], alpha: float = 0.0, beta: float =
     return float(L2), np.array(log_lam)
 
 
-def certify_t(weights: Sequence[np.ndarray], t: np.ndarray, L2: float, alpha: float,
-              beta: float) -> float | None:
-    """The least L^2 (1 + b), b in BACKOFFS, at which the full LMI provably holds; or None."""
-    for b in BACKOFFS:
-        if lmi_holds(weights, t, L2 * (1.0 + b), alpha, beta):
-            return L2 * (1.0 + b)
+def certify_t(weights: Sequence[np.ndarray], t: np.ndarray, alpha: float, beta: float
+              ) -> tuple[float, np.ndarray] | None:
+    """(L^2, t') with P(L^2, diag(t')) < 0 proven in float64 on the full LMI, or None.
+
+    For c in T_SCALINGS (T itself first) the exact least L^2 of c T (on the input-reduced
+    weights), backed off by b in BACKOFFS until :func:`lmi_holds` proves it."""
+    weights = [np.asarray(w, dtype=np.float64) for w in weights]
+    lmi = ChainLMI([reduce_input_layer(weights[0]), *weights[1:]], alpha, beta)
+    for c in T_SCALINGS:
+        L2 = lmi.value(c * t)
+        if not (np.isfinite(L2) and L2 > 0):
+            continue
+        for b in BACKOFFS:
+            if lmi_holds(weights, c * t, L2 * (1.0 + b), alpha, beta):
+                return L2 * (1.0 + b), c * t
     return None
 
 
-def best_scale(lmi: ChainLMI, t: np.ndarray, iterations: int = 40) -> tuple[float, float]:
+def best_scale(lmi: ChainLMI, t: np.ndarray, iterations: int = 24) -> tuple[float, float]:
     """min over s > 0 of g(s t) (g: the exact L^2 of :class:`ChainLMI`) by golden section on
     log s after bracketing (g(s t) is convex in s, so unimodal in log s; g = inf where H is not
     < 0, which happens only for small s). Returns (s, g(s t)), the best point evaluated."""
@@ -154,13 +168,13 @@ def compositional_bound(weights: Sequence[np.ndarray], alpha: float = 0.0, beta:
     except np.linalg.LinAlgError as exc:
         raise LipSDPError(f"the compositional recursion failed in float64 ({exc}); use "
                           f"naive_bound(weights, beta), which is always sound") from exc
-    L2, t = to_original(L2, t)
-    certified = certify_t(weights, t, L2, alpha, beta)
+    certified = certify_t(weights, to_original(L2, t)[1], alpha, beta)
     if certified is None:
         raise LipSDPError(
             "the compositional multipliers could not be certified in float64 (the LMI is "
             "feasible only up to rounding: weights of extreme or mixed scales?); use "
             "naive_bound(weights, beta), the product of spectral norms, which is always sound")
-    return CompositionalResult(float(np.sqrt(certified)), float(certified), t,
+    L2, t = certified
+    return CompositionalResult(float(np.sqrt(L2)), float(L2), t,
                                float(np.sqrt(to_original(L2_fast, t)[0])),
                                time.perf_counter() - start)

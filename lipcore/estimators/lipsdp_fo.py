@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import scipy.linalg
 
 from ..progress import bar
 from .chain import ChainLMI
@@ -58,18 +59,39 @@ def _smooth_max(lam: np.ndarray, tau: float) -> tuple[float, np.ndarray]:
     return float(lam[-1] + tau * np.log(total)), w / total
 
 
+# A smoothing level ends when g improved by less than tol over this many accepted steps.
+STALL_WINDOW = 10
+# Eigenvalues more than SMOOTH_CUTOFF * tau below the largest weigh < exp(-23) ~ 1e-10 in the
+# smoothed maximum: they change neither its value (relatively) nor its gradient measurably.
+SMOOTH_CUTOFF = 23.0
+
+
+def top_eigenpairs(S: np.ndarray, tau: float, k: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenpairs of S within SMOOTH_CUTOFF * tau of the largest (ascending): the top k by
+    LAPACK's MRRR driver, doubling k until the smallest found lies below that window (the full
+    eigendecomposition of a wide net's S costs several times more)."""
+    n = len(S)
+    while k < n:
+        lam, U = scipy.linalg.eigh(S, subset_by_index=[n - k, n - 1], driver="evr",
+                                   check_finite=False)
+        if lam[0] < lam[-1] - SMOOTH_CUTOFF * tau:
+            return lam, U
+        k *= 2
+    return np.linalg.eigh(S)
+
+
 def minimise_T(weights: Sequence[np.ndarray], alpha: float, beta: float, coupling: str,
                t0: np.ndarray, time_budget: float = 60.0, tol: float = 1e-4,
-               max_iterations: int = 2000, memory: int = 10, progress: bool | None = None
+               max_iterations: int = 20000, memory: int = 10, progress: bool | None = None
                ) -> tuple[np.ndarray, FirstOrderTrace]:
     """Minimise g over diagonal T >= 0 ("neuron": one t per neuron, "layer": one per layer) by
     smoothed L-BFGS on log t (module docstring), from the feasible start ``t0`` (T's diagonal;
     equal within each layer for "layer"). Returns the best t found (by the exact g) and a trace.
-    Stops when g improved by less than ``tol`` (relative) over 25 accepted steps at the finest
+    Stops when g improved by less than ``tol`` (relative) over STALL_WINDOW accepted steps at the finest
     smoothing, after ``time_budget`` seconds, or after ``max_iterations`` steps."""
     start = time.perf_counter()
     lmi = ChainLMI(weights, alpha, beta)
-    if coupling == "layer":
+    if coupling == "layer":                            # one log t per layer
         starts = lmi.offsets[:-1]
         expand = lambda v: np.repeat(v, lmi.sizes)                          # noqa: E731
         collapse = lambda g: np.add.reduceat(g, starts)                     # noqa: E731
@@ -86,17 +108,17 @@ def minimise_T(weights: Sequence[np.ndarray], alpha: float, beta: float, couplin
             return None
         S, factors = out
         try:
-            lam, U = np.linalg.eigh(S)
+            lam, U = top_eigenpairs(S, tau)
         except np.linalg.LinAlgError:
             return None
         value, w = _smooth_max(lam, tau)
         keep = w > 1e-10 * w.max()
         grad_t = lmi.neuron_gradients(lmi.chain(t_, factors, U[:, keep])) @ w[keep]
-        return value, collapse(grad_t) * np.exp(s_), max(float(lam[-1]), 0.0)
+        return value, collapse(grad_t * t_), max(float(lam[-1]), 0.0)
 
     with small_lmi_threads(lmi.n):
-        best_s, trace = _minimise(evaluate, lmi.value(expand(np.exp(s))), s, start, time_budget,
-                                  tol, max_iterations, memory, coupling, progress)
+        best_s, trace = _minimise(evaluate, lmi.value(t0), s, start, time_budget, tol,
+                                  max_iterations, memory, coupling, progress)
     return expand(np.exp(best_s)), trace
 
 
@@ -140,8 +162,9 @@ def _minimise(evaluate, g0: float, s: np.ndarray, start: float, time_budget: flo
                 pbar.update(1)
                 pbar.set_postfix(L=f"{np.sqrt(best_g):.5g}")
                 # smoothing bias is about tau log(n): once progress stalls, sharpen it
-                window = values[window_start:][-25:]
-                stalled = len(window) == 25 and window[0] - min(window) <= tol * abs(window[0])
+                window = values[window_start:][-STALL_WINDOW:]
+                stalled = (len(window) == STALL_WINDOW
+                           and window[0] - min(window) <= tol * abs(window[0]))
                 if stalled:
                     window_start = len(values) - 1
             if stalled:
