@@ -19,11 +19,11 @@ BATCH = 500                        # predictions in batches, as robust_accuracy 
 
 def breaking_radii(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, torch.Tensor],
                    eps_grid: Sequence[float], attack: str = "strong", iterations: int = 100,
-                   seed: int = 0) -> torch.Tensor:
+                   seed: int = 0, attacks: Sequence[str] = DEFAULT_ATTACKS) -> torch.Tensor:
     """Per sample, the smallest eps of ``eps_grid`` at which ``attack`` finds a misclassified
     point in the l2 ball (0 for a sample misclassified without attack, inf where no eps of the
     grid breaks it): an upper bound on its robust radius, so the accuracy at eps is the share
-    with a breaking radius > eps. ``attack``: ``"strong"`` (the ensemble of
+    with a breaking radius > eps. ``attack``: ``"strong"`` (the ensemble ``attacks`` of
     :func:`robust_accuracy`) or ``"paper pgd"`` (Bungert et al. eq. (13), step 0.25)."""
     if attack not in SWEEP_ATTACKS:
         raise ValueError(f"attack must be one of {SWEEP_ATTACKS}, got {attack!r}")
@@ -41,7 +41,7 @@ def breaking_radii(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, t
             break
         if attack == "strong":
             robust = robust_accuracy(model, (x[alive], y[alive]), eps=eps,
-                                     attacks=DEFAULT_ATTACKS, iterations=iterations, seed=seed,
+                                     attacks=attacks, iterations=iterations, seed=seed,
                                      progress=False).robust
         else:
             adv = pgd_l2(model, x[alive], y[alive], eps=eps, step=0.25, iterations=iterations)

@@ -1,0 +1,69 @@
+"""lipcore.audit (issue 31): one call and one command give sound bounds beside estimates and a
+lower bound, certified and robust accuracy against eps with no certified point broken, and an
+offline page; a model lipcore cannot analyse still gets its attacks, with the refusal named."""
+import math
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from lipcore.audit import audit, main
+from lipcore.data import load_dataset
+from lipcore.models import fully_connected
+from lipcore.trainers import TrainConfig, train
+
+DATA = os.environ.get("LIPCORE_DATA")
+pytestmark = pytest.mark.skipif(not DATA, reason="LIPCORE_DATA not set")
+
+
+@pytest.fixture(scope="module")
+def mnist_net():
+    mnist = load_dataset("mnist", DATA)
+    net = fully_connected([784, 32, 10], "relu", seed=0)
+    train(net, mnist.train, TrainConfig(epochs=1))
+    return net, tuple(t[:120] for t in mnist.test.tensors)
+
+
+def test_audit_reports_sound_bounds_above_the_lower_bound_and_ordered_curves(mnist_net, tmp_path):
+    net, test = mnist_net
+    report = audit(net, test, [0.1, 0.4, 1.0], iterations=10, name="mlp")
+    b = report.bounds
+    assert {"method", "value", "sound", "seconds", "kind"} <= set(b.columns)
+    lower = float(b[b.kind == "lower bound"].value.iloc[0])
+    sound = b[b.sound]
+    assert len(sound) == 3 and (sound.value >= lower).all()
+    assert not b[b.kind == "estimate"].sound.any()
+    c = report.curves
+    assert list(c.eps) == [0.1, 0.4, 1.0]
+    assert (c.certified <= c.robust).all() and (c.certified_pairwise <= c.robust).all()
+    assert (c.robust <= c.clean).all() and c.robust.is_monotonic_decreasing
+    page = report.save(tmp_path / "audit.html").read_text()
+    assert "data:image/png;base64," in page and "LipSDP-neuron" in page
+    assert "http://" not in page and "https://" not in page          # opens offline
+
+
+def test_a_model_lipcore_cannot_analyse_gets_attacks_and_named_refusals(mnist_net):
+    net, test = mnist_net
+
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(x) + 0.1 * x.flatten(1)[:, :10]
+    report = audit(Residual(), test, [0.5], iterations=5)
+    upper = report.bounds[report.bounds.kind == "upper bound"]
+    assert upper.value.isna().all() and upper.note.str.contains("Residual").all()
+    assert math.isnan(report.curves.certified.iloc[0])
+    assert 0 <= report.curves.robust.iloc[0] <= report.curves.clean.iloc[0]
+
+
+def test_the_audit_command_reads_a_state_dict_safely_and_writes_the_page(mnist_net, tmp_path,
+                                                                         capsys):
+    net, _ = mnist_net
+    torch.save(net.state_dict(), tmp_path / "net.pt")
+    main([str(tmp_path / "net.pt"), "--arch", "784-32-10", "--data", "mnist", "--data-dir", DATA,
+          "--eps", "0.5", "--samples", "40", "--out", str(tmp_path / "page.html")])
+    assert (tmp_path / "page.html").exists() and "LipSDP-neuron" in capsys.readouterr().out
