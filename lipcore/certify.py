@@ -31,7 +31,7 @@ from .attacks.ensemble import as_tensors
 from .estimators import liplt, lipsdp
 from .estimators.layerwise import op_bound
 from .estimators.liplt_ops import liplt_bounds, operator_chain, sound_norms
-from .trace import Chain, eval_mode, float64_copy, model_dtype_device, trace
+from .trace import Chain, batch_norm_scale, eval_mode, float64_copy, model_dtype_device, trace
 
 FLOAT_ALLOWANCE = 1e-9     # relative: float64 SVDs, Cholesky proofs and FFTs err by ~1e-12 here
 LOGIT_ERROR_FACTOR = 4     # the logits' float error at x is allowed this many times over ...
@@ -53,22 +53,35 @@ def dense_core(chain: Chain) -> tuple[list[np.ndarray], float, float, float, flo
     """(W^0 ... W^l, alpha, beta, pre, post) of a traced net whose affine layers are all dense,
     with one activation between consecutive ones: the fully connected core LipSDP and LipLT
     read, the sound factor ``pre`` of the layers before it (pooling, activations) and ``post`` of
-    those after it (an output activation). [alpha, beta] is the hull of the core's activations'
-    slope bounds. Raises a ValueError saying why a net has no such core."""
+    those after it (an output activation). A BatchNorm inside the core is folded into the dense
+    layer next to it (diag(s) W after it, W diag(s) before it: the same function). [alpha, beta]
+    is the hull of the core's activations' slope bounds. Raises a ValueError saying why a net has
+    no such core."""
     ops = [op for op in chain.ops if op.kind not in ("reshape", "identity")]
     affine = [i for i, op in enumerate(ops) if op.kind == "affine"]
     if not affine or any(not isinstance(ops[i].module, nn.Linear) for i in affine):
         raise ValueError("LipSDP and LipLT (dense) need a fully connected net; this one has "
                          "convolutions (use method='liplt' with input_shape, or 'naive')")
     first, last = affine[0], affine[-1]
-    core = ops[first:last + 1]
-    acts = core[1::2]
-    if any(op.kind != "affine" for op in core[0::2]) or any(op.kind != "activation" for op in acts):
-        raise ValueError("LipSDP and LipLT (dense) need exactly one activation between "
-                         "consecutive dense layers, and no pooling inside the dense part")
+    weights, acts, pending = [], [], None        # pending: a BatchNorm scale awaiting its layer
+    for op in ops[first:last + 1]:
+        if op.kind == "affine":
+            W = op.module.weight.detach().cpu().double()
+            weights.append((W * pending if pending is not None else W).numpy())
+            pending = None
+        elif op.kind == "scale" and pending is None:
+            s = batch_norm_scale(op.module).cpu()
+            if len(weights) > len(acts):                      # right after a dense layer
+                weights[-1] = s[:, None].numpy() * weights[-1]
+            else:
+                pending = s
+        elif op.kind == "activation" and len(weights) == len(acts) + 1:
+            acts.append(op)
+        else:
+            raise ValueError("LipSDP and LipLT (dense) need exactly one activation between "
+                             "consecutive dense layers, and no pooling inside the dense part")
     pre = math.prod(op_bound(op) for op in ops[:first])
     post = math.prod(op_bound(op) for op in ops[last + 1:])
-    weights = [op.module.weight.detach().cpu().double().numpy() for op in core[0::2]]
     alpha = min((op.alpha for op in acts), default=0.0)
     beta = max((op.beta for op in acts), default=1.0)
     return weights, alpha, beta, pre, post

@@ -11,6 +11,8 @@ pooling, reshape) and refuses anything it cannot prove:
   module owning a parameter or buffer its type does not have are refused: any of them can change
   the function without changing what the bounds see. So are modules whose weights
   ``torch.nn.utils.parametrize`` computes (``parametrizations.spectral_norm``): bake them first.
+* **BatchNorm** (1d, 2d) is analysed in eval mode, as the per-channel affine map it then is
+  (running statistics required).
 * **Every parameter that changes the function is checked** by the leaf's entry in
   :data:`LEAVES`: an activation's parameters give its slope bounds (ELU's alpha, LeakyReLU's
   slope, Softplus's beta) or refuse it (Softplus with a threshold below 20 jumps where it switches
@@ -62,7 +64,7 @@ class Leaf:
     given instance cannot be analysed (None if it can), its slope bounds (activations) and its
     function written from its parameters."""
 
-    kind: str                                            # affine, activation, pool, reshape, identity
+    kind: str                          # affine, scale (BatchNorm), activation, pool, reshape, identity
     params: frozenset[str]
     refuse: Callable[[nn.Module], str | None]
     apply: Callable[[nn.Module, torch.Tensor], torch.Tensor]
@@ -118,6 +120,28 @@ def _pooling(pool: Callable) -> Callable[[nn.Module, torch.Tensor], torch.Tensor
     return lambda m, x: pool(x, _pair(m.kernel_size), _pair(m.stride or m.kernel_size))
 
 
+BATCH_NORM = frozenset({"weight", "bias", "running_mean", "running_var", "num_batches_tracked"})
+
+
+def _batch_norm_refusal(m: nn.Module) -> str | None:
+    if m.running_mean is None or m.running_var is None:
+        return ("track_running_stats=False: it normalises by each batch's own statistics, so its "
+                "output depends on the other inputs of the batch")
+    return None
+
+
+def _batch_norm(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Eval mode: the per-channel affine map gamma (x - mean) / sqrt(var + eps) + beta."""
+    return F.batch_norm(x, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps)
+
+
+def batch_norm_scale(m: nn.Module) -> torch.Tensor:
+    """The per-channel factor gamma / sqrt(var + eps) of a BatchNorm in eval mode (float64)."""
+    var = m.running_var.detach().double()
+    gamma = m.weight.detach().double() if m.weight is not None else torch.ones_like(var)
+    return gamma / torch.sqrt(var + m.eps)
+
+
 _none = lambda m: None  # noqa: E731
 LEAVES: dict[type, Leaf] = {
     nn.Linear: Leaf("affine", frozenset({"weight", "bias"}), _none,
@@ -139,6 +163,8 @@ LEAVES: dict[type, Leaf] = {
                       lambda m, x: F.softplus(x, m.beta, m.threshold), lambda m: (0.0, 1.0)),
     nn.MaxPool2d: Leaf("pool", frozenset(), _pool_refusal, _pooling(F.max_pool2d)),
     nn.AvgPool2d: Leaf("pool", frozenset(), _pool_refusal, _pooling(F.avg_pool2d)),
+    nn.BatchNorm1d: Leaf("scale", BATCH_NORM, _batch_norm_refusal, _batch_norm),
+    nn.BatchNorm2d: Leaf("scale", BATCH_NORM, _batch_norm_refusal, _batch_norm),
     nn.Flatten: Leaf("reshape", frozenset(),
                      lambda m: None if (m.start_dim, m.end_dim) == (1, -1) else
                      f"start_dim={m.start_dim}, end_dim={m.end_dim}: only Flatten(1, -1) is analysed",

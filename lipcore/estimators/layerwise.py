@@ -32,7 +32,7 @@ materialised norm. Everything is computed in float64, and each norm is inflated 
 cover rounding in the FFT and the SVD.
 
 Other layers (exactly the types and parameters :mod:`lipcore.trace` accepts): a dense layer's
-exact spectral norm; an activation with slopes in [alpha, beta] max(|alpha|, |beta|) (ReLU, tanh,
+exact spectral norm; a BatchNorm in eval mode max |gamma / sqrt(var + eps)|; an activation with slopes in [alpha, beta] max(|alpha|, |beta|) (ReLU, tanh,
 ELU with alpha <= 1, LeakyReLU, softplus: 1; sigmoid: 1/4); max pooling sqrt(m) and average pooling sqrt(m / (kh kw)), where each input
 falls in at most m windows (m = 1 without overlap), since per window |max a - max b| <= ||a - b||_2
 and |mean a - mean b| <= ||a - b||_2 / sqrt(kh kw); flatten, identity and dropout (in eval mode): 1.
@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..trace import Op, trace
+from ..trace import Op, batch_norm_scale, trace
 
 SAFETY = 1e-9          # relative inflation of every computed norm (rounding in FFT and SVD)
 
@@ -118,6 +118,8 @@ def op_bound(op: Op) -> float:
         return conv2d_norm_bound(m.weight, tuple(op.in_shape[-2:]), m.stride, m.padding)
     if op.kind == "activation":
         return max(abs(op.alpha), abs(op.beta))
+    if op.kind == "scale":
+        return float(batch_norm_scale(m).abs().max()) * (1 + SAFETY)
     if op.kind == "pool":
         kernel, stride = _pair(m.kernel_size), _pair(m.stride or m.kernel_size)
         windows = math.prod(_windows_per_input(k, s) for k, s in zip(kernel, stride))
