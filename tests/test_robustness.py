@@ -168,7 +168,11 @@ def test_pooling_and_activation_bounds():
     assert layer_bound(nn.MaxPool2d(3, stride=1), (1, 8, 8)) == pytest.approx(3.0)
     assert layer_bound(nn.Sigmoid(), (5,)) == 0.25
     with pytest.raises(ValueError, match="not a layer lipcore can bound"):
-        layer_bound(nn.BatchNorm1d(3), (3,))
+        layer_bound(nn.LayerNorm(3), (3,))
+    bn = nn.BatchNorm1d(3).eval()
+    with torch.no_grad():
+        bn.running_var.copy_(torch.tensor([4.0, 1.0, 0.25]))
+    assert layer_bound(bn, (3,)) == pytest.approx(1 / math.sqrt(0.25 + bn.eps), rel=1e-8)
 
 
 def test_layerwise_bounds_are_upper_bounds_and_lipsdp_is_tighter():
