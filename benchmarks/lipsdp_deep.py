@@ -125,7 +125,7 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--depths", type=int, nargs="*", default=[2, 5, 10, 20, 50, 100])
     parser.add_argument("--widths", type=int, nargs="*", default=[20, 50, 100])
@@ -135,7 +135,7 @@ def main() -> None:
     parser.add_argument("--eclipse-cap", type=float, default=20.0)
     parser.add_argument("--out", type=Path, default=HERE / "lipsdp_deep.json")
     parser.add_argument("--markdown", action="store_true", help="print the table of --out")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.markdown:
         print(markdown(json.loads(args.out.read_text())))
         return

@@ -2,6 +2,10 @@
 with the dense LMI, the compositional start matches ECLipsE-Fast's closed form and never exceeds
 it, and every bound LipSDP returns, on random depths, widths, scales and activations, is certified
 on the full LMI, at least an empirical lower bound and never above the start."""
+import importlib.util
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -140,3 +144,23 @@ def test_every_returned_bound_is_certified_above_the_truth_and_below_the_start(c
     assert r.bound <= r.start_bound
     assert r.bound <= naive_bound(W, beta) * (1 + 1e-9)
     assert r.bound >= lower_bound(W, act)
+
+
+def test_the_side_by_side_benchmark_on_two_small_nets(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location(
+        "lipsdp_deep", Path(__file__).resolve().parents[1] / "benchmarks" / "lipsdp_deep.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "deep.json"
+    bench.main(["--depths", "2", "6", "--widths", "8", "--wide", "--budget", "5",
+                "--eclipse-cap", "10", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["widths"] for r in rows] == ["8-8x2-10", "8-8x6-10"]
+    for r in rows:
+        assert r["lipsdp"]["certified"] and r["compositional"]["certified"]
+        assert r["lipsdp"]["bound"] <= r["compositional"]["bound"]
+        assert r["compositional"]["bound"] <= r["eclipse_fast"]["bound"] * (1 + 1e-9)
+        assert r["eclipse"]["outcome"]                      # solved, failed or stopped: said
+    assert out.with_suffix(".png").stat().st_size > 0
+    bench.main(["--markdown", "--out", str(out)])
+    assert "| 8-8x6-10 |" in capsys.readouterr().out
