@@ -38,9 +38,22 @@ def test_audit_reports_sound_bounds_above_the_lower_bound_and_ordered_curves(mni
     assert list(c.eps) == [0.1, 0.4, 1.0]
     assert (c.certified <= c.robust).all() and (c.certified_pairwise <= c.robust).all()
     assert (c.robust <= c.clean).all() and c.robust.is_monotonic_decreasing
-    page = report.save(tmp_path / "audit.html").read_text()
+    path = report.save(tmp_path / "audit.html")
+    page = path.read_text()
     assert "data:image/png;base64," in page and "LipSDP-neuron" in page
     assert "http://" not in page and "https://" not in page          # opens offline
+
+
+def test_the_audit_page_reads_offline_in_chromium(mnist_net, tmp_path, browser):
+    net, test = mnist_net
+    path = audit(net, tuple(t[:40] for t in test), [0.5], iterations=5).save(
+        tmp_path / "audit.html")
+    page = browser.new_context(offline=True).new_page()
+    errors = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.goto(path.as_uri())
+    assert page.evaluate("document.images[0].naturalWidth") > 100      # the figure loaded
+    assert page.locator("table").count() == 2 and not errors
 
 
 def test_a_model_lipcore_cannot_analyse_gets_attacks_and_named_refusals(mnist_net):
