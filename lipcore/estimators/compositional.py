@@ -106,7 +106,8 @@ def certify_t(weights: Sequence[np.ndarray], t: np.ndarray, alpha: float, beta: 
 def best_scale(lmi: ChainLMI, t: np.ndarray, iterations: int = 24) -> tuple[float, float]:
     """min over s > 0 of g(s t) (g: the exact L^2 of :class:`ChainLMI`) by golden section on
     log s after bracketing (g(s t) is convex in s, so unimodal in log s; g = inf where H is not
-    < 0, which happens only for small s). Returns (s, g(s t)), the best point evaluated."""
+    < 0, which happens only for small s), until two inner points agree to 1e-6 (relative).
+    Returns (s, g(s t)), the best point evaluated."""
     seen: dict[float, float] = {}
 
     def g(x: float) -> float:
@@ -128,6 +129,8 @@ def best_scale(lmi: ChainLMI, t: np.ndarray, iterations: int = 24) -> tuple[floa
         a, b = sorted((prev, cur + direction * step))
     x1, x2 = b - GOLDEN * (b - a), a + GOLDEN * (b - a)
     for _ in range(iterations):
+        if abs(g(x1) - g(x2)) <= 1e-6 * min(g(x1), g(x2)):     # flat to 1e-6: done
+            break
         if g(x1) <= g(x2):
             b, x2 = x2, x1
             x1 = b - GOLDEN * (b - a)

@@ -341,16 +341,19 @@ def lipsdp(weights: Sequence[np.ndarray], alpha: float = 0.0, beta: float = 1.0,
                             time.perf_counter() - start, lmi_max_eig(weights, T, L2, alpha, beta),
                             False, float(np.sqrt(L2)))
     with small_lmi_threads(sum(sizes)):
+        certifying = time.perf_counter()
         t0_bal, start_L2, start_t = _start(weights, balanced, to_original, alpha, beta)
+        # the budget ends where the final certificate (about as costly as the start) must begin
+        deadline = start + time_budget - (time.perf_counter() - certifying) / 2.0
         try:
             if solver == "first-order":
                 from .lipsdp_fo import minimise_T
                 if coupling == "neuron" and len(sizes) >= LAYER_FIRST_DEPTH:
                     # deep nets: the layer problem first (few variables, fast), then per neuron
-                    budget = (time_budget - (time.perf_counter() - start)) / 2.0
+                    budget = (deadline - time.perf_counter()) / 2.0
                     t0_bal, _ = minimise_T(balanced, alpha, beta, "layer", t0_bal, budget, tol,
                                            progress=progress)
-                budget = time_budget - (time.perf_counter() - start)
+                budget = deadline - time.perf_counter()
                 t_bal, trace = minimise_T(balanced, alpha, beta, coupling, t0_bal, budget, tol,
                                           progress=progress)
                 L2_bal, status = trace.best, trace.stopped
