@@ -29,6 +29,7 @@ from torch.utils.data import TensorDataset
 
 from .attacks.ensemble import as_tensors
 from .estimators import liplt, lipsdp
+from .estimators.compositional import compositional_bound
 from .estimators.layerwise import op_bound
 from .estimators.liplt_ops import liplt_bounds, operator_chain, sound_norms
 from .trace import Chain, batch_norm_scale, eval_mode, float64_copy, model_dtype_device, trace
@@ -36,7 +37,8 @@ from .trace import Chain, batch_norm_scale, eval_mode, float64_copy, model_dtype
 FLOAT_ALLOWANCE = 1e-9     # relative: float64 SVDs, Cholesky proofs and FFTs err by ~1e-12 here
 LOGIT_ERROR_FACTOR = 4     # the logits' float error at x is allowed this many times over ...
 LOGIT_ERROR_ULPS = 64      # ... plus this many machine epsilons of the largest logit
-BOUND_METHODS = {"lipsdp": "LipSDP-neuron", "liplt": "LipLT", "naive": "naive (layer-wise product)"}
+BOUND_METHODS = {"lipsdp": "LipSDP-neuron", "compositional": "compositional (ECLipsE-Fast, scaled)",
+                 "liplt": "LipLT", "naive": "naive (layer-wise product)"}
 
 
 @dataclass
@@ -97,8 +99,9 @@ def lipschitz_bound(model: nn.Module, method: str = "lipsdp",
                     input_shape: tuple[int, ...] | None = None) -> LipschitzBound:
     """A sound l2 Lipschitz bound of ``model``'s outputs, read from its verified chain of
     operators (:func:`lipcore.trace.trace`, which refuses any layer, container or parameter it
-    cannot prove): ``"lipsdp"`` (LipSDP-neuron) or ``"liplt"`` (LipLT, Theorem 3.3) on the fully
-    connected core times the sound factors of the layers before and after it; ``"liplt"`` on a
+    cannot prove): ``"lipsdp"`` (LipSDP-neuron), ``"compositional"`` (ECLipsE-Fast's closed-form
+    multipliers with their best common scale, certified: LipSDP's start) or ``"liplt"`` (LipLT,
+    Theorem 3.3) on the fully connected core times the sound factors of the layers before and after it; ``"liplt"`` on a
     conv net uses the sound operator version (:mod:`lipcore.estimators.liplt_ops`); ``"naive"``
     is the product of sound layer bounds. Conv nets need ``input_shape`` (no batch axis). The
     value is rounded up (:func:`round_up`); the model's train/eval mode is left as it was."""
@@ -132,6 +135,8 @@ def _core_bound(method: str, weights: list[np.ndarray], alpha: float, beta: floa
         return float(np.linalg.norm(weights[0], 2))
     if method == "lipsdp":
         return lipsdp(weights, alpha, beta, coupling="neuron").bound
+    if method == "compositional":
+        return compositional_bound(weights, alpha, beta).bound
     return float(liplt(weights, alpha, beta).L)
 
 

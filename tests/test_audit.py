@@ -32,7 +32,8 @@ def test_audit_reports_sound_bounds_above_the_lower_bound_and_ordered_curves(mni
     assert {"method", "value", "sound", "seconds", "kind"} <= set(b.columns)
     lower = float(b[b.kind == "lower bound"].value.iloc[0])
     sound = b[b.sound]
-    assert len(sound) == 3 and (sound.value >= lower).all()
+    assert len(sound) == 4 and (sound.value >= lower).all()          # lipsdp, compositional, liplt, naive
+    assert float(sound.value.iloc[0]) <= float(sound.value.iloc[1]) * (1 + 1e-9)  # LipSDP <= its start
     assert not b[b.kind == "estimate"].sound.any()
     c = report.curves
     assert list(c.eps) == [0.1, 0.4, 1.0]

@@ -129,7 +129,7 @@ def attack_inside(net: nn.Module, x: torch.Tensor, y: torch.Tensor, radii: torch
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.data_too_large])
-@given(spec=random_nets(), method=st.sampled_from(["naive", "liplt", "lipsdp"]))
+@given(spec=random_nets(), method=st.sampled_from(["naive", "liplt", "lipsdp", "compositional"]))
 def test_no_random_net_fools_a_certificate(spec, method):
     """Every bound lipcore returns is at least the largest Jacobian norm gradient ascent finds,
     and no certified point falls to an attack inside its radius."""
@@ -207,7 +207,7 @@ def small(*middle):
     (small(nn.BatchNorm1d(4, track_running_stats=False)), "BatchNorm1d.*track_running_stats"),
 ])
 def test_models_that_fooled_the_certificate_are_refused_by_name(model, message):
-    for method in ("naive", "liplt", "lipsdp"):
+    for method in ("naive", "liplt", "lipsdp", "compositional"):
         with pytest.raises(NotAnalysable, match=message):
             lipschitz_bound(model, method)
 
@@ -291,7 +291,7 @@ def test_the_bound_of_a_tight_net_is_never_below_its_exact_constant():
             net[0].weight.fill_(w0)
             net[2].weight.fill_(w1)
         exact = Fraction(w0) * Fraction(w1)
-        for method in ("naive", "liplt", "lipsdp"):
+        for method in ("naive", "liplt", "lipsdp", "compositional"):
             assert Fraction(lipschitz_bound(net, method).value) >= exact
 
 
