@@ -27,14 +27,14 @@ import nbformat
 from latex2mathml.converter import convert as tex_to_mathml
 from nbconvert import HTMLExporter
 
+from .executed import strip_progress
+
 STYLE = ("body{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;"
          "line-height:1.5}table{border-collapse:collapse;font-size:.85rem}td,th{border:1px solid "
          "#ccc;padding:.2rem .4rem}code{background:#f4f4f4}")
 NAV_STYLE = (".lipcore-nav{font:14px/1.5 system-ui,sans-serif;background:#f6f8fa;border-bottom:"
              "1px solid #ddd;padding:.4rem 1rem;margin:0 0 1rem}.lipcore-nav a{margin-right:.8rem}"
              ".lipcore-nav .here{font-weight:bold}")
-# Progress bars (tqdm) write carriage returns and "it/s" to stderr: noise in a book
-PROGRESS = re.compile(r"\r|it/s\]|s/it\]|\|[█▏▎▍▌▋▊▉ ]*\|")
 WIDGET = "application/vnd.jupyter.widget-view+json"
 WIDGET_NOTE = nbformat.v4.new_output("display_data", data={"text/markdown": (
     "*Interactive controls here: open this notebook in JupyterLab to use them. The figure above "
@@ -131,12 +131,11 @@ def clean_notebook(path: Path) -> nbformat.NotebookNode:
                 if match:
                     replacements[match.group(1)] = shown
     nb.metadata.pop("widgets", None)          # widget state: its renderer comes from a CDN
+    strip_progress(nb)                        # a notebook saved before reproduce.sh cleaned it
     for cell in nb.cells:
-        if cell.cell_type != "code":
-            continue
-        cell.outputs = [WIDGET_NOTE if WIDGET in o.get("data", {}) else o for o in cell.outputs
-                        if not (o.output_type == "stream" and o.name == "stderr"
-                                and PROGRESS.search(o.text))]
+        if cell.cell_type == "code":
+            cell.outputs = [WIDGET_NOTE if WIDGET in o.get("data", {}) else o
+                            for o in cell.outputs]
     text = nbformat.writes(nb)
     for raw, shown in sorted(replacements.items(), key=lambda kv: -len(kv[0])):
         text = text.replace(raw, shown)

@@ -1,6 +1,7 @@
 """The HTML book in a real browser (issue 18): every page opens in headless Chromium with the
-network off, shows no raw TeX, loads every image, links only to pages that exist and logs no
-console error. Skips, saying why, where Chromium or Playwright is missing (CI installs both)."""
+network off, shows no raw TeX, loads every image, links only to pages that exist, logs no
+console error, shows no empty output box and is of a sane height (issue 28: thousands of blank
+progress-bar boxes made pages of pink blocks). Skips, saying why, where Chromium or Playwright is missing (CI installs both)."""
 import json
 import re
 from pathlib import Path
@@ -13,6 +14,9 @@ from lipcore.site import build_site, clean_notebook, render_math
 ROOT = Path(__file__).resolve().parents[1]
 # TeX commands, one-symbol math ($T$) or display delimiters; "$LIPCORE_DATA" is prose, not TeX
 RAW_TEX = re.compile(r"\\[a-zA-Z]{2,}|\$[A-Za-z0-9]\$|\$\$")
+MAX_PAGE_PX = 40_000        # the longest page, the report, is about 15,000 px tall (1280 px wide)
+EMPTY_OUTPUTS = """Array.from(document.querySelectorAll('.jp-OutputArea-output')).filter(e =>
+    !e.innerText.trim() && !e.querySelector('img, svg, table, math, canvas, iframe, video')).length"""
 
 
 def test_math_becomes_mathml_but_code_and_attributes_keep_their_dollars():
@@ -77,6 +81,10 @@ def test_every_page_reads_offline_in_chromium(browser, tmp_path):
                 continue
             target = (path.parent / href.split("#")[0]).resolve()
             assert target.exists(), f"{path.name} links to missing {href}"
+        empty = page.evaluate(EMPTY_OUTPUTS)
+        assert not empty, f"{path.name}: {empty} empty output boxes"
+        height = page.evaluate("document.documentElement.scrollHeight")
+        assert height <= MAX_PAGE_PX, f"{path.name} is {height} px tall"
         nav = page.evaluate("document.querySelectorAll('nav.lipcore-nav a').length")
         assert nav >= len(pages), f"{path.name}: the contents bar is missing"
         page.close()

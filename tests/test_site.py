@@ -58,3 +58,21 @@ def test_building_without_executed_notebooks_says_what_to_do(tmp_path):
 def test_every_committed_figure_exists_as_png_and_pdf():
     for png in FIGURES.glob("*/*.png"):
         assert png.with_suffix(".pdf").is_file(), f"{png} has no PDF twin"
+
+
+def test_executed_notebooks_keep_no_progress_bars_but_keep_warnings():
+    """Issue 28: progress bars are dropped when the executed copy is saved (and were stripped from
+    the committed ones); a warning on stderr stays, and no stdout or figure is touched."""
+    import nbformat
+
+    from lipcore.executed import strip_progress
+    for path in executed_notebooks(FIGURES):
+        assert strip_progress(nbformat.read(path, as_version=4)) == 0, f"{path.name} has bars"
+    cell = nbformat.v4.new_code_cell("train()")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stderr", text=text) for text in (
+        "\repochs:  50%|█████     | 1/2 [00:01<00:01, 1.0it/s]", "\r          ", "\x1b[A", "\n",
+        "\rbar:   0%|          | 0/9 [00:00<?, ?it/s]\nUserWarning: unsound\n")]
+    cell.outputs.append(nbformat.v4.new_output("stream", name="stdout", text="\n"))
+    nb = nbformat.v4.new_notebook(cells=[cell])
+    assert strip_progress(nb) == 4
+    assert [o.text for o in nb.cells[0].outputs] == ["UserWarning: unsound\n", "\n"]
