@@ -1,27 +1,31 @@
 #!/usr/bin/env bash
-# Reproduce every table and figure (./reproduce.sh [options]) or run the tests (./reproduce.sh test).
-# Each run also keeps its executed notebook in OUT/NAME/NAME.ipynb and renders OUT/site/index.html.
+# Re-make every committed table and figure (./reproduce.sh [options]) or run the tests (./reproduce.sh test).
 #
 #   ./reproduce.sh [--profile smoke|cpu|paper] [--device auto|cpu|cuda] [--only NAME[,NAME]]
 #                  [--out DIR] [--data DIR] [--chunk-seconds N] [--resume] [--grid-address ADDR]
 #                  [--part-profile NOTEBOOK:PART=PROFILE[,...]]
 #   ./reproduce.sh test [pytest args]
 #
-# --part-profile runs parts of a notebook at another profile than --profile, e.g.
-# --profile cpu --part-profile clip:MNIST=paper (CLIP's MNIST rows at the paper's settings); every
-# row, table and results.json then says which profile produced it.
+# With no --profile or --part-profile, each notebook re-runs at the setting its committed result
+# records (figures/MANIFEST.json: profile of each part, seed, device, options; lipcore.manifest).
+# A notebook with no result runs at paper with CUDA, else cpu. An explicit setting that would
+# put any part of a committed result at a lower profile is written beside it, to
+# figures/variants/<profile>/, never over it.
 #
-# Grids of training runs (lipschitz_loss) go to a Dask cluster: by default a local one (one
-# worker per GPU, or one CPU worker); --grid-address tcp://host:8786 names a running scheduler.
+# At the end the script prints how close the run came: per notebook and in total, how many
+# reported numbers are identical to the ones they replaced, within a stated tolerance, or
+# different (lipcore.summary; also in REPORT.md). Each run keeps its executed notebook, without
+# progress bars, in OUT/NAME/NAME.ipynb and renders OUT/site/index.html.
 #
+# --part-profile runs parts of a notebook at another profile, e.g. --part-profile clip:MNIST=paper.
+# Grids of training runs (lipschitz_loss) go to a local Dask cluster, or --grid-address's scheduler.
 # Chunked runs: --chunk-seconds N stops starting new training N seconds in (trained models stay
-# cached) and exits with status 75; the same command with --resume then skips the notebooks
-# already finished and continues. Exit 0 means every selected notebook finished.
+# cached) and exits with status 75; the same command with --resume continues. Exit 0 means every
+# selected notebook finished. Details: docs/reproducing.md.
 #
 # Python: $LIPCORE_PYTHON if set; else .venv/ if it exists; else the current python3 when it
-# already has everything (e.g. a GPU machine without a package registry); else a new .venv/ is
-# bootstrapped with pip (pip install -e .[dev] plus $LIPCORE_TORCH, default torch==2.14.1
-# torchvision==0.29.1, in the same step so that pip cannot swap torch).
+# already has everything; else a new .venv/ is bootstrapped with pip (pip install -e .[dev] plus
+# $LIPCORE_TORCH, default torch==2.14.1 torchvision==0.29.1, in the same step).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$ROOT"
@@ -78,7 +82,7 @@ if [[ "${1:-}" == "test" ]]; then
     run_tests "$@"
 fi
 
-PROFILE="" DEVICE=auto ONLY="" OUT="$ROOT/figures" DATA="${LIPCORE_DATA:-}" CHUNK="" RESUME=""
+PROFILE="" DEVICE="" PART_SPEC="" ONLY="" OUT="$ROOT/figures" DATA="${LIPCORE_DATA:-}" CHUNK="" RESUME=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --profile) PROFILE="${2:?--profile needs a value}"; shift 2 ;;
@@ -89,12 +93,12 @@ while [[ $# -gt 0 ]]; do
         --chunk-seconds) CHUNK="${2:?--chunk-seconds needs a value}"; shift 2 ;;
         --resume) RESUME=1; shift ;;
         --grid-address) export LIPCORE_GRID_ADDRESS="${2:?--grid-address needs a value}"; shift 2 ;;
-        --part-profile) export LIPCORE_PART_PROFILES="${2:?--part-profile needs a value}"; shift 2 ;;
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        --part-profile) PART_SPEC="${2:?--part-profile needs a value}"; shift 2 ;;
+        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
         *) die "unknown option '$1' (see ./reproduce.sh --help)" ;;
     esac
 done
-case "$DEVICE" in auto|cpu|cuda) ;; *) die "--device must be auto, cpu or cuda, not '$DEVICE'" ;; esac
+case "$DEVICE" in ""|auto|cpu|cuda) ;; *) die "--device must be auto, cpu or cuda, not '$DEVICE'" ;; esac
 case "$PROFILE" in ""|smoke|cpu|paper) ;; *) die "--profile must be smoke, cpu or paper, not '$PROFILE'" ;; esac
 [[ -z "$CHUNK" || "$CHUNK" =~ ^[0-9]+$ ]] || die "--chunk-seconds must be a whole number of seconds, not '$CHUNK'"
 
@@ -114,8 +118,8 @@ if [[ -n "$DATA" ]]; then
     [[ -d "$DATA" ]] || die "--data directory '$DATA' does not exist; point it at the folder with mnist.npz and fashion_mnist.npz"
     DATA="$(cd "$DATA" && pwd)"
 fi
-if [[ -n "${LIPCORE_PART_PROFILES:-}" ]]; then
-    IFS=',' read -r -a PARTS <<< "$LIPCORE_PART_PROFILES"
+if [[ -n "$PART_SPEC" ]]; then
+    IFS=',' read -r -a PARTS <<< "$PART_SPEC"
     for part in "${PARTS[@]}"; do
         [[ "$part" =~ ^[A-Za-z0-9_]+:[^=,]+=(smoke|cpu|paper)$ ]] \
             || die "--part-profile entry '$part' must read NOTEBOOK:PART=smoke|cpu|paper, e.g. clip:MNIST=paper"
@@ -127,44 +131,66 @@ choose_python
 # the kernel's inline backend embeds every figure in the executed notebook (Agg would drop them)
 export MPLBACKEND=module://matplotlib_inline.backend_inline
 export LIPCORE_PROGRESS="${LIPCORE_PROGRESS:-text}"   # plain-text bars show in the terminal log
-if [[ -z "$PROFILE" ]]; then
-    PROFILE="$("$PY" -c 'import torch; print("paper" if torch.cuda.is_available() else "cpu")')"
-fi
 OUT_EXISTED=""; [[ -d "$OUT" ]] && OUT_EXISTED=1
 mkdir -p "$OUT" outputs
 OUT="$(cd "$OUT" && pwd)"
 cleanup_failed() {  # nothing half-made stays behind: the staging folder, an --out made for nothing
-    rm -rf "$OUT/.$1.partial"
+    rm -rf "$2/.$1.partial"
     [[ -n "$OUT_EXISTED" ]] || rmdir "$OUT" 2>/dev/null || true
 }
 
-echo "reproduce.sh: profile=$PROFILE device=$DEVICE out=$OUT data=${DATA:-<torchvision download>}"
-FINISHED="outputs/.finished-$PROFILE"         # notebooks done by earlier chunks of this run
-[[ -z "${LIPCORE_PART_PROFILES:-}" ]] || FINISHED+="-$(printf %s "$LIPCORE_PART_PROFILES" | cksum | cut -d' ' -f1)"
-[[ -n "$RESUME" ]] || : > "$FINISHED"
+# what each notebook runs at, and where it writes (lipcore.manifest): name, output root,
+# papermill parameters (JSON), $LIPCORE_PART_PROFILES, note
+plan_args=(--out "$OUT" --only "$(IFS=,; echo "${SELECTED[*]}")")
+[[ "$OUT" != "$ROOT/figures" ]] || plan_args+=(--default-out)
+[[ -z "$PROFILE" ]] || plan_args+=(--profile "$PROFILE")
+[[ -z "$PART_SPEC" ]] || plan_args+=(--part-profile "$PART_SPEC")
+[[ -z "$DEVICE" ]] || plan_args+=(--device "$DEVICE")
+"$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' && plan_args+=(--cuda)
+"$PY" -m lipcore.manifest plan "${plan_args[@]}" > outputs/.plan || { cleanup_failed none "$OUT"; exit 1; }
+
+echo "reproduce.sh: out=$OUT data=${DATA:-<torchvision download>}"
+RUN_ID="$(printf '%s|' "$PROFILE" "$PART_SPEC" "$DEVICE" "$OUT" "${SELECTED[@]}" | cksum | cut -d' ' -f1)"
+FINISHED="outputs/.finished-$RUN_ID"       # notebooks done by earlier chunks of this run
+PREVIOUS="outputs/previous"                 # each result as it was before this run, to compare
+if [[ -z "$RESUME" ]]; then
+    : > "$FINISHED"
+    rm -rf "$PREVIOUS"
+fi
 touch "$FINISHED"
+mkdir -p "$PREVIOUS"
 if [[ -n "$CHUNK" ]]; then
     LIPCORE_DEADLINE=$(( $(date +%s) + CHUNK ))
     export LIPCORE_DEADLINE
 fi
-i=0
-for name in "${SELECTED[@]}"; do
+i=0 n=${#SELECTED[@]} ROOTS=("$OUT") DONE=()
+while IFS=$'\t' read -r -u 3 name dest params parts note; do   # fd 3: papermill reads stdin
     i=$((i + 1))
+    DONE+=("$dest/$name")
+    [[ " ${ROOTS[*]} " == *" $dest "* ]] || ROOTS+=("$dest")
     if grep -qx "$name" "$FINISHED"; then
-        echo "[$i/${#SELECTED[@]}] $name: finished by an earlier chunk (--resume), skipped"
+        echo "[$i/$n] $name: finished by an earlier chunk (--resume), skipped"
         continue
     fi
-    echo "[$i/${#SELECTED[@]}] $name ..."
+    echo "[$i/$n] $name ($note) ..."
     start=$(date +%s)
     path="$(notebook_path "$name")"
-    params=()
-    if [[ "$path" == "notebooks/$name.ipynb" ]]; then       # lessons take no parameters
-        params=(-p profile "$PROFILE" -p device "$DEVICE" -p out_dir "$OUT")
-        [[ -z "$DATA" ]] || params+=(-p data_dir "$DATA")
+    if [[ ! -d "$PREVIOUS/$name" ]]; then      # keep the old numbers before they are overwritten
+        mkdir -p "$PREVIOUS/$name"
+        for f in results.json comparison.csv; do
+            [[ ! -f "$dest/$name/$f" ]] || cp "$dest/$name/$f" "$PREVIOUS/$name/"
+        done
     fi
-    if ! "$PY" -m papermill "$path" "outputs/$name.ipynb" --cwd "$(dirname "$path")" \
-            --kernel python3 --progress-bar --log-output "${params[@]}"; then
-        cleanup_failed "$name"
+    [[ "$parts" != "-" ]] || parts=""
+    args=()
+    if [[ "$params" != "-" ]]; then             # lessons take no parameters
+        echo "    parameters $params${parts:+, part profiles $parts}"
+        args=(-y "$params" -p out_dir "$dest")
+        [[ -z "$DATA" ]] || args+=(-p data_dir "$DATA")
+    fi
+    if ! LIPCORE_PART_PROFILES="$parts" "$PY" -m papermill "$path" "outputs/$name.ipynb" \
+            --cwd "$(dirname "$path")" --kernel python3 --progress-bar --log-output "${args[@]}"; then
+        cleanup_failed "$name" "$dest"
         if grep -q DeadlineReached "outputs/$name.ipynb"; then
             echo "reproduce.sh: chunk ended in '$name' (--chunk-seconds $CHUNK); trained models are cached: run the same command with --resume to continue" >&2
             exit 75
@@ -172,12 +198,20 @@ for name in "${SELECTED[@]}"; do
         die "notebook '$name' failed; the executed notebook with the error is outputs/$name.ipynb"
     fi
     echo "$name" >> "$FINISHED"
-    mkdir -p "$OUT/$name"                                 # a lesson writes no other output
-    cp "outputs/$name.ipynb" "$OUT/$name/$name.ipynb"    # the results, readable on GitHub/JupyterLab
-    echo "[$i/${#SELECTED[@]}] $name done in $(( $(date +%s) - start )) s"
-done
+    mkdir -p "$dest/$name"                                # a lesson writes no other output
+    # the results, readable on GitHub/JupyterLab, without progress-bar output
+    "$PY" -m lipcore.executed "outputs/$name.ipynb" "$dest/$name/$name.ipynb" >/dev/null
+    [[ "$params" == "-" ]] || "$PY" -m lipcore.summary compare "$PREVIOUS/$name" "$dest/$name"
+    echo "[$i/$n] $name done in $(( $(date +%s) - start )) s"
+done 3< outputs/.plan
 export MPLBACKEND=Agg
-"$PY" -m lipcore.report "$OUT"
-echo "reproduce.sh: report written to $OUT/REPORT.md"
+for root in "${ROOTS[@]}"; do
+    "$PY" -m lipcore.report "$root" >/dev/null
+    echo "reproduce.sh: report written to $root/REPORT.md"
+done
+"$PY" -m lipcore.manifest write --out "$OUT" >/dev/null
+echo "reproduce.sh: what each result was made with: $OUT/MANIFEST.json"
 "$PY" -m lipcore.site "$OUT" >/dev/null
 echo "reproduce.sh: HTML book written to $OUT/site/index.html"
+echo
+"$PY" -m lipcore.summary print "${DONE[@]}"

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .io import write_text
+from .summary import load, summary_lines
 
 
 def deviation_columns(table: pd.DataFrame) -> pd.DataFrame:
@@ -90,6 +91,12 @@ def build_report(figures_dir: str | Path) -> Path:
               "this repository computed; `deviation` = reproduced - paper.", ""]
     if not folders:
         header.append(f"No notebook outputs found in {figures_dir}.")
+    reproduced = load(folders)
+    if reproduced:
+        header += ["## How close the last re-run of each notebook came", "",
+                   "Each notebook's numbers against the result its last run replaced "
+                   "(`lipcore.summary`; the commits say which code made each).", "",
+                   *summary_lines(reproduced), ""]
     path = figures_dir / "REPORT.md"
     write_text(path, "\n".join(header + [notebook_section(f) for f in folders]) + "\n")
     return path

@@ -196,7 +196,10 @@ class NotebookRun:
                        device=device_description(self.device), seed=self.seed,
                        git_commit=git_commit(),
                        wall_seconds=round(time.perf_counter() - self.started, 2),
-                       data=self.data, **fields)
+                       data=self.data,
+                       setting=dict(profile=self.profile, part_profiles=self.part_profiles,
+                                    seed=self.seed, device=self.device),   # lipcore.manifest
+                       **fields)
         write_text(self.dir / "results.json", json.dumps(results, indent=2, default=float) + "\n")
         old = self.final_dir.with_name(f".{self.notebook}.old")
         shutil.rmtree(old, ignore_errors=True)

@@ -1,5 +1,6 @@
 """Part of a notebook at one profile, the rest at another (issue 20), shipped models for runs
 resumed elsewhere, and the safe default output folder of interactive runs (issue 18)."""
+import json
 import os
 import subprocess
 import sys
@@ -112,3 +113,25 @@ def test_executing_a_notebook_with_jupyters_defaults_leaves_git_status_clean(tmp
     assert status() == before
     executed = (tmp_path / "lipsdp_counterexample.ipynb").read_text()
     assert "outputs/scratch" in executed          # and it said where its outputs went
+
+
+def test_a_run_at_the_recorded_setting_reproduces_the_record(tmp_path):
+    """Issue 28, the manifest round trip: a smoke run records its setting; ./reproduce.sh with no
+    options re-runs exactly that and its summary finds every number identical. (About 3 min.)"""
+    def reproduce(*args):
+        result = subprocess.run(["./reproduce.sh", "--only", "lipsdp_counterexample",
+                                 "--out", str(tmp_path), *args], cwd=REPO_ROOT,
+                                capture_output=True, text=True, timeout=900,
+                                env={**os.environ, "LIPCORE_PROGRESS": "0"})
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout
+    reproduce("--profile", "smoke")
+    manifest = json.loads((tmp_path / "MANIFEST.json").read_text())["notebooks"]
+    assert manifest["lipsdp_counterexample"]["profile"] == "smoke"
+    before = pd.read_csv(tmp_path / "lipsdp_counterexample" / "comparison.csv")
+    out = reproduce()
+    assert "(the recorded setting)" in out and '"profile": "smoke"' in out
+    assert f"{len(before)} identical, 0 within tolerance, 0 different" in out
+    assert json.loads((tmp_path / "MANIFEST.json").read_text())["notebooks"] == manifest
+    report = (tmp_path / "REPORT.md").read_text()
+    assert f"{len(before)} identical" in report

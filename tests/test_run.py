@@ -135,3 +135,68 @@ def test_report_lists_the_claims_and_links_the_executed_notebook(tmp_path):
     text = build_report(tmp_path).read_text()
     assert "* holds: A beats B" in text and "* **does not hold**: B beats A" in text
     assert "(nb/nb.ipynb)" in text
+
+
+def _result(figures, name, profile, profiles=None, device="cpu (x86_64, 2 cores)", rows=()):
+    run = start_run(name, profile=profile, device="cpu", out_dir=figures,
+                    part_profiles={k: v for k, v in (profiles or {}).items() if v != profile})
+    if profiles:
+        run.profiles(list(profiles))
+    for i, value in enumerate(rows):
+        run.compare("T", f"r{i}", "acc", None, value, "%")
+    run.finish()
+    return figures / name
+
+
+def test_the_manifest_records_each_setting_and_reruns_it_unless_told_otherwise(tmp_path):
+    """Issue 28: no options re-run the recorded setting; a lower profile goes beside, never over."""
+    from lipcore.manifest import plan, recorded, write_manifest
+    _result(tmp_path, "mixed_nb", "cpu", {"MNIST": "paper", "Fashion-MNIST": "cpu"})
+    _result(tmp_path, "paper_nb", "paper")
+    setting, parts = recorded(tmp_path / "mixed_nb")
+    assert (setting.profile, setting.part_profiles) == ("cpu", {"MNIST": "paper"})
+    assert parts == {"MNIST": "paper", "Fashion-MNIST": "cpu"} and setting.device == "cpu"
+    again = plan("mixed_nb", tmp_path)
+    assert again.out == tmp_path and again.setting.part_spec("mixed_nb") == "mixed_nb:MNIST=paper"
+    lower = plan("mixed_nb", tmp_path, profile="cpu")
+    assert lower.out == tmp_path / "variants" / "cpu" and "MNIST" in lower.note
+    assert plan("paper_nb", tmp_path, profile="smoke").out == tmp_path / "variants" / "smoke"
+    assert plan("mixed_nb", tmp_path, profile="paper").out == tmp_path      # only raises
+    assert plan("paper_nb", tmp_path, profile="cpu", default_out=False).out == tmp_path
+    assert plan("new_nb", tmp_path).setting.profile == "cpu"               # no record, no CUDA
+    manifest = json.loads(write_manifest(tmp_path).read_text())["notebooks"]
+    assert manifest["mixed_nb"]["command"].endswith("--part-profile mixed_nb:MNIST=paper")
+    assert manifest["paper_nb"]["profile"] == "paper"
+
+
+def test_a_result_made_on_a_gpu_is_not_silently_rerun_on_a_cpu(tmp_path):
+    from lipcore.manifest import plan
+    folder = _result(tmp_path, "gpu_nb", "paper")
+    results = json.loads((folder / "results.json").read_text())
+    (folder / "results.json").write_text(json.dumps(results | {"device": "cuda (H200)"}))
+    with pytest.raises(SystemExit, match="--device cpu"):
+        plan("gpu_nb", tmp_path, cuda=False)
+    assert plan("gpu_nb", tmp_path, device="cpu").setting.device == "cpu"
+
+
+def test_the_summary_sorts_numbers_into_identical_within_tolerance_and_different(tmp_path):
+    from lipcore.summary import compare, summary_lines
+    old = _result(tmp_path / "a", "nb", "cpu", rows=[90.0, 80.0, 70.0])
+    new = _result(tmp_path / "b", "nb", "cpu", rows=[90.0, 80.0 * (1 + 1e-12), 71.0, 5.0])
+    s = compare(old, new)
+    assert (s["identical"], s["within_tolerance"], s["different"]) == (1, 1, 2)
+    assert [(d["row"], d["old"], d["new"]) for d in s["differences"]] == [
+        ("r2", 70.0, 71.0), ("r3", None, 5.0)]
+    assert json.loads((new / "reproduction.json").read_text()) == s
+    text = "\n".join(summary_lines([s]))
+    assert "1 identical, 1 within tolerance, 2 different" in text and "| 70 | 71 |" in text
+    assert "deterministic: bit-identical" in text
+    assert "How close" in build_report(tmp_path / "b").read_text()
+
+
+def test_timings_are_held_to_a_stated_band_not_to_bits():
+    from lipcore.summary import kind_of, within
+    row = pd.Series(dict(artifact="T", row="r", metric="train_seconds", unit="s"))
+    assert kind_of(row, on_gpu=False) == "timing"
+    assert within(10.0, 19.0, "timing") and not within(10.0, 25.0, "timing")
+    assert not within(1.0, 1.0 + 1e-6, "deterministic")
