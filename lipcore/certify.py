@@ -32,6 +32,7 @@ from .estimators import liplt, lipsdp
 from .estimators.compositional import compositional_bound
 from .estimators.layerwise import op_bound
 from .estimators.liplt_ops import liplt_bounds, operator_chain, sound_norms
+from .graph import Graph
 from .trace import Chain, batch_norm_scale, eval_mode, float64_copy, model_dtype_device, trace
 
 FLOAT_ALLOWANCE = 1e-9     # relative: float64 SVDs, Cholesky proofs and FFTs err by ~1e-12 here
@@ -109,7 +110,13 @@ def lipschitz_bound(model: nn.Module, method: str = "lipsdp",
         raise ValueError(f"unknown bound method {method!r}; choose one of {sorted(BOUND_METHODS)}")
     start = time.perf_counter()
     chain = trace(model, input_shape)
-    if method == "naive":
+    if isinstance(chain, Graph):
+        if method != "naive":
+            raise ValueError(f"this model has skip connections; method={method!r} needs a plain "
+                             "chain of layers (use method='naive', the layer-wise bound through "
+                             "the graph)")
+        value = chain.bound()
+    elif method == "naive":
         value = math.prod(op_bound(op) for op in chain.ops)
     else:
         try:

@@ -41,8 +41,11 @@ from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
 from .models import FullyConnected, PooledMLP
+from .resnets import BasicBlock, CifarResNet, _Shortcut
 
 CONTAINERS = (nn.Sequential, FullyConnected, PooledMLP)   # forward = children in order
+TRACED = (CifarResNet, BasicBlock, _Shortcut)   # lipcore's own residual modules: torch.fx reads
+                                               # their forward (lipcore.graph)
 CHECK_POINTS = 4                                          # random inputs of the chain check
 
 
@@ -207,6 +210,17 @@ class Chain:
     def affine(self) -> list[Op]:
         return [op for op in self.ops if op.kind == "affine"]
 
+    def float64(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The chain's function in float64 on the CPU, from its own parameters."""
+        apply = [LEAVES[_base_type(op.module)].apply for op in self.ops]
+        mods = [Float64View(op.module) for op in self.ops]
+
+        def f(x: torch.Tensor) -> torch.Tensor:
+            for fn, m in zip(apply, mods):
+                x = fn(m, x)
+            return x
+        return f
+
 
 def _base_type(m: nn.Module) -> type:
     return type(m)
@@ -229,7 +243,7 @@ def _refusal(path: str, m: nn.Module) -> str | None:
                 "leave_parametrized=True) on a copy), so that the weights bounded are the weights "
                 "run")
     kind = _base_type(m)
-    if kind in CONTAINERS:
+    if kind in CONTAINERS or kind in TRACED:
         return None
     if kind not in LEAVES:
         near = next((base.__name__ for base in (*LEAVES, *CONTAINERS) if isinstance(m, base)),
@@ -329,13 +343,19 @@ def infer_input_shape(model: nn.Module) -> tuple[int, ...]:
                      f"is {type(first).__name__}, whose input size lipcore cannot infer")
 
 
-def trace(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> Chain:
+def trace(model: nn.Module, input_shape: tuple[int, ...] | None = None):
     """The verified chain of ``model`` on inputs of ``input_shape`` (no batch axis; inferred for
-    dense nets), or :class:`NotAnalysable` saying which module cannot be analysed and why."""
+    dense nets), or :class:`NotAnalysable` saying which module cannot be analysed and why. A
+    model with lipcore's residual blocks gives a :class:`lipcore.graph.Graph` instead."""
     layers = leaves(model)
     if not layers:
         raise NotAnalysable("the model has no layers lipcore can analyse")
     shape = tuple(input_shape) if input_shape is not None else infer_input_shape(model)
+    if any(type(m) in TRACED for m in model.modules()):
+        from .graph import trace_graph
+        graph = trace_graph(model, shape)
+        verify(graph, model)
+        return graph
     dtype, device = model_dtype_device(model)
     seen: list[tuple[nn.Module, tuple[int, ...], tuple[int, ...]]] = []
     handles = [m.register_forward_hook(lambda mod, args, out: seen.append(
@@ -361,8 +381,9 @@ def trace(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> Chain
     return chain
 
 
-def verify(chain: Chain, model: nn.Module, points: int = CHECK_POINTS, seed: int = 0) -> None:
-    """Refuse (NotAnalysable) unless the chain, evaluated from its own parameters in float64,
+def verify(chain, model: nn.Module, points: int = CHECK_POINTS, seed: int = 0) -> None:
+    """Refuse (NotAnalysable) unless the chain (or graph, :mod:`lipcore.graph`), evaluated from
+    its own parameters in float64,
     gives the model's outputs and Jacobian-vector products at ``points`` random inputs, up to
     the rounding of the model's dtype (relative tolerance 10 sqrt(eps))."""
     dtype, device = model_dtype_device(model)
@@ -371,7 +392,7 @@ def verify(chain: Chain, model: nn.Module, points: int = CHECK_POINTS, seed: int
     x[points // 2:] = 4 * torch.randn(points - points // 2, *chain.input_shape, generator=gen,
                                       dtype=torch.float64)
     v = torch.randn(x.shape, generator=gen, dtype=torch.float64)
-    exact = _double_chain(chain)
+    exact = chain.float64()
     with eval_mode(model):
         got, got_jvp = torch.func.jvp(model, (x.to(device, dtype),), (v.to(device, dtype),))
         want, want_jvp = torch.func.jvp(exact, (x,), (v,))
@@ -394,8 +415,9 @@ def float64_copy(model: nn.Module, device: str | torch.device = "cpu") -> nn.Mod
     return copy.deepcopy(model).double().to(device).eval()
 
 
-class _Float64View:
-    """A layer's attributes with its tensors in float64 (for :func:`_double_chain`)."""
+class Float64View:
+    """A layer's attributes with its tensors in float64 (to evaluate a traced net from its own
+    parameters)."""
 
     def __init__(self, module: nn.Module):
         self._module = module
@@ -403,15 +425,3 @@ class _Float64View:
     def __getattr__(self, name: str):
         value = getattr(self._module, name)
         return value.detach().double().cpu() if torch.is_tensor(value) else value
-
-
-def _double_chain(chain: Chain) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The chain's function in float64 on the CPU, from copies of its parameters."""
-    apply = [LEAVES[_base_type(op.module)].apply for op in chain.ops]
-    mods = [_Float64View(op.module) for op in chain.ops]
-
-    def f(x: torch.Tensor) -> torch.Tensor:
-        for fn, m in zip(apply, mods):
-            x = fn(m, x)
-        return x
-    return f

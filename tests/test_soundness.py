@@ -327,3 +327,30 @@ def test_certified_radii_refuses_bools_asymmetric_negative_diagonal_and_overflow
         huge.bias.copy_(torch.tensor([1e300, -1e300], dtype=torch.float64))
     with pytest.raises(ValueError, match="overflows"):
         certified_radii(huge, (torch.ones(1, 1), torch.zeros(1, dtype=torch.long)), 1e-300)
+
+
+@pytest.mark.parametrize("name", ["resnet20", "preresnet20"])
+def test_lipcores_residual_nets_are_bounded_through_their_skip_connections(name):
+    """A residual net is a graph (lipcore.graph): the layer-wise bound through it is at least
+    every Jacobian norm ascent finds, and no certified point falls inside its radius."""
+    from lipcore.models import residual_net
+    torch.manual_seed(0)
+    net = residual_net(name, channels=1, seed=0)
+    net.train()
+    net(torch.rand(64, 1, 8, 8))                    # running statistics for BatchNorm
+    net.eval()
+    bound = lipschitz_bound(net, "naive", (1, 8, 8)).value
+    lower = largest_jacobian_norm(float64_copy(net), (1, 8, 8), points=8, steps=5)
+    assert bound >= lower
+    with pytest.raises(ValueError, match="skip connections"):
+        lipschitz_bound(net, "liplt", (1, 8, 8))
+    x = torch.rand(32, 1, 8, 8)
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    radii = certified_radii(net, (x, y), lower / 20)    # a deliberately unsound bound ...
+    certified = radii > 0
+    # ... certifies points that an attack can break: the test's attack has teeth
+    assert attack_inside(net, x[certified], y[certified], radii[certified]).any()
+    radii = certified_radii(net, (x, y), bound)
+    if (radii > 0).any():
+        assert not attack_inside(net, x[radii > 0], y[radii > 0], radii[radii > 0]).any()

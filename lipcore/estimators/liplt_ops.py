@@ -129,7 +129,11 @@ def operator_chain(model: nn.Module, input_shape: tuple[int, ...]) -> OperatorCh
     of their slope bounds. Raises a clear error for anything else (pooling, batch norm, residual
     connections)."""
     ops, slopes, expect_op = [], [], True
-    for op in trace(model, input_shape).ops:
+    chain = trace(model, input_shape)
+    if not hasattr(chain, "ops"):
+        raise ValueError("LipLT (here) needs a plain chain of layers; this model has skip "
+                         "connections (use method='naive')")
+    for op in chain.ops:
         if op.kind in ("reshape", "identity"):
             continue
         if op.kind == "affine" and expect_op:
