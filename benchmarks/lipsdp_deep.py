@@ -118,7 +118,8 @@ def markdown(results: dict) -> str:
     lines = ["| net | LipSDP-neuron (lipcore) | status | compositional (lipcore) | "
              "ECLipsE-Fast | ECLipsE (SCS) |", "|---|---|---|---|---|---|"]
     for r in results["rows"]:
-        ok = "" if r["lipsdp"]["certified"] and r["compositional"]["certified"] else " NOT CERTIFIED"
+        certified = r["lipsdp"]["certified"] and r["compositional"]["certified"]
+        ok = "" if certified else " NOT CERTIFIED"
         lines.append(f"| {r['widths']} | {cell(r['lipsdp'])}{ok} | {r['lipsdp']['status']} | "
                      f"{cell(r['compositional'])} | {cell(r['eclipse_fast'])} | "
                      f"{cell(r['eclipse'])} |")
@@ -146,7 +147,8 @@ def main(argv: list[str] | None = None) -> None:
         big = len(widths) - 2 >= 100 or widths[1] >= 1024
         rows.append(run_net(widths, args.budget * (3 if big else 1), args.eclipse_cap))
     meta = dict(commit=git_commit(), machine=platform.processor() or platform.machine(),
-                cores=mp.cpu_count(), blas_threads=[i.get("num_threads") for i in threadpool_info()],
+                cores=mp.cpu_count(),
+                blas_threads=[i.get("num_threads") for i in threadpool_info()],
                 seconds=time.perf_counter() - start, net="fully_connected(widths, 'relu', seed=0)")
     args.out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1) + "\n")
     plot(rows, args.out.with_suffix(".png"))

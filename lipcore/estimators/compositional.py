@@ -3,12 +3,13 @@
 Read beside :mod:`lipcore.estimators.chain`. With layer multipliers T_k = L^2 lambda_k I, divide
 Q = -P(L^2, T) by L^2 and eliminate forward from the input block (block LDL^T):
 
-    M_0 = I,   M_k = 2 lambda_k I - c^2 lambda_k^2 W^{k-1} M_{k-1}^{-1} W^{k-1}^T,   c = alpha + beta
+    M_0 = I,  M_k = 2 lambda_k I - c^2 lambda_k^2 W^{k-1} M_{k-1}^{-1} W^{k-1}^T,  c = alpha + beta
 
 (the PSD terms 2 alpha beta W^T T W are dropped: that only shrinks Q, so it stays sound). Q >= 0,
 hence Theorem 1, holds as soon as every M_k > 0 and M_l >= W^l^T W^l / L^2. The closed form
 chooses each lambda_k to maximise the smallest eigenvalue of M_k, 2 lambda - c^2 lambda^2 sigma_k
-with sigma_k = lambda_max(W^{k-1} M_{k-1}^{-1} W^{k-1}^T), i.e. lambda_k = 1 / (c^2 sigma_k), and then
+with sigma_k = lambda_max(W^{k-1} M_{k-1}^{-1} W^{k-1}^T), i.e. lambda_k = 1 / (c^2 sigma_k), and
+then
 
     L^2 = lambda_max(W^l M_l^{-1} W^l^T)                     (ECLipsE-Fast's value)
 
@@ -58,8 +59,8 @@ class CompositionalResult:
 
 def _top_eig(S: np.ndarray) -> float:
     n = len(S)
-    return float(scipy.linalg.eigh((S + S.T) / 2.0, eigvals_only=True, subset_by_index=[n - 1, n - 1],
-                                   check_finite=False)[0])
+    return float(scipy.linalg.eigh((S + S.T) / 2.0, eigvals_only=True,
+                                   subset_by_index=[n - 1, n - 1], check_finite=False)[0])
 
 
 def closed_form(weights: Sequence[np.ndarray], alpha: float = 0.0, beta: float = 1.0
@@ -81,7 +82,7 @@ def closed_form(weights: Sequence[np.ndarray], alpha: float = 0.0, beta: float =
         N = 2.0 * np.eye(len(G)) - G / sigma
     Nf = scipy.linalg.cho_factor(N, lower=True, check_finite=False)
     top = _top_eig(W[-1] @ scipy.linalg.cho_solve(Nf, W[-1].T, check_finite=False))
-    L2 = top * np.exp(-log_total)                # lambda_max(W^l M_l^{-1} W^l^T), M_l = lambda_l N_l
+    L2 = top * np.exp(-log_total)       # lambda_max(W^l M_l^{-1} W^l^T), M_l = lambda_l N_l
     return float(L2), np.array(log_lam)
 
 

@@ -87,8 +87,8 @@ def minimise_T(weights: Sequence[np.ndarray], alpha: float, beta: float, couplin
     """Minimise g over diagonal T >= 0 ("neuron": one t per neuron, "layer": one per layer) by
     smoothed L-BFGS on log t (module docstring), from the feasible start ``t0`` (T's diagonal;
     equal within each layer for "layer"). Returns the best t found (by the exact g) and a trace.
-    Stops when g improved by less than ``tol`` (relative) over STALL_WINDOW accepted steps at the finest
-    smoothing, after ``time_budget`` seconds, or after ``max_iterations`` steps."""
+    Stops when g improved by less than ``tol`` (relative) over STALL_WINDOW accepted steps at the
+    finest smoothing, after ``time_budget`` seconds, or after ``max_iterations`` steps."""
     start = time.perf_counter()
     lmi = ChainLMI(weights, alpha, beta)
     if coupling == "layer":                            # one log t per layer
