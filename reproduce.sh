@@ -147,12 +147,14 @@ plan_args=(--out "$OUT" --only "$(IFS=,; echo "${SELECTED[*]}")")
 [[ -z "$PART_SPEC" ]] || plan_args+=(--part-profile "$PART_SPEC")
 [[ -z "$DEVICE" ]] || plan_args+=(--device "$DEVICE")
 "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' && plan_args+=(--cuda)
-"$PY" -m lipcore.manifest plan "${plan_args[@]}" > outputs/.plan || { cleanup_failed none "$OUT"; exit 1; }
+# files of this run (and of its --resume), apart from any other run in the same checkout
+RUN_ID="$(printf '%s|' "$PROFILE" "$PART_SPEC" "$DEVICE" "$OUT" "${SELECTED[@]}" | cksum | cut -d' ' -f1)"
+PLAN="outputs/.plan-$RUN_ID"
+"$PY" -m lipcore.manifest plan "${plan_args[@]}" > "$PLAN" || { cleanup_failed none "$OUT"; exit 1; }
 
 echo "reproduce.sh: out=$OUT data=${DATA:-<torchvision download>}"
-RUN_ID="$(printf '%s|' "$PROFILE" "$PART_SPEC" "$DEVICE" "$OUT" "${SELECTED[@]}" | cksum | cut -d' ' -f1)"
 FINISHED="outputs/.finished-$RUN_ID"       # notebooks done by earlier chunks of this run
-PREVIOUS="outputs/previous"                 # each result as it was before this run, to compare
+PREVIOUS="outputs/previous-$RUN_ID"         # each result as it was before this run, to compare
 if [[ -z "$RESUME" ]]; then
     : > "$FINISHED"
     rm -rf "$PREVIOUS"
@@ -203,7 +205,7 @@ while IFS=$'\t' read -r -u 3 name dest params parts note; do   # fd 3: papermill
     "$PY" -m lipcore.executed "outputs/$name.ipynb" "$dest/$name/$name.ipynb" >/dev/null
     [[ "$params" == "-" ]] || "$PY" -m lipcore.summary compare "$PREVIOUS/$name" "$dest/$name"
     echo "[$i/$n] $name done in $(( $(date +%s) - start )) s"
-done 3< outputs/.plan
+done 3< "$PLAN"
 export MPLBACKEND=Agg
 for root in "${ROOTS[@]}"; do
     "$PY" -m lipcore.report "$root" >/dev/null
