@@ -38,7 +38,7 @@ from torch.utils.data import TensorDataset
 
 from .attacks import AUTOATTACK, as_tensors, breaking_radii
 from .certify import (BOUND_METHODS, certified_accuracy, certified_radii, check_certificates,
-                      lipschitz_bound)
+                      lipschitz_bound, round_up)
 from .estimators import empirical_lower_bound
 from .estimators.lipsdp import LipSDPError
 from .estimators.liplt_ops import PowerIteration, liplt_bounds, operator_chain, sound_norms
@@ -103,37 +103,43 @@ def _timed(fn):
     return fn(), time.perf_counter() - start
 
 
+def _row(method: str, value: float, kind: str, sound: bool, seconds: float, note: str = "") -> dict:
+    return dict(method=method, value=value, kind=kind, sound=sound, seconds=seconds, note=note)
+
+
 def _bound_rows(model: nn.Module, input_shape: tuple[int, ...], x: torch.Tensor
                 ) -> tuple[list[dict], torch.Tensor | None]:
-    """Rows of ``bounds`` and LipLT's sound pairwise matrix (None where it does not apply)."""
-    rows = []
-    for method, label in BOUND_METHODS.items():
-        try:
-            b = lipschitz_bound(model, method, input_shape)
-            rows.append(dict(method=label, value=b.value, kind="upper bound", sound=True,
-                             seconds=b.seconds, note=""))
-        except (ValueError, LipSDPError) as refused:
-            rows.append(dict(method=label, value=math.nan, kind="upper bound", sound=True,
-                             seconds=math.nan, note=str(refused)))
-    pairwise = None
+    """Rows of ``bounds`` and LipLT's sound pairwise matrix (None where it does not apply). On a
+    plain chain, LipLT's sound norms are computed once for its global and pairwise constants."""
     try:
         chain = operator_chain(model, input_shape)
     except ValueError:
         chain = None
+    rows, pairwise = [], None
+    for method, label in BOUND_METHODS.items():
+        try:
+            if method == "liplt" and chain is not None:
+                sound, seconds = _timed(lambda: liplt_bounds(chain, sound_norms(chain), sound=True))
+                pairwise = sound.pairwise.detach()
+                rows.append(_row(label, round_up(float(sound.L)), "upper bound", True, seconds))
+                continue
+            b = lipschitz_bound(model, method, input_shape)
+            rows.append(_row(label, b.value, "upper bound", True, b.seconds))
+        except (ValueError, LipSDPError) as refused:
+            rows.append(_row(label, math.nan, "upper bound", True, math.nan, str(refused)))
     if chain is not None:
         with torch.no_grad():
             estimate, seconds = _timed(lambda: float(liplt_bounds(
                 chain, PowerIteration(chain).norms(chain, POWER_ITERATIONS), sound=False).L))
-        rows.append(dict(method=f"LipLT, power iteration ({POWER_ITERATIONS} steps)",
-                         value=estimate, kind="estimate", sound=False, seconds=seconds,
-                         note="approaches the norms from below: may be too small"))
-        pairwise = liplt_bounds(chain, sound_norms(chain), sound=True).pairwise.detach()
+        rows.append(_row(f"LipLT, power iteration ({POWER_ITERATIONS} steps)", estimate,
+                         "estimate", False, seconds,
+                         "approaches the norms from below: may be too small"))
     flat = nn.Sequential(nn.Unflatten(1, input_shape), model) if len(input_shape) > 1 else model
     lower, seconds = _timed(lambda: empirical_lower_bound(
         flat, math.prod(input_shape), n_random=128, n_ascent=4, steps=30,
         inputs=x[:64].reshape(min(64, len(x)), -1)).value)
-    rows.append(dict(method="empirical (gradient ascent)", value=lower, kind="lower bound",
-                     sound=False, seconds=seconds, note="any sound bound must be at least this"))
+    rows.append(_row("empirical (gradient ascent)", lower, "lower bound", False, seconds,
+                     "any sound bound must be at least this"))
     return rows, pairwise
 
 
