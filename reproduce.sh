@@ -197,7 +197,9 @@ while IFS=$'\t' read -r -u 3 name dest params parts note; do   # fd 3: papermill
             echo "reproduce.sh: chunk ended in '$name' (--chunk-seconds $CHUNK); trained models are cached: run the same command with --resume to continue" >&2
             exit 75
         fi
-        die "notebook '$name' failed; the executed notebook with the error is outputs/$name.ipynb"
+        mkdir -p "$OUT/failed"                   # under --out, where the user asked for outputs
+        mv "outputs/$name.ipynb" "$OUT/failed/$name.ipynb"
+        die "notebook '$name' failed; the executed notebook with the error is $OUT/failed/$name.ipynb"
     fi
     echo "$name" >> "$FINISHED"
     mkdir -p "$dest/$name"                                # a lesson writes no other output

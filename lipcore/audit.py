@@ -42,6 +42,7 @@ from .certify import (BOUND_METHODS, certified_accuracy, certified_radii, check_
 from .estimators import empirical_lower_bound
 from .estimators.lipsdp import LipSDPError
 from .estimators.liplt_ops import PowerIteration, liplt_bounds, operator_chain, sound_norms
+from .cache import safe_load
 from .io import write_text
 
 POWER_ITERATIONS = 100
@@ -182,8 +183,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         "\n\n")[0])
     parser.add_argument("model_file", help="a state dict saved with torch.save(model.state_dict()) "
                         "(read with weights_only=True: it cannot run code)")
-    parser.add_argument("--arch", required=True, help="lipcore architecture of the state dict: "
-                        "a CRM name (4C3F, 6C2F, ...) or dense widths like 784-256-10[:relu]")
+    parser.add_argument("--arch", help="lipcore architecture of the state dict: a CRM name "
+                        "(4C3F, 6C2F, ...) or dense widths like 784-256-10[:relu]")
+    parser.add_argument("--allow-pickle", action="store_true", help="read MODEL_FILE as a whole "
+                        "pickled nn.Module (torch.save(model)) with weights_only=False. This RUNS "
+                        "ANY CODE THE FILE CONTAINS: use it only for a file you made yourself")
     parser.add_argument("--data", default="mnist", help="data set name (default mnist)")
     parser.add_argument("--data-dir", default=None, help="folder of the .npz files (else "
                         "$LIPCORE_DATA)")
@@ -191,12 +195,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=1000, help="test points (default 1000)")
     parser.add_argument("--out", default="audit.html", help="the page to write")
     args = parser.parse_args(argv)
-    model = architecture(args.arch)
-    state = torch.load(args.model_file, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+    if args.allow_pickle:
+        model = torch.load(args.model_file, map_location="cpu", weights_only=False)
+    elif args.arch is None:
+        parser.error("give --arch for a state dict (or --allow-pickle for a file you made)")
+    else:
+        model = architecture(args.arch)
+        model.load_state_dict(safe_load(Path(args.model_file)))
     test = load_dataset(args.data, args.data_dir).test.tensors
     data = tuple(t[:args.samples] for t in test)
-    report = audit(model, data, [float(e) for e in args.eps.split(",")], name=args.arch)
+    report = audit(model, data, [float(e) for e in args.eps.split(",")],
+                   name=args.arch or Path(args.model_file).stem)
     print(report.bounds.to_string(index=False))
     print(report.curves.to_string(index=False))
     print(f"wrote {report.save(args.out)}")

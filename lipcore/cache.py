@@ -5,6 +5,15 @@ everything that determines it: the config, the data fingerprint, the seed and th
 the function that trains it. Changing any of them trains a new model; re-running a notebook with
 the same settings loads the stored one.
 
+Loading never runs code. Every entry is read with ``torch.load(weights_only=True)``, which
+unpickles only tensors, plain containers and numbers, plus the few numpy types training
+histories hold (:data:`SAFE_NUMPY`); a pickle that would call anything else is refused. A cached
+entry that cannot be read that way (damaged, truncated, or crafted) is moved aside to
+``<cache>/quarantine/``, named in a warning, and rebuilt. A shipped net in ``figures/trained/``
+is used only if its SHA-256 digest is listed in ``figures/trained/SHA256SUMS`` (written by
+``python -m lipcore.cache ship``); any other is refused, named, and left for the run to rebuild.
+Cache files get the permissions of the user's umask, so a group can share a cache folder.
+
 Chunked runs. With ``LIPCORE_DEADLINE`` (a Unix time) set, :func:`cached` refuses to *start*
 training once that time has passed, raising :class:`DeadlineReached`; models already trained
 stay in the cache, so running the same notebook again resumes where it stopped. Each process
@@ -18,15 +27,50 @@ import inspect
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
+from numpy._core import multiarray
 
-from .io import atomic_path
+from .io import atomic_path, write_text
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = REPO_ROOT / "figures" / "trained"       # committed nets of long runs' finished cells
+DIGESTS = "SHA256SUMS"                            # in SHIPPED: the digest of every shipped net
+# numpy arrays of numbers in training histories (LipSDP's T, for example); no other globals
+SAFE_NUMPY = [multiarray._reconstruct, np.ndarray, np.dtype, np.dtypes.Float64DType,
+              np.dtypes.Float32DType, np.dtypes.Int64DType, np.dtypes.BoolDType]
+
+
+class UnreadableModel(RuntimeError):
+    """A model file that cannot be read without running code, or not at all."""
+
+
+def safe_load(path: Path) -> Any:
+    """``torch.load`` that cannot run code (``weights_only=True`` with :data:`SAFE_NUMPY`), or
+    :class:`UnreadableModel` naming the file."""
+    try:
+        with torch.serialization.safe_globals(SAFE_NUMPY):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 (damaged zip, refused global, truncated file, ...)
+        raise UnreadableModel(f"{path} cannot be read safely ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:200]})") from exc
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def pinned_digests(folder: Path) -> dict[str, str]:
+    """File name -> SHA-256 of every shipped net listed in ``folder/SHA256SUMS``."""
+    listing = Path(folder) / DIGESTS
+    if not listing.is_file():
+        return {}
+    return {name: digest for digest, name in
+            (line.split() for line in listing.read_text().splitlines() if line.strip())}
 
 
 def cache_dir() -> Path:
@@ -77,9 +121,23 @@ def cached(key: str, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """
     global _builds_this_process
     path = cache_dir() / f"{key}.pt"
-    for stored in (path, SHIPPED / f"{key}.pt"):
-        if stored.is_file():
-            return torch.load(stored, map_location="cpu", weights_only=False)
+    if path.is_file():
+        try:
+            return safe_load(path)
+        except UnreadableModel as bad:
+            aside = quarantine(path)
+            warnings.warn(f"{bad}; moved it to {aside} and training it again", stacklevel=2)
+    shipped = SHIPPED / path.name
+    if shipped.is_file():
+        if pinned_digests(SHIPPED).get(shipped.name) != sha256(shipped):
+            warnings.warn(f"{shipped} is not listed with its SHA-256 in {SHIPPED / DIGESTS}; "
+                          "refused (python -m lipcore.cache ship lists the nets it ships)",
+                          stacklevel=2)
+        else:
+            try:
+                return safe_load(shipped)
+            except UnreadableModel as bad:
+                warnings.warn(f"{bad}; refused, training it again", stacklevel=2)
     _check_deadline()
     _builds_this_process += 1
     obj = build()
@@ -89,6 +147,15 @@ def cached(key: str, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+def quarantine(path: Path) -> Path:
+    """Move a bad cache entry to ``<cache>/quarantine/`` (kept for inspection, not deleted)."""
+    folder = path.parent / "quarantine"
+    folder.mkdir(exist_ok=True)
+    target = folder / f"{path.stem}.{time.strftime('%Y%m%dT%H%M%S')}.{os.getpid()}{path.suffix}"
+    os.replace(path, target)
+    return target
+
+
 def ship(source: Path, target: Path = SHIPPED, max_bytes: int = 5 * 2 ** 20) -> list[Path]:
     """Copy every cached model of ``source`` that ``target`` lacks (atomically) and that is at
     most ``max_bytes`` (large nets are quicker to retrain than to keep in git); returns the new
@@ -96,11 +163,19 @@ def ship(source: Path, target: Path = SHIPPED, max_bytes: int = 5 * 2 ** 20) -> 
     new = []
     for path in sorted(Path(source).glob("*.pt")):
         if not (target / path.name).is_file() and path.stat().st_size <= max_bytes:
+            safe_load(path)                          # never ship what cannot be read safely
             target.mkdir(parents=True, exist_ok=True)
             with atomic_path(target / path.name) as tmp:
                 tmp.write_bytes(path.read_bytes())
             new.append(target / path.name)
+    write_digests(target, {**pinned_digests(target), **{p.name: sha256(p) for p in new}})
     return new
+
+
+def write_digests(folder: Path, digests: dict[str, str]) -> None:
+    """Write ``folder/SHA256SUMS`` (``sha256sum`` format, sorted by name)."""
+    write_text(Path(folder) / DIGESTS,
+               "".join(f"{digests[name]}  {name}\n" for name in sorted(digests)))
 
 
 if __name__ == "__main__":

@@ -102,7 +102,7 @@ class DatasetCorrupt(ValueError):
 
 def _from_npz(name: str, path: Path, classes: int) -> ImageData:
     try:
-        with np.load(path) as archive:
+        with np.load(path, allow_pickle=False) as archive:
             missing = {"x_train", "y_train", "x_test", "y_test"} - set(archive.files)
             if missing:
                 raise DatasetCorrupt(f"{path} lacks arrays {sorted(missing)}; expected "
