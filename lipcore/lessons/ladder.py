@@ -9,13 +9,14 @@ import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
-from ..estimators import empirical_lower_bound, liplt, lipsdp, naive_bound
+from ..estimators import compositional_bound, empirical_lower_bound, liplt, lipsdp, naive_bound
 from ..models import fully_connected
 from ..progress import quiet
 
 # pairs (smaller, larger) whose order is a theorem; any other order between two upper bounds is
 # an observation on the nets drawn
-THEOREMS = (("LipSDP-neuron", "LipSDP-layer"), ("LipLT", "naive"))
+THEOREMS = (("LipSDP-neuron", "LipSDP-layer"), ("LipSDP-neuron", "compositional"),
+            ("LipLT", "naive"))
 
 
 def bound_ladder(depth: int = 2, width: int = 32, activation: str = "tanh", scale: float = 1.0,
@@ -40,6 +41,7 @@ def bound_ladder(depth: int = 2, width: int = 32, activation: str = "tanh", scal
                                                                  seed=seed).value, False)
     timed("LipSDP-neuron", lambda: lipsdp(W, alpha, beta, "neuron", progress=False).bound, True)
     timed("LipSDP-layer", lambda: lipsdp(W, alpha, beta, "layer", progress=False).bound, True)
+    timed("compositional", lambda: compositional_bound(W, alpha, beta).bound, True)
     timed("LipLT", lambda: liplt(W, alpha, beta).L, True)
     timed("naive", lambda: naive_bound(W, beta), True)
     return rows
