@@ -5,6 +5,7 @@ Run ``python -m lipcore.report [FIGURES_DIR]`` (reproduce.sh does this after the
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -35,6 +36,21 @@ def _format(v) -> str:
     return str(v)
 
 
+def code_changed_since(commit: str | None, notebook: str) -> list[str]:
+    """The files of ``lipcore/`` and of the notebook that differ between ``commit`` and HEAD
+    (empty when they agree, or where git or the commit is not available)."""
+    if not commit:
+        return []
+    root = Path(__file__).resolve().parent.parent
+    paths = ["lipcore", *(str(p.relative_to(root)) for p in root.glob(f"notebooks/**/{notebook}.ipynb"))]
+    try:
+        out = subprocess.run(["git", "diff", "--name-only", commit.removesuffix("-dirty"), "HEAD",
+                              "--", *paths], cwd=root, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    return [line for line in out.stdout.splitlines() if line.endswith((".py", ".ipynb"))]
+
+
 def notebook_section(folder: Path) -> str:
     """The REPORT.md section of one notebook's output folder."""
     results = json.loads((folder / "results.json").read_text())
@@ -46,6 +62,13 @@ def notebook_section(folder: Path) -> str:
              f"commit `{results['git_commit']}`, {results['wall_seconds']:.0f} s; data: "
              + (", ".join(f"{k} ({v})" for k, v in results.get("data", {}).items()) or "none"),
              ""]
+    changed = code_changed_since(results.get("git_commit"), results["notebook"])
+    if changed:
+        lines += [f"**Stale: computed at `{results['git_commit']}`; lipcore's code or the notebook "
+                  f"has changed since** ({len(changed)} files: {', '.join(changed[:6])}"
+                  f"{', ...' if len(changed) > 6 else ''}). Today's code may give other numbers; "
+                  f"`./reproduce.sh --only {results['notebook']}` re-runs it and says which moved.",
+                  ""]
     if any(v == "synthetic" for v in results.get("data", {}).values()):
         lines += ["**Synthetic stand-in data: these numbers do not measure the paper's claims.**",
                   ""]

@@ -1,5 +1,6 @@
 """Notebook parameters, atomic outputs, results.json, comparison.csv and REPORT.md."""
 import json
+from pathlib import Path
 
 import matplotlib
 
@@ -200,3 +201,18 @@ def test_timings_are_held_to_a_stated_band_not_to_bits():
     assert kind_of(row, on_gpu=False) == "timing"
     assert within(10.0, 19.0, "timing") and not within(10.0, 25.0, "timing")
     assert not within(1.0, 1.0 + 1e-6, "deterministic")
+
+
+def test_report_marks_a_result_whose_code_changed_since_its_commit():
+    """Issue 28: REPORT.md says plainly when a committed result predates a code change."""
+    import subprocess
+    from lipcore.report import code_changed_since
+    root = Path(__file__).resolve().parents[1]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
+    first = subprocess.run(["git", "rev-list", "--max-parents=0", "HEAD"], cwd=root,
+                           capture_output=True, text=True)
+    if head.returncode or first.returncode or not first.stdout.strip():
+        pytest.skip("no git history here")
+    assert code_changed_since(head.stdout.strip()[:12], "pauli_admm") == []
+    assert "lipcore/certify.py" in code_changed_since(first.stdout.split()[0], "pauli_admm")
+    assert code_changed_since(None, "pauli_admm") == []
