@@ -166,9 +166,10 @@ def test_every_bound_of_a_users_net_is_ordered_or_says_why_it_does_not_apply():
     conv = nn.Sequential(nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
                          nn.Linear(4 * 4 * 4, 3))
     rows = lessons.every_bound(dense, (1, 3, 4))
-    assert (rows.sound == "sound upper bound").sum() == 3
+    assert (rows.sound == "sound upper bound").sum() == 4     # LipSDP, compositional, LipLT, naive
     lower = rows.bound["empirical lower bound"]
     assert lower <= rows.bound["LipSDP-neuron"] * (1 + 1e-6) <= rows.bound["LipLT"] * (1 + 1e-6)
+    assert rows.bound["LipSDP-neuron"] <= rows.bound["compositional (ECLipsE-Fast, scaled)"] * (1 + 1e-9)
     assert rows.bound["LipLT"] <= rows.bound["naive (layer-wise product)"] * (1 + 1e-6)
     rows = lessons.every_bound(conv, (1, 8, 8))
     assert rows.sound["LipSDP-neuron"] == "does not apply"
