@@ -27,7 +27,7 @@ def trained():
     return test, net
 
 
-@pytest.mark.parametrize("variant,step", [("paper", 0.25), ("code", 0.5)])
+@pytest.mark.parametrize("variant,step", [("paper", 0.25), ("code", 0.5), ("l2", 0.25)])
 def test_pgd_stays_in_the_ball_and_the_box(trained, variant, step):
     test, net = trained
     x, y = test.tensors[0][:64], test.tensors[1][:64]
@@ -82,3 +82,14 @@ def test_bad_pgd_parameters():
         pgd_l2(nn.Identity(), torch.zeros(1, 2), torch.zeros(1).long(), variant="fgsm")
     with pytest.raises(ValueError, match="eps > 0"):
         pgd_l2(nn.Identity(), torch.zeros(1, 2), torch.zeros(1).long(), eps=0.0)
+
+
+def test_an_l2_step_has_length_step_and_a_sign_step_sqrt_d_times_more():
+    """Why eq. (13)'s sign steps are weak for l2 (issue 29): one step from x, inside a big ball."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    x, y = torch.full((4, 1, 28, 28), 0.5), torch.arange(4)
+    lengths = {v: (pgd_l2(net, x, y, eps=100.0, step=0.01, iterations=1, variant=v) - x)
+               .flatten(1).norm(dim=1) for v in ("l2", "paper")}
+    assert torch.allclose(lengths["l2"], torch.full((4,), 0.01), rtol=1e-4)
+    assert torch.allclose(lengths["paper"], torch.full((4,), 0.01 * 28), rtol=1e-4)
