@@ -1,0 +1,103 @@
+"""Lessons 10 (LipLT's loop transformation against depth) and 11 (the CLIP algorithm): what each
+figure claims holds on the numbers it draws, and each control changes what is drawn the way the
+lesson says. The notebooks themselves run under nbval (notebooks/lessons/)."""
+import itertools
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from lipcore.certify import lipschitz_bound  # noqa: E402
+from lipcore.estimators import liplt  # noqa: E402
+from lipcore.lessons import loop  # noqa: E402
+
+SOUND = ("naive", "liplt", "compositional", "lipsdp")
+
+
+@pytest.fixture
+def ax():
+    fig, ax = plt.subplots()
+    yield ax
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------ lesson 10: loop transformation
+
+def test_every_bound_is_above_the_lower_bound_and_liplt_never_above_naive(ax):
+    shown = {alpha: loop.draw_loop_transformation(ax, alpha) for alpha in loop.ALPHAS}
+    for alpha, s in shown.items():
+        for method in SOUND:
+            computed = ~np.isnan(s[method])
+            assert (s[method][computed] >= s["empirical"][computed]).all(), (alpha, method)
+        assert (s["liplt"] <= s["naive"]).all()                       # theorem (path sum)
+        small = ~np.isnan(s["lipsdp"])
+        assert (s["lipsdp"][small] <= s["compositional"][small]).all()   # LipSDP starts there
+        assert np.array_equal(s["naive"], shown[0.0]["naive"])      # naive never reads alpha
+        ceiling = [loop.ratio_ceiling(alpha, d) for d in loop.DEPTHS]
+        assert (1 <= s["ratio"]).all() and (s["ratio"] <= ceiling).all()
+        drawn = np.concatenate([s[m][~np.isnan(s[m])] for m in SOUND + ("empirical",)])
+        assert drawn.min() > loop.BOUND_YLIM[0] and drawn.max() < loop.BOUND_YLIM[1]
+        assert s["empirical"].min() > 0
+    # the SDP bounds stop at SDP_DEPTH, and at alpha = beta (lipcore's LMIs need alpha < beta)
+    assert np.isnan(shown[0.0]["lipsdp"][loop.SDP_DEPTH:]).all()
+    assert np.isnan(shown[1.0]["lipsdp"]).all() and np.isnan(shown[1.0]["compositional"]).all()
+
+
+def test_liplt_is_the_path_sum_of_the_lesson():
+    """m_L = sum over S of mid^(L-|S|) c^|S| prod over blocks ||product of the block||."""
+    for depth, alpha in ((1, 0.0), (2, 0.3), (3, 0.6), (4, 0.9)):
+        W = loop._weights(loop.loop_net(depth, alpha))
+        mid, c = (alpha + 1) / 2, (1 - alpha) / 2
+        total = 0.0
+        for cuts in itertools.product((False, True), repeat=depth):   # psi at activation k
+            term, block = mid ** cuts.count(False) * c ** cuts.count(True), W[0]
+            for k in range(depth):
+                if cuts[k]:
+                    term *= np.linalg.norm(block, 2)
+                    block = W[k + 1]
+                else:
+                    block = W[k + 1] @ block
+            total += term * np.linalg.norm(block, 2)
+        assert math.isclose(total, float(liplt(W, alpha, 1.0).L), rel_tol=1e-10)
+
+
+def test_the_bounds_are_those_lipschitz_bound_reads_off_the_leaky_relus():
+    net, drawn = loop.loop_net(3, 0.6), loop.bounds(3, 0.6)
+    for method in SOUND:
+        assert math.isclose(lipschitz_bound(net, method).value, drawn[method], rel_tol=1e-7)
+
+
+def test_the_slope_control_changes_the_ratio_and_nothing_else_upstream(ax):
+    relu, leaky = loop.draw_loop_transformation(ax, 0.0), loop.draw_loop_transformation(ax, 0.9)
+    assert np.array_equal(relu["naive"], leaky["naive"])
+    assert (leaky["liplt"] < relu["liplt"]).all()
+    assert (leaky["ratio"] > relu["ratio"]).all()
+    bold = max(ax.child_axes[1].lines, key=lambda line: line.get_linewidth())
+    assert np.allclose(bold.get_ydata(), leaky["ratio"], rtol=1e-6)    # the panel shows it
+    with pytest.raises(ValueError, match="alpha must be one of"):
+        loop.draw_loop_transformation(ax, 0.5)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        loop.loop_net(2, 1.5)
+
+
+def test_the_observations_the_lesson_states():
+    sweeps = {alpha: loop.depth_sweep(alpha) for alpha in loop.ALPHAS}
+    curves = loop.ratio_curves()
+    deepest = [curves[alpha][-1] for alpha in loop.ALPHAS]
+    assert all(a < b for a, b in zip(deepest, deepest[1:]))            # grows with alpha
+    for alpha, s in sweeps.items():
+        assert (np.diff(curves[alpha]) > 0).all()                      # grows with depth
+        assert np.allclose(curves[alpha], s["naive"] / s["liplt"], rtol=1e-8)
+        small = ~np.isnan(s["lipsdp"])
+        assert (s["lipsdp"][small] < s["liplt"][small]).all()
+        if alpha < 1:
+            assert (np.diff(s["liplt"] / s["empirical"]) > 0).all()    # the gap widens
+    assert np.allclose(sweeps[1.0]["empirical"], sweeps[1.0]["liplt"], rtol=1e-6)
+    at_4 = loop.DEPTHS.index(4)
+    assert sweeps[0.0]["compositional"][at_4] < sweeps[0.0]["liplt"][at_4]
+    assert sweeps[0.6]["compositional"][at_4] > sweeps[0.6]["liplt"][at_4]
+    assert loop.ratio_ceiling(0.0, 8) == 256 and loop.ratio_ceiling(1.0, 3) == math.inf
