@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from lipcore.certify import lipschitz_bound  # noqa: E402
 from lipcore.estimators import liplt  # noqa: E402
@@ -101,3 +102,67 @@ def test_the_observations_the_lesson_states():
     assert sweeps[0.0]["compositional"][at_4] < sweeps[0.0]["liplt"][at_4]
     assert sweeps[0.6]["compositional"][at_4] > sweeps[0.6]["liplt"][at_4]
     assert loop.ratio_ceiling(0.0, 8) == 256 and loop.ratio_ceiling(1.0, 3) == math.inf
+
+
+# ------------------------------------------------------------------ lesson 11: the CLIP algorithm
+
+@pytest.fixture(scope="module")
+def clip_lesson():
+    from lipcore.lessons import clip_algorithm
+    return clip_algorithm
+
+
+def test_the_pair_quotient_is_below_every_sound_bound_and_near_the_steepest_slope(ax, clip_lesson):
+    shown = {lam: clip_lesson.draw_clip_fit(ax, lam) for lam in clip_lesson.LAMBDAS}
+    for lam, s in shown.items():
+        net = clip_lesson.clip_fit(lam)["net"]
+        for method in ("lipsdp", "compositional", "liplt", "naive"):       # theorem: any pair
+            assert s["estimate"] <= lipschitz_bound(net, method).value, (lam, method)
+        assert s["sound"] > 2 * s["estimate"]                              # "several times"
+        # observations the lesson states: Algorithm 1 finds the steepest place and shrinks the pair
+        assert abs(s["estimate"] - s["grid"]) <= 0.02 * s["grid"]
+        assert abs(s["pair"][0] - s["pair"][1]) < 0.01
+        assert s["estimate"] >= s["estimate_start"]
+    estimates = [shown[lam]["estimate"] for lam in clip_lesson.LAMBDAS]
+    errors = [shown[lam]["error"] for lam in clip_lesson.LAMBDAS]
+    assert all(a > b for a, b in zip(estimates, estimates[1:]))             # Prop. 2's order
+    assert all(a < b for a, b in zip(errors, errors[1:]))
+    assert shown[0.0]["estimate"] > 0.5 > shown[1.0]["estimate"]              # the truth's slope
+    assert -4 < shown[0.0]["pair"][0] < -3
+    with pytest.raises(ValueError, match="lambda must be >= 0"):
+        clip_lesson.clip_fit(-1.0)
+
+
+def test_the_discrepancy_principle_moves_lambda_by_the_rule_and_the_target_sets_its_level(
+        ax, clip_lesson):
+    d, batches = clip_lesson.CLS["d_lambda"], clip_lesson.BATCHES
+    runs = {t: clip_lesson.draw_discrepancy(ax, t) for t in clip_lesson.TARGETS}
+    for t, s in runs.items():
+        lam = np.concatenate([[0.0], s["lam"]])
+        assert (lam >= 0).all() and lam.max() <= clip_lesson.LAMBDA_TOP     # the axis holds it
+        assert (np.abs(np.diff(lam)) <= batches * d + 1e-12).all()          # d per minibatch
+    peaks = [runs[t]["lam"].max() for t in clip_lesson.TARGETS]            # targets descending
+    assert all(a < b for a, b in zip(peaks, peaks[1:]))                     # lower target, more
+    assert runs[0.95]["lam"].max() < 0.1
+    for t in (0.85, 0.7):                                                   # the overshoot
+        s = runs[t]
+        after_peak = s["accuracy"][int(s["lam"].argmax()):]
+        assert after_peak.min() < 100 * t - 5
+    start = clip_lesson.pretrained_classifier()["train_accuracy"]
+    assert start > 95.0                                                     # above the 3 drawn
+    # the classifier's pairs: CLIP's quotient is a lower bound there too
+    run = clip_lesson.discrepancy_run(0.85)
+    with torch.no_grad():
+        q = clip_lesson.quotients(run["net"], run["pairs"].u, run["pairs"].v).max()
+    assert float(q) <= lipschitz_bound(run["net"], "lipsdp").value
+
+
+def test_each_control_of_the_combined_figure_changes_only_its_side(ax, clip_lesson):
+    base = clip_lesson.draw_clip(ax, 1.0, 0.9)
+    other_lam = clip_lesson.draw_clip(ax, 10.0, 0.9)
+    other_target = clip_lesson.draw_clip(ax, 1.0, 0.7)
+    assert other_lam["fit"]["estimate"] < base["fit"]["estimate"]
+    assert np.array_equal(other_lam["run"]["lam"], base["run"]["lam"])
+    assert other_target["fit"] == base["fit"]
+    assert other_target["run"]["lam"].max() > base["run"]["lam"].max()
+    assert len(ax.child_axes) == 3                                         # redraw replaces
