@@ -12,8 +12,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .ablations import not_run
 from .io import write_text
+from .ledger import build_ledger, committed_claims, ledger_markdown
 from .summary import load, summary_lines
+
+ABLATIONS = "ablations"          # the notebook whose outcomes decide the failing claims
 
 
 def deviation_columns(table: pd.DataFrame) -> pd.DataFrame:
@@ -120,9 +124,31 @@ def build_report(figures_dir: str | Path) -> Path:
                    "Each notebook's numbers against the result its last run replaced "
                    "(`lipcore.summary`; the commits say which code made each).", "",
                    *summary_lines(reproduced), ""]
+    header += ledger_section(figures_dir)
     path = figures_dir / "REPORT.md"
     write_text(path, "\n".join(header + [notebook_section(f) for f in folders]) + "\n")
     return path
+
+
+def ledger_section(figures_dir: Path) -> list[str]:
+    """The claims ledger (lipcore.ledger): every committed claim, with the verdict of the
+    ablations notebook's outcomes where it has any."""
+    committed = committed_claims(figures_dir)
+    if committed.empty:
+        return []
+    outcomes_csv = figures_dir / ABLATIONS / "outcomes.csv"
+    outcomes = pd.read_csv(outcomes_csv) if outcomes_csv.is_file() else pd.DataFrame()
+    command = f"./reproduce.sh --only {ABLATIONS}"
+    ledger = build_ledger(committed, outcomes,
+                          {paper: command for paper in committed["paper"].unique()},
+                          not_run(figures_dir))
+    return ["## Claims ledger", "",
+            "Every claim of the four papers that a notebook checks: the committed run's result, "
+            "and for each claim an experiment re-ran (`notebooks/ablations.ipynb`, "
+            "`lipcore.ablations`) the verdict of `lipcore.ledger.verdict` over its seeds and "
+            "variants (the evidence gives holds/seeds and the mean ± standard deviation of the "
+            "number the claim turns on). [docs/claims.md](../docs/claims.md) explains each "
+            "verdict.", "", ledger_markdown(ledger), ""]
 
 
 if __name__ == "__main__":

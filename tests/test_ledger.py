@@ -1,0 +1,144 @@
+"""The claims ledger (issue 29): verdicts follow from the experiments' outcomes by the stated
+rule, every committed claim gets a row, stand-in claims are never decided on stand-ins, and the
+claim functions the experiments share with the notebooks give the committed verdicts."""
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lipcore import ledger
+from lipcore.ablations import budgets, not_run
+from lipcore.experiments import clip as cx
+from lipcore.experiments import lipschitz_loss as ll
+from lipcore.experiments import pauli_admm as pa
+from lipcore.ledger import Variant, build_ledger, outcome_rows, verdict
+from lipcore.report import build_report
+
+ROOT = Path(__file__).resolve().parents[1]
+CLAIM = "MNIST: Lip-NN keeps the nominal accuracy (within 1 point)"
+KINDS = {"base": "committed", "longer": "budget", "open choice": "setting",
+         "code": "paper vs code"}
+
+
+def outcomes(holds: dict[str, list[bool]], profile: str = "paper") -> pd.DataFrame:
+    """Outcome rows of one claim: ``holds`` maps a variant name (a key of KINDS) to one result
+    per seed."""
+    rows = []
+    for name, results in holds.items():
+        variant = Variant(name, KINDS[name], f"the {name} variant")
+        for seed, ok in enumerate(results):
+            rows += outcome_rows("pauli_admm", {CLAIM: (1.0 if ok else -1.0, ok)}, variant, seed,
+                                 pa.CLAIM_QUANTITIES, profile)
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("holds,expected", [
+    ({"base": [True, True, False]}, "seed spread"),
+    ({"base": [False, False, True], "longer": [True, True, False]}, "budget"),
+    ({"base": [False] * 3, "code": [True] * 3, "open choice": [True, True, False]}, "setting"),
+    ({"base": [False] * 3, "longer": [False] * 3, "code": [True] * 3}, "paper vs code"),
+    ({"base": [False] * 3, "longer": [True, False, False]}, "does not replicate"),
+    ({"base": [True, True, False, False], "longer": [True, True, False, False]},
+     "does not replicate"),                                    # half is not a majority
+])
+def test_the_verdict_follows_the_rule_in_its_order(holds, expected):
+    decided, evidence = verdict(outcomes(holds), committed_is_paper=True)
+    assert decided == expected
+    assert "seeds hold" in evidence and "accuracy(Lip-NN) - accuracy(Nom-NN)" in evidence
+
+
+def test_a_reduced_budget_never_says_does_not_replicate():
+    decided, evidence = verdict(outcomes({"base": [False] * 3}, "cpu"), committed_is_paper=False)
+    assert decided == "open" and "only reduced budgets" in evidence
+    with pytest.raises(ValueError, match="no committed-setting rows"):
+        verdict(outcomes({"longer": [True] * 3}), committed_is_paper=True)
+    with pytest.raises(ValueError, match="variant kind"):
+        Variant("x", "luck", "")
+
+
+def test_the_evidence_reports_mean_and_spread_over_seeds():
+    rows = outcomes({"base": [False, False, False]})
+    rows["value"] = [-4.0, -5.0, -6.0]
+    _, evidence = verdict(rows, committed_is_paper=True)
+    assert "0/3 seeds hold" in evidence and "-5 ± 1" in evidence
+
+
+def test_every_committed_claim_gets_a_row_and_stand_ins_are_never_decided():
+    committed = pd.DataFrame([
+        dict(paper="pauli_admm", claim=CLAIM, committed=False, profile="paper"),
+        dict(paper="pauli_admm", claim="MNIST: L2-NN loses accuracy", committed=True,
+             profile="paper"),
+        dict(paper="crm_liplt", claim="CIFAR-10: CRM wins [synthetic stand-in]", committed=False,
+             profile="cpu"),
+        dict(paper="crm_liplt", claim="MNIST: CRM certifies more", committed=False,
+             profile="cpu")])
+    found = outcomes({"base": [False, False, True], "longer": [True, True, True]})
+    table = build_ledger(committed, found, {"pauli_admm": "./reproduce.sh --only ablations"},
+                         {("crm_liplt", "MNIST: CRM"): "not run: 400 epochs"})
+    assert len(table) == len(committed)
+    by = table.set_index("claim")
+    assert by.loc[CLAIM, "verdict"] == "budget" and by.loc[CLAIM, "seeds"] == "3"
+    assert by.loc[CLAIM, "experiment"] == "./reproduce.sh --only ablations"
+    assert by.loc["CIFAR-10: CRM wins [synthetic stand-in]", "verdict"] == "stand-in data"
+    assert by.loc["MNIST: CRM certifies more", "evidence"] == "not run: 400 epochs"
+    assert by.loc["MNIST: L2-NN loses accuracy", "verdict"] == "holds"
+    assert "**budget**" in ledger.ledger_markdown(table)
+
+
+def test_a_committed_claim_that_fails_on_most_seeds_says_so():
+    committed = pd.DataFrame([dict(paper="pauli_admm", claim=CLAIM, committed=True,
+                                   profile="paper")])
+    table = build_ledger(committed, outcomes({"base": [True, False, False]}), {})
+    assert table.verdict.iloc[0] == "holds on the committed seed only; over seeds: " \
+                                    "does not replicate"
+
+
+def test_a_claim_takes_the_profile_of_the_part_it_is_about():
+    results = dict(notebook="clip", profile="mixed",
+                   profiles={"MNIST": "paper", "Fashion-MNIST": "cpu", "regression": "cpu"})
+    assert ledger._claim_profile("Table 1, Fashion-MNIST: lambda grows", results) == "cpu"
+    assert ledger._claim_profile("Table 1, MNIST: lambda grows", results) == "paper"
+    assert ledger._claim_profile("Fig. 2: the nets approach f", results) == "cpu"
+
+
+def test_the_shared_claim_functions_give_the_committed_verdicts():
+    """The experiments evaluate claims with the notebooks' own functions: on the committed
+    numbers they must say what the committed results say."""
+    figures = ROOT / "figures"
+    pauli = json.loads((figures / "pauli_admm" / "results.json").read_text())
+    assert pa.claims(pauli["table1"], pauli["noise"]) == pauli["claims"]
+    clip = json.loads((figures / "clip" / "results.json").read_text())
+    lip = {r["lam"]: r["grid_estimate"] for r in clip["regression"]}
+    err = {r["lam"]: r["rms_error_to_f"] for r in clip["regression"]}
+    for claim, ok in cx.regression_claims(lip, err).items():
+        assert clip["claims"][f"Fig. 2: {claim}"] == ok
+    for claim, ok in cx.claims(clip["table1"], attacks=("pgd", "robust")).items():
+        assert clip["claims"][f"Table 1, {claim}"] == ok
+    usama = json.loads((figures / "lipschitz_loss" / "results.json").read_text())
+    claim, (_, ok) = ll.fraction_claim_evidence(
+        pd.read_csv(figures / "lipschitz_loss" / "fig1_fractions.csv"))
+    assert usama["claims"][claim] == ok
+
+
+def test_the_report_carries_the_ledger_with_the_ablations_outcomes(tmp_path):
+    paper = tmp_path / "pauli_admm"
+    paper.mkdir()
+    (paper / "results.json").write_text(json.dumps(dict(
+        notebook="pauli_admm", profile="paper", profiles=None, device="cpu", seed=0,
+        git_commit=None, wall_seconds=1.0, data={}, claims={CLAIM: False})))
+    (tmp_path / "ablations").mkdir()
+    outcomes({"base": [False] * 3, "code": [True] * 3}).to_csv(
+        tmp_path / "ablations" / "outcomes.csv", index=False)
+    report = build_report(tmp_path).read_text()
+    ledger_part = report[report.index("## Claims ledger"):]
+    assert "**paper vs code**" in ledger_part and "./reproduce.sh --only ablations" in ledger_part
+
+
+def test_not_run_estimates_come_from_the_committed_times():
+    reasons = not_run(ROOT / "figures")
+    crm = reasons[("crm_liplt", "MNIST: CRM certifies more")]
+    assert "400" in crm and " h (CRM)" in crm
+    assert budgets("cpu").seeds == (0, 1, 2) and len(budgets("smoke").seeds) == 1
+    with pytest.raises(ValueError, match="at least one seed"):
+        budgets("cpu", 0, 0)
