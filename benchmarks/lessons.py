@@ -60,6 +60,10 @@ REDRAWS = {
                                    dict(radii={"certified": torch.linspace(0.0, 1.0, 100),
                                                "strong": torch.linspace(0.0, 2.0, 100)},
                                         eps=0.5, max_eps=2.0), [dict(eps=1.0)]),
+    "lesson10_liplt_depth": (lessons.draw_loop_transformation, [], dict(alpha=0.0),
+                             [dict(alpha=0.6), dict(alpha=1.0)]),
+    "lesson11_clip_algorithm": (lessons.draw_clip, [], dict(lam=1.0, target=0.9),
+                                [dict(lam=10.0), dict(target=0.85)]),
 }
 
 

@@ -15,8 +15,11 @@ thirty. ``torch.set_num_threads(n)`` after the import undoes it.
 import torch
 
 from .balls import METHODS_2D, draw_certified_balls, nearest_other_class, trained_2d_net
+from .clip_algorithm import (clip_fit, discrepancy_run, draw_clip, draw_clip_fit,
+                             draw_discrepancy)
 from .coupling import COUPLING_MAX, coupled_bound, draw_counterexample, least_L, true_constant
 from .ladder import bound_ladder, draw_bound_ladder
+from .loop import depth_sweep, draw_loop_transformation, loop_net, ratio_curves, sweep_all
 from .margins import CRM_STRENGTHS, EPS_2D, crm_2d_net, draw_margins, margin_view
 from .mnist import METHODS_MNIST, mnist_subset, small_mnist_net
 from .noise import SIGMAS, SIGMAS_TRAIN, draw_noise, noise_curves
@@ -28,9 +31,11 @@ from .weak_attack import (EPS_GRID, draw_accuracy_against_eps, draw_weak_attack,
 torch.set_num_threads(1)
 
 __all__ = ["COUPLING_MAX", "CRM_STRENGTHS", "EPS_2D", "EPS_GRID", "METHODS_2D", "METHODS_MNIST",
-           "SIGMAS", "SIGMAS_TRAIN", "bound_ladder", "coupled_bound", "crm_2d_net",
-           "draw_accuracy_against_eps", "draw_bound_ladder", "draw_certified_balls",
-           "draw_counterexample", "draw_margins", "draw_noise", "draw_weak_attack", "every_bound",
-           "explore", "image_status", "least_L", "margin_view", "mnist_subset",
-           "nearest_other_class", "noise_curves", "small_mnist_net", "small_multiples",
-           "trained_2d_net", "true_constant", "weak_attack_sweep"]
+           "SIGMAS", "SIGMAS_TRAIN", "bound_ladder", "clip_fit", "coupled_bound", "crm_2d_net",
+           "depth_sweep", "discrepancy_run", "draw_accuracy_against_eps", "draw_bound_ladder",
+           "draw_certified_balls", "draw_clip", "draw_clip_fit", "draw_counterexample",
+           "draw_discrepancy", "draw_loop_transformation", "draw_margins", "draw_noise",
+           "draw_weak_attack", "every_bound", "explore", "image_status", "least_L", "loop_net",
+           "margin_view", "mnist_subset", "nearest_other_class", "noise_curves", "ratio_curves",
+           "small_mnist_net", "small_multiples", "sweep_all", "trained_2d_net", "true_constant",
+           "weak_attack_sweep"]
