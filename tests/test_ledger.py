@@ -142,3 +142,27 @@ def test_not_run_estimates_come_from_the_committed_times():
     assert budgets("cpu").seeds == (0, 1, 2) and len(budgets("smoke").seeds) == 1
     with pytest.raises(ValueError, match="at least one seed"):
         budgets("cpu", 0, 0)
+
+
+def test_each_variant_changes_only_what_it_names():
+    from lipcore.ablations import clip as ab_clip, pauli as ab_pauli
+    base = ab_pauli.variant_settings(ab_pauli.VARIANTS[0], "paper")
+    for variant in ab_pauli.VARIANTS[1:]:
+        for name, setting in ab_pauli.variant_settings(variant, "paper").items():
+            ref = base[name]
+            assert (setting.base, setting.widths, setting.enforce) == (ref.base, ref.widths,
+                                                                      ref.enforce)
+            if variant.name == "code's L2 penalty":
+                assert setting.l2 < ref.l2
+            else:
+                assert setting.l2 == ref.l2 and setting.admm != ref.admm
+    longer = ab_pauli.variant_settings(ab_pauli.VARIANTS[1], "paper")["MNIST"].admm
+    assert longer.w_step.epochs == 4 * base["MNIST"].admm.w_step.epochs
+    committed = ab_clip.regression_setting(ab_clip.REGRESSION_VARIANTS[0])
+    for variant in ab_clip.REGRESSION_VARIANTS[1:]:
+        changed = ab_clip.regression_setting(variant)
+        differs = {f for f in committed.__dataclass_fields__
+                   if getattr(changed, f) != getattr(committed, f)}
+        assert differs and differs <= {"pretrain_epochs", "epochs"}
+    with pytest.raises(ValueError, match="unknown variant"):
+        ab_pauli.variant_settings(Variant("x", "budget", ""), "paper")
