@@ -131,6 +131,8 @@ choose_python
 # the kernel's inline backend embeds every figure in the executed notebook (Agg would drop them)
 export MPLBACKEND=module://matplotlib_inline.backend_inline
 export LIPCORE_PROGRESS="${LIPCORE_PROGRESS:-text}"   # plain-text bars show in the terminal log
+# the book's copy of a lesson: explore also pre-renders its main control (lipcore.lessons.show)
+export LIPCORE_BOOK_FRAMES="${LIPCORE_BOOK_FRAMES:-1}"
 OUT_EXISTED=""; [[ -d "$OUT" ]] && OUT_EXISTED=1
 mkdir -p "$OUT" outputs
 OUT="$(cd "$OUT" && pwd)"

@@ -12,6 +12,12 @@ The book reads offline (``file://``, no network): TeX is rendered to MathML at b
 require.js, mermaid) are left out. Every page has a contents bar with previous/next; progress-bar
 output is dropped; the machine paths a run was given (data and output folders) read as
 ``$LIPCORE_DATA`` and ``figures``.
+
+Widgets need a kernel, so a widget output shows here as the kernel-free view its bundle carries
+(a lesson's main control over pre-rendered frames: lipcore.lessons.show.explore, in runs with
+``LIPCORE_BOOK_FRAMES=1`` as reproduce.sh makes them), else as a note to open JupyterLab. Style
+blocks inside the body (the contents bar's, such a view's) move into the head, where HTML allows
+them.
 """
 from __future__ import annotations
 
@@ -39,6 +45,7 @@ WIDGET = "application/vnd.jupyter.widget-view+json"
 WIDGET_NOTE = nbformat.v4.new_output("display_data", data={"text/markdown": (
     "*Interactive controls here: open this notebook in JupyterLab to use them. The figure above "
     "shows the same thing at a few settings.*")})
+FRAMES_CLASS = "lipcore-frames"     # a kernel-free view (lipcore.lessons.show.frames_html)
 CDN_SCRIPT = re.compile(r'<script[^>]*src="https?://[^"]*"[^>]*>\s*</script>\s*')
 MATHJAX_CONFIG = re.compile(r'<script type="text/x-mathjax-config">.*?</script>\s*', re.S)
 MODULE_SCRIPT = re.compile(r'<script type="module">.*?</script>\s*', re.S)
@@ -84,8 +91,9 @@ def _share_styles(pages: dict[str, str]) -> tuple[str, dict[str, str]]:
 
 
 def _page(title: str, body: str) -> str:
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{STYLE}</style></head><body>{body}</body></html>\n")
+    return styles_to_head(
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{STYLE}</style></head><body>{body}</body></html>\n")
 
 
 def _mathml(tex: str, display: bool) -> str:
@@ -134,12 +142,32 @@ def clean_notebook(path: Path) -> nbformat.NotebookNode:
     strip_progress(nb)                        # a notebook saved before reproduce.sh cleaned it
     for cell in nb.cells:
         if cell.cell_type == "code":
-            cell.outputs = [WIDGET_NOTE if WIDGET in o.get("data", {}) else o
-                            for o in cell.outputs]
+            cell.outputs = [_without_widget(o) for o in cell.outputs]
     text = nbformat.writes(nb)
     for raw, shown in sorted(replacements.items(), key=lambda kv: -len(kv[0])):
         text = text.replace(raw, shown)
     return nbformat.reads(text, as_version=4)
+
+
+def _without_widget(output: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """A widget output as the book shows it: the kernel-free view its bundle carries (the
+    widget's text/plain repr dropped), else the note to open JupyterLab."""
+    data = output.get("data", {})
+    if WIDGET not in data:
+        return output
+    if FRAMES_CLASS not in data.get("text/html", ""):
+        return WIDGET_NOTE
+    output.data = {"text/html": data["text/html"]}
+    return output
+
+
+def styles_to_head(page: str) -> str:
+    """The page with every style block of its body moved to the end of its head."""
+    at = page.index("<body")
+    blocks = STYLE_BLOCK.findall(page, at)
+    body = STYLE_BLOCK.sub("", page[at:])
+    head = page[:at].replace("</head>", "".join(b.strip() + "\n" for b in blocks) + "</head>", 1)
+    return head + body
 
 
 def _nav(entries: list[tuple[str, str]], here: str) -> str:
@@ -193,11 +221,14 @@ def build_site(figures_dir: str | Path, site_dir: str | Path | None = None) -> P
         order.append(("report", "Reproduction report"))
     papers, lessons = [], []
     for nb in notebooks:
-        (staging / f"{nb.stem}.html").write_text(_with_nav(pages[nb.stem], _nav(order, nb.stem)))
+        (staging / f"{nb.stem}.html").write_text(
+            styles_to_head(_with_nav(pages[nb.stem], _nav(order, nb.stem))))
         lesson = nb.stem.startswith("lesson")
         results = nb.parent / "results.json"
         run = json.loads(results.read_text()) if results.is_file() else {}
-        meta = "controls in JupyterLab; here at a few settings" if lesson else ", ".join(
+        controls = ("main control here, every control in JupyterLab" if FRAMES_CLASS in
+                    pages[nb.stem] else "controls in JupyterLab; here at a few settings")
+        meta = controls if lesson else ", ".join(
             f"{k} {run[k]}" for k in ("profile", "device", "git_commit") if k in run)
         (lessons if lesson else papers).append(
             f"<li><a href='{nb.stem}.html'>{html.escape(_title(nb))}</a> "

@@ -1,7 +1,9 @@
 """The HTML book in a real browser (issue 18): every page opens in headless Chromium with the
 network off, shows no raw TeX, loads every image, links only to pages that exist, logs no
 console error, shows no empty output box and is of a sane height (issue 28: thousands of blank
-progress-bar boxes made pages of pink blocks). Skips, saying why, where Chromium or Playwright is missing (CI installs both)."""
+progress-bar boxes made pages of pink blocks); a lesson's main control swaps its pre-rendered
+figure with no kernel (issue 30). Skips, saying why, where Chromium or Playwright is missing (CI
+installs both)."""
 import json
 import re
 from pathlib import Path
@@ -89,3 +91,58 @@ def test_every_page_reads_offline_in_chromium(browser, tmp_path):
         assert nav >= len(pages), f"{path.name}: the contents bar is missing"
         page.close()
     assert any("<math" in p.read_text() for p in pages)
+
+
+
+def test_a_lessons_main_control_moves_its_figure_in_the_book_without_a_kernel(
+        browser, tmp_path, monkeypatch):
+    """Issue 30: a fixture lesson, executed as reproduce.sh executes one (explore's output
+    carrying its pre-rendered frames), becomes a page whose control swaps the figure offline, by
+    mouse and by keyboard, and with scripts off too."""
+    widgets = pytest.importorskip("ipywidgets")
+    from lipcore.lessons import show
+
+    def draw(ax, slope=1.0, colour="k"):
+        ax.clear()
+        ax.plot([0, 1], [0, slope], colour)
+        ax.set(ylim=(-3, 3), title=f"slope {slope}")
+        return {"slope": slope}
+    monkeypatch.setenv(show.FRAMES_ENV, "1")
+    box = show.explore(draw, figsize=(3.0, 2.0),
+                       slope=widgets.SelectionSlider(options=[-2.0, 0.5, 2.0], value=0.5),
+                       colour=widgets.Dropdown(options=["k", "r"], value="r"))
+    cell = nbformat.v4.new_code_cell("explore(draw, slope=..., colour=...)")
+    cell.outputs = [nbformat.v4.new_output("execute_result", data=box._repr_mimebundle_(),
+                                           execution_count=1)]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# A fixture lesson"),
+                                         cell])
+    nb.metadata["widgets"] = {"state": {}}                   # as papermill saves it
+    (tmp_path / "figures" / "lesson0_fixture").mkdir(parents=True)
+    nbformat.write(nb, tmp_path / "figures" / "lesson0_fixture" / "lesson0_fixture.ipynb")
+    page_path = build_site(tmp_path / "figures").parent / "lesson0_fixture.html"
+    for scripts in (True, False):
+        context = browser.new_context(offline=True, java_script_enabled=scripts)
+        page = context.new_page()
+        errors = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(page_path.as_uri(), wait_until="load")
+        shown = page.locator(".lipcore-frames img >> visible=true")
+
+        def frame():
+            assert shown.count() == 1, "exactly one frame is shown"
+            return shown.get_attribute("alt"), shown.get_attribute("src")
+        assert page.locator(".lipcore-frames legend").inner_text() == "slope"
+        assert page.get_by_label("0.5", exact=True).is_checked()
+        start = frame()
+        assert start[0] == "The figure at slope = 0.5: slope 0.5"
+        page.locator("label", has_text=re.compile(r"^2\.0$")).click()    # by mouse
+        assert page.get_by_label("2.0", exact=True).is_checked()
+        moved = frame()
+        assert moved[0] == "The figure at slope = 2.0: slope 2" and moved[1] != start[1]
+        page.keyboard.press("ArrowLeft")                     # by keyboard, as on a slider
+        assert page.get_by_label("0.5", exact=True).is_checked() and frame() == start
+        if scripts:
+            assert shown.evaluate("i => i.complete && i.naturalWidth > 0"), "frame not loaded"
+        assert not errors, errors
+        assert page.locator(".jupyter-widgets").count() == 0   # no dead widget beside it
+        context.close()

@@ -76,3 +76,19 @@ def test_executed_notebooks_keep_no_progress_bars_but_keep_warnings():
     nb = nbformat.v4.new_notebook(cells=[cell])
     assert strip_progress(nb) == 4
     assert [o.text for o in nb.cells[0].outputs] == ["UserWarning: unsound\n", "\n"]
+
+
+def test_every_lesson_page_has_its_main_control_working_without_a_kernel():
+    """Issue 30: each executed lesson carries, beside its widget, the figure pre-rendered at each
+    value of its main control (reproduce.sh runs lessons with LIPCORE_BOOK_FRAMES=1), at least
+    two of them and no two alike; the book shows that view (tests/test_book_browser.py moves it)."""
+    for path in executed_notebooks(FIGURES):
+        if not path.stem.startswith("lesson"):
+            continue
+        views = [o["data"]["text/html"] for c in json.loads(path.read_text())["cells"]
+                 for o in c.get("outputs", []) if "lipcore-frames" in
+                 "".join(o.get("data", {}).get("text/html", ""))]
+        assert views, f"{path.stem}: no kernel-free control; ./reproduce.sh --only {path.stem}"
+        for view in views:
+            frames = re.findall(r"src='(data:image/png;base64,[^']+)'", "".join(view))
+            assert len(frames) >= 2 and len(set(frames)) == len(frames), path.stem
