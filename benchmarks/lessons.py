@@ -60,10 +60,22 @@ REDRAWS = {
                                    dict(radii={"certified": torch.linspace(0.0, 1.0, 100),
                                                "strong": torch.linspace(0.0, 2.0, 100)},
                                         eps=0.5, max_eps=2.0), [dict(eps=1.0)]),
+    "lesson8_what_lipsdp_is": (lessons.draw_lmi_feasibility,
+                               [dict(t1=5.0, t2=5.0, L=3.2), dict(t1=5.0, t2=5.0, L=2.2),
+                                dict(t1=4.0, t2=2.0, L=2.05), dict(t1=1.5, t2=6.0, L=1.0)],
+                               dict(t1=5.0, t2=5.0, L=3.2),
+                               [dict(L=2.2), dict(t1=4.0, t2=2.0), dict(t1=1.5), dict(L=2.05)]),
+    "lesson9_steepest_ascent": (lessons.draw_attacks_against_eps,
+                                [dict(eps=1.0, step=7.0), dict(eps=2.0, step=0.05)],
+                                dict(eps=1.0, step=7.0),
+                                [dict(eps=2.0), dict(step=0.25), dict(step=0.05)]),
     "lesson10_liplt_depth": (lessons.draw_loop_transformation, [], dict(alpha=0.0),
                              [dict(alpha=0.6), dict(alpha=1.0)]),
     "lesson11_clip_algorithm": (lessons.draw_clip, [], dict(lam=1.0, target=0.9),
                                 [dict(lam=10.0), dict(target=0.85)]),
+    "lesson12_lipschitz_training": (lessons.draw_constrained,
+                                    [dict(L_des=L) for L in (30.0, 20.0, 10.0)],
+                                    dict(L_des=20.0), [dict(L_des=5.0), dict(L_des=30.0)]),
 }
 
 

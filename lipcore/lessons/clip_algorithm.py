@@ -35,6 +35,7 @@ from ..models import fully_connected, with_output_activation
 from ..progress import quiet
 from ..trainers.clip import CLIPConfig, LipschitzSet, adversarial_update, clip_train, quotients
 from ..trainers.standard import evaluate
+from .show import clear_axes
 
 LAMBDAS = (0.0, 0.1, 1.0, 3.0, 10.0)           # the regression slider (lambda fixed, as in Fig. 2)
 TARGETS = (0.98, 0.95, 0.9, 0.85, 0.8, 0.7)      # the classification slider (target accuracy)
@@ -215,16 +216,9 @@ def _draw_run(acc_axis: plt.Axes, lam_axis: plt.Axes, target: float) -> dict:
                 estimate=np.array([r["lip_estimate"] for r in h]))
 
 
-def _clear(ax: plt.Axes) -> None:
-    for child in list(ax.child_axes):
-        child.remove()
-    ax.clear()
-    ax.axis("off")
-
-
 def draw_discrepancy(ax: plt.Axes, target: float = 0.9) -> dict:
     """Training accuracy (top) and lambda (bottom) per epoch under the discrepancy principle."""
-    _clear(ax)
+    clear_axes(ax)
     top, bottom = ax.inset_axes((0.0, 0.42, 1.0, 0.5)), ax.inset_axes((0.0, 0.0, 1.0, 0.36))
     return _draw_run(top, bottom, target)
 
@@ -232,7 +226,7 @@ def draw_discrepancy(ax: plt.Axes, target: float = 0.9) -> dict:
 def draw_clip(ax: plt.Axes, lam: float = 1.0, target: float = 0.9) -> dict:
     """Left: the regression at ``lam`` with its adversarial pair. Right: training accuracy and
     lambda under the discrepancy principle at ``target``. Each control changes only its side."""
-    _clear(ax)
+    clear_axes(ax)
     fit_axis = ax.inset_axes((0.0, 0.0, 0.46, 0.86))
     top, bottom = ax.inset_axes((0.57, 0.4, 0.43, 0.46)), ax.inset_axes((0.57, 0.0, 0.43, 0.32))
     return dict(fit=_draw_fit(fit_axis, lam), run=_draw_run(top, bottom, target))

@@ -36,6 +36,7 @@ from ..estimators import empirical_lower_bound
 from ..models import fully_connected
 from ..progress import quiet
 from ..trainers import ADMMConfig, TrainConfig, admm_train, evaluate, train
+from .show import clear_axes
 
 WIDTHS = [2, 8, 8, 3]                          # Pauli et al.'s 2-10-10-3 tanh net, narrowed
 BASE = dict(epochs=600, batch_size=None, lr=0.01, optimizer="adam")      # full-batch Adam
@@ -188,13 +189,6 @@ def _draw_trade_off(ax: plt.Axes, L_des: float, points: dict[str, list[dict]]) -
     ax.legend(fontsize=6.5, loc="lower right")
 
 
-def _clear(ax: plt.Axes) -> None:
-    for child in list(ax.child_axes):
-        child.remove()
-    ax.clear()
-    ax.axis("off")
-
-
 def draw_constrained(ax: plt.Axes, L_des: float = 20.0) -> dict:
     """Left: the decision regions of the net ADMM trained under L <= ``L_des`` (dashed: the true
     class boundaries; dots: the 50 training points). Right: test accuracy against certified L for
@@ -202,7 +196,7 @@ def draw_constrained(ax: plt.Axes, L_des: float = 20.0) -> dict:
     L_des = float(L_des)
     if L_des not in L_DES:
         raise ValueError(f"L_des must be one of {L_DES}, got {L_des}")
-    _clear(ax)
+    clear_axes(ax)
     left = ax.inset_axes((0.0, 0.0, 0.36, 0.88))
     right = ax.inset_axes((0.47, 0.1, 0.53, 0.78))
     points = trade_off()

@@ -29,6 +29,14 @@ FRAMES_CLASS = "lipcore-frames"      # marks the kernel-free view; lipcore.site 
 _views = itertools.count(1)          # one id per view in a kernel session: unique on a page
 
 
+def clear_axes(ax: plt.Axes) -> None:
+    """Empty ``ax`` for a redraw that splits it into inset panels: the insets go, the frame hides."""
+    for child in list(ax.child_axes):
+        child.remove()
+    ax.clear()
+    ax.axis("off")
+
+
 def small_multiples(draw: Callable[..., Any], settings: list[dict[str, Any]], ncols: int = 3,
                     size: tuple[float, float] = (4.0, 3.6), share: str = "") -> plt.Figure:
     """One panel per setting: the static view of a lesson (the book, an executed copy).
