@@ -147,7 +147,7 @@ def ledger_section(figures_dir: Path) -> list[str]:
             "and for each claim an experiment re-ran (`notebooks/ablations.ipynb`, "
             "`lipcore.ablations`) the verdict of `lipcore.ledger.verdict` over its seeds and "
             "variants (the evidence gives holds/seeds and the mean ± standard deviation of the "
-            "number the claim turns on). [docs/claims.md](../docs/claims.md) explains each "
+            "number the claim turns on). `docs/claims.md` explains each "
             "verdict.", "", ledger_markdown(ledger), ""]
 
 
