@@ -19,12 +19,14 @@ BATCH = 500                        # predictions in batches, as robust_accuracy 
 
 def breaking_radii(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, torch.Tensor],
                    eps_grid: Sequence[float], attack: str = "strong", iterations: int = 100,
-                   seed: int = 0, attacks: Sequence[str] = DEFAULT_ATTACKS) -> torch.Tensor:
+                   seed: int = 0, attacks: Sequence[str] = DEFAULT_ATTACKS,
+                   pgd: dict | None = None) -> torch.Tensor:
     """Per sample, the smallest eps of ``eps_grid`` at which ``attack`` finds a misclassified
     point in the l2 ball (0 for a sample misclassified without attack, inf where no eps of the
     grid breaks it): an upper bound on its robust radius, so the accuracy at eps is the share
     with a breaking radius > eps. ``attack``: ``"strong"`` (the ensemble ``attacks`` of
-    :func:`robust_accuracy`) or ``"paper pgd"`` (Bungert et al. eq. (13), step 0.25)."""
+    :func:`robust_accuracy`) or ``"paper pgd"`` (Bungert et al. eq. (13), step 0.25; ``pgd``
+    overrides :func:`pgd_l2`'s options, e.g. ``dict(variant="l2", step=0.5)``)."""
     if attack not in SWEEP_ATTACKS:
         raise ValueError(f"attack must be one of {SWEEP_ATTACKS}, got {attack!r}")
     grid = sorted(float(e) for e in eps_grid)
@@ -44,7 +46,8 @@ def breaking_radii(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, t
                                      attacks=attacks, iterations=iterations, seed=seed,
                                      progress=False).robust
         else:
-            adv = pgd_l2(model, x[alive], y[alive], eps=eps, step=0.25, iterations=iterations)
+            adv = pgd_l2(model, x[alive], y[alive], eps=eps, iterations=iterations,
+                         **{"step": 0.25, **(pgd or {})})
             robust = _predict(model, adv, device, BATCH) == y[alive]
         radii[alive[~robust]] = eps
     return radii

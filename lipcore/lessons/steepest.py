@@ -164,27 +164,14 @@ def _images() -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-@torch.no_grad()
-def _predicted(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return net(x).argmax(1)
-
-
 def pgd_radii(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, variant: str,
               step: float, random_start: bool = False) -> torch.Tensor:
     """Per image, the smallest eps of EPS_GRID at which ``pgd_l2(variant, step)`` (ITERATIONS
-    iterations, lipcore's) breaks it (0: wrong without attack; inf: never), attacking at each
-    eps only the survivors of the smaller ones, as :func:`lipcore.attacks.breaking_radii` does
-    (it offers eq. (13) at step 0.25 only)."""
-    radii = torch.where(_predicted(net, x) == y, math.inf, 0.0).double()
-    generator = torch.Generator().manual_seed(0)
-    for eps in EPS_GRID:
-        alive = torch.nonzero(torch.isinf(radii)).flatten()
-        if not len(alive):
-            break
-        adv = pgd_l2(net, x[alive], y[alive], eps=eps, step=step, iterations=ITERATIONS,
-                     variant=variant, random_start=random_start, generator=generator)
-        radii[alive[_predicted(net, adv) != y[alive]]] = eps
-    return radii
+    iterations, lipcore's) breaks it (0: wrong without attack; inf: never): lipcore's
+    :func:`breaking_radii` with these PGD options."""
+    return breaking_radii(net, (x, y), EPS_GRID, "paper pgd", iterations=ITERATIONS,
+                          pgd=dict(variant=variant, step=step, random_start=random_start,
+                                   generator=torch.Generator().manual_seed(0)))
 
 
 @functools.lru_cache(maxsize=1)
