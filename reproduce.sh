@@ -4,6 +4,7 @@
 #   ./reproduce.sh [--profile smoke|cpu|paper] [--device auto|cpu|cuda] [--only NAME[,NAME]]
 #                  [--out DIR] [--data DIR] [--chunk-seconds N] [--resume] [--grid-address ADDR]
 #                  [--part-profile NOTEBOOK:PART=PROFILE[,...]]
+#   ./reproduce.sh --quick [--only NAME[,NAME]] [--data DIR]
 #   ./reproduce.sh test [pytest args]
 #
 # With no --profile or --part-profile, each notebook re-runs at the setting its committed result
@@ -22,6 +23,11 @@
 # Chunked runs: --chunk-seconds N stops starting new training N seconds in (trained models stay
 # cached) and exits with status 75; the same command with --resume continues. Exit 0 means every
 # selected notebook finished. Details: docs/reproducing.md.
+#
+# --quick trains nothing: every paper notebook runs at its recorded setting on the nets cached or
+# kept in figures/trained/ (LIPCORE_NO_TRAIN=1), writes to outputs/quick/ (never figures/), and
+# prints the same summary against the committed results, naming each notebook it could not
+# re-derive and why.
 #
 # Python: $LIPCORE_PYTHON if set; else .venv/ if it exists; else the current python3 when it
 # already has everything; else a new .venv/ is bootstrapped with pip (pip install -e .[dev] plus
@@ -82,7 +88,7 @@ if [[ "${1:-}" == "test" ]]; then
     run_tests "$@"
 fi
 
-PROFILE="" DEVICE="" PART_SPEC="" ONLY="" OUT="$ROOT/figures" DATA="${LIPCORE_DATA:-}" CHUNK="" RESUME=""
+PROFILE="" DEVICE="" PART_SPEC="" ONLY="" OUT="$ROOT/figures" DATA="${LIPCORE_DATA:-}" CHUNK="" RESUME="" QUICK=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --profile) PROFILE="${2:?--profile needs a value}"; shift 2 ;;
@@ -94,13 +100,20 @@ while [[ $# -gt 0 ]]; do
         --resume) RESUME=1; shift ;;
         --grid-address) export LIPCORE_GRID_ADDRESS="${2:?--grid-address needs a value}"; shift 2 ;;
         --part-profile) PART_SPEC="${2:?--part-profile needs a value}"; shift 2 ;;
-        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+        --quick) QUICK=1; shift ;;
+        -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
         *) die "unknown option '$1' (see ./reproduce.sh --help)" ;;
     esac
 done
 case "$DEVICE" in ""|auto|cpu|cuda) ;; *) die "--device must be auto, cpu or cuda, not '$DEVICE'" ;; esac
 case "$PROFILE" in ""|smoke|cpu|paper) ;; *) die "--profile must be smoke, cpu or paper, not '$PROFILE'" ;; esac
 [[ -z "$CHUNK" || "$CHUNK" =~ ^[0-9]+$ ]] || die "--chunk-seconds must be a whole number of seconds, not '$CHUNK'"
+if [[ -n "$QUICK" ]]; then
+    [[ -z "$PROFILE$PART_SPEC$CHUNK$RESUME" ]] || die "--quick re-derives the recorded settings: it takes no --profile, --part-profile, --chunk-seconds or --resume"
+    [[ "$OUT" == "$ROOT/figures" ]] || die "--quick writes to outputs/quick/ and compares with figures/: it takes no --out"
+    OUT="$ROOT/outputs/quick"
+    export LIPCORE_NO_TRAIN=1
+fi
 
 # check everything that needs no Python first: a typo fails in a second, not after an install
 # paper notebooks, then the lessons (notebooks/lessons/: no parameters, quick)
@@ -113,6 +126,8 @@ if [[ -n "$ONLY" ]]; then
     done
 else
     SELECTED=("${ALL[@]}")
+    # the quick check re-derives tables: the paper notebooks, not the lessons
+    [[ -z "$QUICK" ]] || mapfile -t SELECTED < <(ls notebooks/*.ipynb | xargs -n1 basename | sed 's/\.ipynb$//')
 fi
 if [[ -n "$DATA" ]]; then
     [[ -d "$DATA" ]] || die "--data directory '$DATA' does not exist; point it at the folder with mnist.npz and fashion_mnist.npz"
@@ -144,6 +159,7 @@ cleanup_failed() {  # nothing half-made stays behind: the staging folder, an --o
 # what each notebook runs at, and where it writes (lipcore.manifest): name, output root,
 # papermill parameters (JSON), $LIPCORE_PART_PROFILES, note
 plan_args=(--out "$OUT" --only "$(IFS=,; echo "${SELECTED[*]}")")
+[[ -z "$QUICK" ]] || plan_args=(--out "$ROOT/figures" --only "$(IFS=,; echo "${SELECTED[*]}")")
 [[ "$OUT" != "$ROOT/figures" ]] || plan_args+=(--default-out)
 [[ -z "$PROFILE" ]] || plan_args+=(--profile "$PROFILE")
 [[ -z "$PART_SPEC" ]] || plan_args+=(--part-profile "$PART_SPEC")
@@ -154,7 +170,8 @@ RUN_ID="$(printf '%s|' "$PROFILE" "$PART_SPEC" "$DEVICE" "$OUT" "${SELECTED[@]}"
 PLAN="outputs/.plan-$RUN_ID"
 "$PY" -m lipcore.manifest plan "${plan_args[@]}" > "$PLAN" || { cleanup_failed none "$OUT"; exit 1; }
 
-echo "reproduce.sh: out=$OUT data=${DATA:-<torchvision download>}"
+echo "reproduce.sh: out=$OUT data=${DATA:-<torchvision download>}${QUICK:+ (quick check: no training)}"
+RUN_START=$(date +%s)
 FINISHED="outputs/.finished-$RUN_ID"       # notebooks done by earlier chunks of this run
 PREVIOUS="outputs/previous-$RUN_ID"         # each result as it was before this run, to compare
 if [[ -z "$RESUME" ]]; then
@@ -170,6 +187,7 @@ fi
 i=0 n=${#SELECTED[@]} ROOTS=("$OUT") DONE=()
 while IFS=$'\t' read -r -u 3 name dest params parts note; do   # fd 3: papermill reads stdin
     i=$((i + 1))
+    [[ -z "$QUICK" ]] || dest="$OUT"
     DONE+=("$dest/$name")
     [[ " ${ROOTS[*]} " == *" $dest "* ]] || ROOTS+=("$dest")
     if grep -qx "$name" "$FINISHED"; then
@@ -179,6 +197,13 @@ while IFS=$'\t' read -r -u 3 name dest params parts note; do   # fd 3: papermill
     echo "[$i/$n] $name ($note) ..."
     start=$(date +%s)
     path="$(notebook_path "$name")"
+    if [[ -n "$QUICK" ]]; then                  # compare with the committed result itself
+        rm -rf "${PREVIOUS:?}/$name"
+        mkdir -p "$PREVIOUS/$name"
+        for f in results.json comparison.csv; do
+            [[ ! -f "$ROOT/figures/$name/$f" ]] || cp "$ROOT/figures/$name/$f" "$PREVIOUS/$name/"
+        done
+    fi
     if [[ ! -d "$PREVIOUS/$name" ]]; then      # keep the old numbers before they are overwritten
         mkdir -p "$PREVIOUS/$name"
         for f in results.json comparison.csv; do
@@ -192,9 +217,16 @@ while IFS=$'\t' read -r -u 3 name dest params parts note; do   # fd 3: papermill
         args=(-y "$params" -p out_dir "$dest")
         [[ -z "$DATA" ]] || args+=(-p data_dir "$DATA")
     fi
+    export LIPCORE_NET_LOG="$ROOT/outputs/.nets-$RUN_ID-$name.jsonl"   # where each net came from
+    rm -f "$LIPCORE_NET_LOG"
     if ! LIPCORE_PART_PROFILES="$parts" "$PY" -m papermill "$path" "outputs/$name.ipynb" \
             --cwd "$(dirname "$path")" --kernel python3 --progress-bar --log-output "${args[@]}"; then
         cleanup_failed "$name" "$dest"
+        if [[ -n "$QUICK" ]] && grep -q NotTrained "outputs/$name.ipynb"; then
+            "$PY" -m lipcore.summary skip "$dest/$name" "outputs/$name.ipynb"
+            echo "[$i/$n] $name: not re-derived (a net it needs is neither cached nor kept in figures/trained/)"
+            continue
+        fi
         if grep -q DeadlineReached "outputs/$name.ipynb"; then
             echo "reproduce.sh: chunk ended in '$name' (--chunk-seconds $CHUNK); trained models are cached: run the same command with --resume to continue" >&2
             exit 75
@@ -205,12 +237,19 @@ while IFS=$'\t' read -r -u 3 name dest params parts note; do   # fd 3: papermill
     fi
     echo "$name" >> "$FINISHED"
     mkdir -p "$dest/$name"                                # a lesson writes no other output
+    [[ ! -f "$LIPCORE_NET_LOG" ]] || mv "$LIPCORE_NET_LOG" "$dest/$name/nets.jsonl"
     # the results, readable on GitHub/JupyterLab, without progress-bar output
     "$PY" -m lipcore.executed "outputs/$name.ipynb" "$dest/$name/$name.ipynb" >/dev/null
     [[ "$params" == "-" ]] || "$PY" -m lipcore.summary compare "$PREVIOUS/$name" "$dest/$name"
     echo "[$i/$n] $name done in $(( $(date +%s) - start )) s"
 done 3< "$PLAN"
 export MPLBACKEND=Agg
+if [[ -n "$QUICK" ]]; then
+    "$PY" -m lipcore.summary print "${DONE[@]}" | tee "$OUT/SUMMARY.md"
+    echo
+    echo "reproduce.sh: quick check done in $(( $(date +%s) - RUN_START )) s; summary in $OUT/SUMMARY.md"
+    exit 0
+fi
 for root in "${ROOTS[@]}"; do
     "$PY" -m lipcore.report "$root" >/dev/null
     echo "reproduce.sh: report written to $root/REPORT.md"

@@ -1,9 +1,19 @@
 """Content-addressed cache of trained models.
 
 A model is stored under ``.cache/lipcore/<key>.pt`` (or ``$LIPCORE_CACHE``), where the key hashes
-everything that determines it: the config, the data fingerprint, the seed and the source code of
-the function that trains it. Changing any of them trains a new model; re-running a notebook with
-the same settings loads the stored one.
+everything that determines it: the config, the data fingerprint, the seed, the trainer, and the
+code that trained it: every lipcore file that the module asking for the key imports, directly or
+not (:mod:`lipcore.deps`), with the versions of the libraries that can change the weights (torch,
+numpy, cvxpy and its solvers, ...). Changing any of them trains a new model; re-running a
+notebook with the same settings and code loads the stored one. Each stored net records how it was
+made (``_made``: its *recipe*, the key without the code, the code fingerprint and the commit).
+
+The quick check (``LIPCORE_NO_TRAIN=1``, ``./reproduce.sh --quick``) never trains: a net that is
+neither cached nor shipped under its key is looked up by recipe (the same config, data and seed
+trained by older code, listed in ``figures/trained/INDEX.json``) or by the key it had before keys
+covered the imported code (:attr:`CacheKey.legacy`); else :class:`NotTrained` names it. Every net
+the quick check loads is logged to ``$LIPCORE_NET_LOG`` (JSON lines) with where it came from, so
+the summary can say which numbers come from nets trained by older code.
 
 Loading never runs code. Every entry is read with ``torch.load(weights_only=True)``, which
 unpickles only tensors, plain containers and numbers, plus the few numpy types training
@@ -26,6 +36,7 @@ import hashlib
 import inspect
 import json
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -35,11 +46,14 @@ import numpy as np
 import torch
 from numpy._core import multiarray
 
+from . import deps
 from .io import atomic_path, write_text
+from .run import git_commit
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = REPO_ROOT / "figures" / "trained"       # committed nets of long runs' finished cells
 DIGESTS = "SHA256SUMS"                            # in SHIPPED: the digest of every shipped net
+INDEX = "INDEX.json"                              # in SHIPPED: recipe and provenance of each net
 # numpy arrays of numbers in training histories (LipSDP's T, for example); no other globals
 SAFE_NUMPY = [multiarray._reconstruct, np.ndarray, np.dtype, np.dtypes.Float64DType,
               np.dtypes.Float32DType, np.dtypes.Int64DType, np.dtypes.BoolDType]
@@ -78,22 +92,52 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LIPCORE_CACHE") or REPO_ROOT / ".cache" / "lipcore")
 
 
-def code_version(fn: Callable) -> str:
-    """Hash of the source of the module that defines a trainer (the trainer and its helpers),
-    so an edited trainer never reuses a stale model."""
-    return hashlib.sha256(inspect.getsource(inspect.getmodule(fn)).encode()).hexdigest()[:16]
+def code_version(module: str) -> str:
+    """Fingerprint of the code that module ``module`` runs: for a lipcore module, every lipcore
+    file it imports and the library versions that matter (:func:`lipcore.deps.fingerprint`);
+    for any other module (a test's trainer), its own source."""
+    if deps.module_file(module) is not None:
+        return deps.fingerprint(module)
+    return hashlib.sha256(inspect.getsource(sys.modules[module]).encode()).hexdigest()[:16]
 
 
-def cache_key(config: dict[str, Any], data_fingerprint: str, seed: int, trainer: Callable) -> str:
-    """Hash of (config, data, seed, trainer source). ``config`` must be JSON-serialisable."""
+class CacheKey(str):
+    """A cache key (the file name's stem) that also knows its *recipe* (the same hash without
+    the code), the key the same net had before keys covered imported code (``legacy``), and a
+    short description for messages."""
+    recipe: str
+    legacy: str
+    describe: str
+
+
+def _digest(payload: dict[str, Any]) -> str:
     try:
-        payload = json.dumps({"config": config, "data": data_fingerprint, "seed": seed,
-                              "trainer": f"{trainer.__module__}.{trainer.__qualname__}",
-                              "code": code_version(trainer)}, sort_keys=True)
+        text = json.dumps(payload, sort_keys=True)
     except TypeError as exc:
         raise TypeError(f"cache config must be JSON-serialisable (plain numbers, strings, "
                         f"lists, dicts): {exc}") from exc
-    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def cache_key(config: dict[str, Any], data_fingerprint: str, seed: int, trainer: Callable) -> CacheKey:
+    """Hash of (config, data, seed, trainer, code). The code is that of the trainer's module and
+    of the module calling ``cache_key`` (whose ``build`` makes the model), each with everything
+    it imports. ``config`` must be JSON-serialisable."""
+    caller = sys._getframe(1).f_globals.get("__name__", "")
+    recipe = {"config": config, "data": data_fingerprint, "seed": seed,
+              "trainer": f"{trainer.__module__}.{trainer.__qualname__}"}
+    key = CacheKey(_digest(dict(recipe, code=[code_version(trainer.__module__),
+                                              code_version(caller)])))
+    key.recipe = _digest(recipe)
+    # before keys covered imported code: the source of the trainer's own module only
+    key.legacy = _digest(dict(recipe, code=hashlib.sha256(inspect.getsource(
+        inspect.getmodule(trainer)).encode()).hexdigest()[:16]))
+    key.describe = f"{recipe['trainer']}, seed {seed}, config {json.dumps(config)[:160]}"
+    return key
+
+
+class NotTrained(RuntimeError):
+    """The quick check (``LIPCORE_NO_TRAIN=1``) needs a net that is neither cached nor shipped."""
 
 
 class DeadlineReached(RuntimeError):
@@ -113,37 +157,94 @@ def _check_deadline() -> None:
                               "again resumes from here")
 
 
+def _read(path: Path, pinned: bool) -> dict[str, Any] | None:
+    """The net stored at ``path``, or None (with a warning) where it is missing, unreadable, or
+    shipped without its digest listed (``pinned``)."""
+    if not path.is_file():
+        return None
+    if pinned and pinned_digests(path.parent).get(path.name) != sha256(path):
+        warnings.warn(f"{path} is not listed with its SHA-256 in {path.parent / DIGESTS}; "
+                      "refused (python -m lipcore.cache ship lists the nets it ships)", stacklevel=3)
+        return None
+    try:
+        return safe_load(path)
+    except UnreadableModel as bad:
+        if pinned:
+            warnings.warn(f"{bad}; refused, training it again", stacklevel=3)
+        else:
+            aside = quarantine(path)
+            warnings.warn(f"{bad}; moved it to {aside} and training it again", stacklevel=3)
+        return None
+
+
+def shipped_index(folder: Path | None = None) -> dict[str, dict[str, str]]:
+    """File name -> how the shipped net was made (recipe, key, commit), from ``INDEX.json`` in
+    ``folder`` (default :data:`SHIPPED`)."""
+    path = Path(folder or SHIPPED) / INDEX
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _older(key: str) -> tuple[dict[str, Any], str] | None:
+    """For the quick check: the same recipe trained by older code (shipped), or the net stored
+    under the key's legacy form (cached or shipped), and where it came from."""
+    recipe, legacy = getattr(key, "recipe", None), getattr(key, "legacy", None)
+    for name, made in sorted(shipped_index().items()):
+        if recipe and made.get("recipe") == recipe:
+            obj = _read(SHIPPED / name, pinned=True)
+            if obj is not None:
+                return obj, f"shipped {name}, trained by older code (commit {made.get('commit')})"
+    if legacy:
+        for path, pinned in ((cache_dir() / f"{legacy}.pt", False), (SHIPPED / f"{legacy}.pt", True)):
+            obj = _read(path, pinned)
+            if obj is not None:
+                return obj, f"{path.name}, trained before keys covered imported code"
+    return None
+
+
+def _log(key: str, source: str) -> None:
+    log = os.environ.get("LIPCORE_NET_LOG")
+    if log:
+        with open(log, "a") as out:
+            out.write(json.dumps({"key": str(key), "source": source}) + "\n")
+
+
+def _made(key: str) -> dict[str, str]:
+    return {"recipe": getattr(key, "recipe", ""), "key": str(key), "commit": git_commit()}
+
+
 def cached(key: str, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Load the object stored under ``key``, or call ``build()`` and store its result atomically.
+    """Load the object stored under ``key``, or call ``build()`` and store its result atomically
+    with how it was made (``_made``, dropped again on loading).
 
     ``build`` returns a dict of tensors / plain values (e.g. a state dict plus training history).
-    Raises :class:`DeadlineReached` instead of building once ``LIPCORE_DEADLINE`` has passed.
+    Raises :class:`DeadlineReached` instead of building once ``LIPCORE_DEADLINE`` has passed, and
+    :class:`NotTrained` instead of building under ``LIPCORE_NO_TRAIN=1`` when no older net of
+    the same recipe is shipped either.
     """
     global _builds_this_process
     path = cache_dir() / f"{key}.pt"
-    if path.is_file():
-        try:
-            return safe_load(path)
-        except UnreadableModel as bad:
-            aside = quarantine(path)
-            warnings.warn(f"{bad}; moved it to {aside} and training it again", stacklevel=2)
-    shipped = SHIPPED / path.name
-    if shipped.is_file():
-        if pinned_digests(SHIPPED).get(shipped.name) != sha256(shipped):
-            warnings.warn(f"{shipped} is not listed with its SHA-256 in {SHIPPED / DIGESTS}; "
-                          "refused (python -m lipcore.cache ship lists the nets it ships)",
-                          stacklevel=2)
-        else:
-            try:
-                return safe_load(shipped)
-            except UnreadableModel as bad:
-                warnings.warn(f"{bad}; refused, training it again", stacklevel=2)
+    for candidate, pinned, source in ((path, False, "cache"), (SHIPPED / path.name, True, "shipped")):
+        obj = _read(candidate, pinned)
+        if obj is not None:
+            _log(key, source)
+            obj.pop("_made", None)
+            return obj
+    if os.environ.get("LIPCORE_NO_TRAIN") == "1":
+        found = _older(key)
+        if found is None:
+            raise NotTrained(f"the quick check trains nothing, and no net of this recipe is "
+                             f"cached or shipped in {SHIPPED}: {getattr(key, 'describe', key)}")
+        obj, source = found
+        _log(key, source)
+        obj.pop("_made", None)
+        return obj
     _check_deadline()
     _builds_this_process += 1
     obj = build()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        torch.save(dict(obj, _made=_made(key)), tmp)
+    _log(key, "trained")
     return obj
 
 
@@ -169,6 +270,12 @@ def ship(source: Path, target: Path = SHIPPED, max_bytes: int = 5 * 2 ** 20) -> 
                 tmp.write_bytes(path.read_bytes())
             new.append(target / path.name)
     write_digests(target, {**pinned_digests(target), **{p.name: sha256(p) for p in new}})
+    index = shipped_index(target)
+    for p in new:
+        made = safe_load(p).get("_made")
+        if isinstance(made, dict):
+            index[p.name] = made
+    write_text(target / INDEX, json.dumps(dict(sorted(index.items())), indent=1) + "\n")
     return new
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import deps
 from .ablations import not_run
 from .io import write_text
 from .ledger import build_ledger, committed_claims, ledger_markdown
@@ -41,12 +42,15 @@ def _format(v) -> str:
 
 
 def code_changed_since(commit: str | None, notebook: str) -> list[str]:
-    """The files of ``lipcore/`` and of the notebook that differ between ``commit`` and HEAD
-    (empty when they agree, or where git or the commit is not available)."""
+    """The files a notebook's results depend on (the notebook and every lipcore file its imports
+    reach, :func:`lipcore.deps.notebook_sources`) that differ between ``commit`` and HEAD (empty
+    when they agree, or where git or the commit is not available)."""
     if not commit:
         return []
     root = Path(__file__).resolve().parent.parent
-    paths = ["lipcore", *(str(p.relative_to(root)) for p in root.glob(f"notebooks/**/{notebook}.ipynb"))]
+    notebooks = list(root.glob(f"notebooks/**/{notebook}.ipynb"))
+    paths = [str(p.relative_to(root)) for p in notebooks]
+    paths += sorted({f for p in notebooks for f in deps.notebook_sources(p)})
     try:
         out = subprocess.run(["git", "diff", "--name-only", commit.removesuffix("-dirty"), "HEAD",
                               "--", *paths], cwd=root, capture_output=True, text=True, check=True)

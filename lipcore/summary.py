@@ -13,6 +13,11 @@ the machine and its load), ``gpu`` where either run used CUDA (cuDNN kernels are
 bit-deterministic), else ``deterministic`` (a CPU run of the same code and seed repeats itself;
 only the summation order of a multi-threaded BLAS may move the last bits). The result goes to
 ``<name>/reproduction.json``, which REPORT.md shows; ``python -m lipcore.summary`` prints it.
+
+The quick check (``./reproduce.sh --quick``) compares against the committed ``figures/<name>``,
+counts where its nets came from (``nets.jsonl``, :mod:`lipcore.cache`): a net trained by older
+code than the result's can move a number for that reason alone. A notebook it cannot re-derive
+gets a ``reproduction.json`` that says why (:func:`skipped`).
 """
 from __future__ import annotations
 
@@ -67,6 +72,39 @@ def _results(folder: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def net_sources(folder: Path) -> dict[str, int]:
+    """How many nets of the run in ``folder`` came from each place (``nets.jsonl``)."""
+    path = folder / "nets.jsonl"
+    if not path.is_file():
+        return {}
+    counts: dict[str, int] = {}
+    for line in path.read_text().splitlines():
+        source = json.loads(line)["source"]
+        kind = ("trained by older code" if "older code" in source or "before keys" in source
+                else source.split()[0])
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def not_trained_reason(executed: Path) -> str:
+    """The message of the :class:`lipcore.cache.NotTrained` error that stopped a notebook."""
+    import nbformat
+    for cell in nbformat.read(executed, as_version=4).cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error" and out.get("ename") == "NotTrained":
+                return out.get("evalue", "")
+    return "a net it needs is neither cached nor kept in figures/trained/"
+
+
+def skipped(folder: Path, reason: str) -> dict[str, Any]:
+    """The reproduction.json of a notebook the run could not re-derive, saying why."""
+    summary = dict(notebook=folder.name, identical=0, within_tolerance=0, different=0,
+                   differences=[], bands={}, note=f"not re-derived: {reason}")
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text(folder / "reproduction.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
 def compare(previous: Path, current: Path) -> dict[str, Any]:
     """Sort every number of ``current``'s comparison.csv against ``previous``'s; writes and
     returns ``current/reproduction.json``."""
@@ -75,7 +113,7 @@ def compare(previous: Path, current: Path) -> dict[str, Any]:
         notebook=current.name, previous_commit=old_run.get("git_commit"),
         previous_profile=old_run.get("profile"), commit=new_run.get("git_commit"),
         profile=new_run.get("profile"), identical=0, within_tolerance=0, different=0,
-        differences=[], bands={})
+        differences=[], bands={}, nets=net_sources(current))
     old, new = _table(previous), _table(current)
     if new is None:
         summary["note"] = "no comparison.csv: this run reports no numbers"
@@ -110,8 +148,10 @@ def _count(s: dict[str, Any]) -> str:
         return s["note"]
     if s.get("new"):
         return f"{s['new']} numbers, {s['note']}"
+    nets = s.get("nets") or {}
     return (f"{s['identical']} identical, {s['within_tolerance']} within tolerance, "
-            f"{s['different']} different")
+            f"{s['different']} different" + (" (nets: " + ", ".join(
+                f"{n} {where}" for where, n in sorted(nets.items())) + ")" if nets else ""))
 
 
 def _number(v: float | None) -> str:
@@ -149,9 +189,11 @@ def load(folders: list[Path]) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    # compare PREVIOUS CURRENT | print FOLDER...
+    # compare PREVIOUS CURRENT | skip FOLDER REASON | print FOLDER...
     if len(sys.argv) == 4 and sys.argv[1] == "compare":
         compare(Path(sys.argv[2]), Path(sys.argv[3]))
+    elif len(sys.argv) == 4 and sys.argv[1] == "skip":            # FOLDER EXECUTED_NOTEBOOK
+        skipped(Path(sys.argv[2]), not_trained_reason(Path(sys.argv[3])))
     elif len(sys.argv) >= 2 and sys.argv[1] == "print":
         folders = [Path(p) for p in sys.argv[2:]]
         done = load(folders)
@@ -160,4 +202,5 @@ if __name__ == "__main__":
         print("\n".join(["Reproduction summary (how close this run came to the results it "
                          "replaced):", ""] + summary_lines(done, lessons)))
     else:
-        sys.exit("usage: python -m lipcore.summary compare PREVIOUS CURRENT | print FOLDER...")
+        sys.exit("usage: python -m lipcore.summary compare PREVIOUS CURRENT | skip FOLDER NOTEBOOK "
+                 "| print FOLDER...")

@@ -1,0 +1,143 @@
+"""Which of lipcore's source files a module or notebook depends on, and a hash of them.
+
+A trained net depends on more than its trainer: the model's constructor, the bound the trainer
+calls (LipSDP inside ADMM), the augmentation, the progress bar's seeding side effects. The model
+cache key and REPORT.md's "stale" mark both read the same set: the lipcore modules a starting
+module imports, followed transitively through ``import`` statements (read with :mod:`ast`, never
+executed), plus the ``__init__`` of every package on the way, which runs on import. Over-counting
+is safe (a net is retrained that need not be); missing a file is not, so every ``from . import
+x`` and ``from .x import y`` counts, whether or not ``y`` is used.
+"""
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import importlib.metadata
+import json
+from pathlib import Path
+
+PACKAGE = "lipcore"
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent
+# libraries whose version can change a trained net's weights, and what each one loads by name
+VERSIONED = {"torch": (), "numpy": (), "torchvision": (), "scipy": (), "cvxpy": ("scs", "clarabel")}
+# the cache's own machinery: it decides the form of a key, never a net's weights or a result
+KEY_MACHINERY = ("lipcore/cache.py", "lipcore/deps.py")
+
+
+def module_file(name: str) -> Path | None:
+    """The source file of lipcore module ``name`` (``lipcore.trainers.admm``), or None."""
+    parts = name.split(".")
+    if parts[0] != PACKAGE:
+        return None
+    base = PACKAGE_DIR.joinpath(*parts[1:])
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imported(name: str, path: Path) -> tuple[set[str], set[str]]:
+    """(lipcore modules, other top-level packages) that ``path`` (module ``name``) imports."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    ours, others = set(), set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            # ``from pkg import x``: x may be a submodule; keep it only where it is one
+            targets = [base] + [f"{base}.{a.name}" for a in node.names
+                                if module_file(f"{base}.{a.name}") is not None]
+        else:
+            continue
+        for target in targets:
+            top = target.split(".")[0]
+            if top == PACKAGE:
+                ours.add(target)
+            else:
+                others.add(top)
+    return {m for m in ours if module_file(m)}, others
+
+
+@functools.lru_cache(maxsize=None)
+def closure(start: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(lipcore modules, other top-level packages) that importing ``start`` runs, sorted."""
+    seen: set[str] = set()
+    packages: set[str] = set()
+    todo = [start]
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):             # a package's __init__ runs first
+            prefix = ".".join(parts[:i])
+            if prefix in seen or module_file(prefix) is None:
+                continue
+            seen.add(prefix)
+            if str(module_file(prefix).relative_to(REPO_ROOT)) in KEY_MACHINERY:
+                continue                               # its imports make keys, not nets
+            ours, others = _imported(prefix, module_file(prefix))
+            packages |= others
+            todo.extend(ours - seen)
+    return tuple(sorted(seen)), tuple(sorted(packages))
+
+
+def source_files(start: str) -> list[str]:
+    """Repository-relative paths of the lipcore files in ``start``'s import closure."""
+    paths = (str(module_file(m).relative_to(REPO_ROOT)) for m in closure(start)[0])
+    return [path for path in paths if path not in KEY_MACHINERY]
+
+
+def library_versions(start: str) -> dict[str, str]:
+    """Versions of the libraries in :data:`VERSIONED` that ``start``'s closure imports."""
+    wanted = [lib for lib in VERSIONED if lib in closure(start)[1]]
+    wanted += [extra for lib in wanted for extra in VERSIONED[lib]]
+    versions = {}
+    for lib in sorted(set(wanted)):
+        try:
+            versions[lib] = importlib.metadata.version(lib)
+        except importlib.metadata.PackageNotFoundError:
+            versions[lib] = "absent"
+    return versions
+
+
+@functools.lru_cache(maxsize=None)
+def fingerprint(start: str) -> str:
+    """Hash of the source of every lipcore file ``start`` depends on and of the library versions
+    that matter: the part of a model cache key that says which code trained it."""
+    payload = {path: hashlib.sha256((REPO_ROOT / path).read_bytes()).hexdigest()
+               for path in source_files(start)}
+    payload["libraries"] = library_versions(start)
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def notebook_modules(notebook: Path) -> list[str]:
+    """The lipcore modules a notebook's code cells import."""
+    import nbformat
+    names: set[str] = set()
+    for cell in nbformat.read(notebook, as_version=4).cells:
+        if cell.cell_type != "code":
+            continue
+        try:
+            tree = ast.parse(cell.source)
+        except SyntaxError:                        # IPython magics: their lines are not Python
+            tree = ast.parse("\n".join(line for line in cell.source.splitlines()
+                                       if not line.lstrip().startswith(("%", "!"))))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names |= {a.name for a in node.names if a.name.split(".")[0] == PACKAGE}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == PACKAGE:
+                names.add(node.module)
+                names |= {f"{node.module}.{a.name}" for a in node.names
+                          if module_file(f"{node.module}.{a.name}") is not None}
+    return sorted(n for n in names if module_file(n))
+
+
+def notebook_sources(notebook: Path) -> list[str]:
+    """Every lipcore file a notebook's results depend on (the closure of its imports)."""
+    return sorted({path for module in notebook_modules(notebook) for path in source_files(module)})

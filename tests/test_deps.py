@@ -1,0 +1,111 @@
+"""Issue 28: model cache keys cover every lipcore file a net depends on and the library versions
+that matter; the quick check loads nets instead of training them and says where each came from."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from lipcore import cache, deps
+from lipcore.cache import NotTrained, cache_key, cached
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def trainer(config):
+    return config
+
+
+def test_closure_follows_imports_but_not_unrelated_modules():
+    files = deps.source_files("lipcore.trainers.admm")
+    for needed in ("lipcore/trainers/admm.py", "lipcore/trainers/standard.py",
+                   "lipcore/estimators/lipsdp.py", "lipcore/progress.py",
+                   "lipcore/__init__.py", "lipcore/trainers/__init__.py"):
+        assert needed in files
+    assert not any(f.startswith("lipcore/lessons/") for f in files)
+    assert "lipcore/report.py" not in files and "lipcore/cache.py" not in files
+    assert {"cvxpy", "scs", "clarabel", "torch", "numpy"} <= set(deps.library_versions(
+        "lipcore.trainers.admm"))
+    assert "lipcore.counterexample" in deps.notebook_modules(
+        ROOT / "notebooks" / "lipsdp_counterexample.ipynb")
+
+
+def _fresh_copy(tmp_path, monkeypatch) -> Path:
+    package = tmp_path / "lipcore"
+    shutil.copytree(deps.PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(deps, "PACKAGE_DIR", package)
+    monkeypatch.setattr(deps, "REPO_ROOT", tmp_path)
+    deps.closure.cache_clear()
+    deps.fingerprint.cache_clear()
+    return package
+
+
+def test_fingerprint_changes_with_a_dependency_and_a_library_version_only(tmp_path, monkeypatch):
+    package = _fresh_copy(tmp_path, monkeypatch)
+    try:
+        before = deps.fingerprint("lipcore.trainers.admm")
+        (package / "lessons" / "balls.py").write_text("# unrelated\n", "utf-8")
+        deps.fingerprint.cache_clear()
+        assert deps.fingerprint("lipcore.trainers.admm") == before
+        with open(package / "estimators" / "lipsdp.py", "a") as f:
+            f.write("\n# a change in the bound ADMM calls\n")
+        deps.fingerprint.cache_clear()
+        changed = deps.fingerprint("lipcore.trainers.admm")
+        assert changed != before
+        real = deps.importlib.metadata.version
+        monkeypatch.setattr(deps.importlib.metadata, "version",
+                            lambda lib: "0.0-other" if lib == "scs" else real(lib))
+        deps.fingerprint.cache_clear()
+        assert deps.fingerprint("lipcore.trainers.admm") != changed
+    finally:
+        deps.closure.cache_clear()
+        deps.fingerprint.cache_clear()
+
+
+def test_key_carries_recipe_and_legacy_form():
+    a = cache_key({"lr": 0.1}, "d", 0, trainer)
+    b = cache_key({"lr": 0.1}, "d", 0, trainer)
+    assert a == b and a.recipe == b.recipe and a.recipe != a and a.legacy != a
+    assert cache_key({"lr": 0.2}, "d", 0, trainer).recipe != a.recipe
+    assert "seed 0" in a.describe
+
+
+def test_quick_check_loads_older_nets_and_refuses_to_train(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIPCORE_CACHE", str(tmp_path / "cache"))
+    shipped = tmp_path / "shipped"
+    monkeypatch.setattr(cache, "SHIPPED", shipped)
+    log = tmp_path / "nets.jsonl"
+    monkeypatch.setenv("LIPCORE_NET_LOG", str(log))
+    key = cache_key({"lr": 0.1}, "d", 0, trainer)
+    stored = cached(key, lambda: {"w": torch.ones(2)})             # trained, with provenance
+    assert "_made" not in stored
+    raw = cache.safe_load(tmp_path / "cache" / f"{key}.pt")
+    assert raw["_made"]["recipe"] == key.recipe
+
+    # ship it, then ask for the same recipe under another code version: only the quick check
+    # may use it, and it says so
+    cache.ship(tmp_path / "cache", shipped)
+    index = json.loads((shipped / cache.INDEX).read_text())
+    assert index[f"{key}.pt"]["recipe"] == key.recipe
+    newer = cache.CacheKey("0" * 24)
+    newer.recipe, newer.legacy, newer.describe = key.recipe, "1" * 24, "the same net, newer code"
+    monkeypatch.setenv("LIPCORE_NO_TRAIN", "1")
+    assert torch.equal(cached(newer, lambda: pytest.fail("the quick check trained"))["w"],
+                       torch.ones(2))
+    other = cache_key({"lr": 0.3}, "d", 0, trainer)
+    with pytest.raises(NotTrained, match="lr"):
+        cached(other, lambda: pytest.fail("the quick check trained"))
+    sources = [json.loads(line)["source"] for line in log.read_text().splitlines()]
+    assert sources[0] == "trained" and "older code" in sources[1]
+
+
+def test_quick_check_finds_a_net_stored_under_its_legacy_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIPCORE_CACHE", str(tmp_path))
+    monkeypatch.setattr(cache, "SHIPPED", tmp_path / "none")
+    key = cache_key({"lr": 0.1}, "d", 0, trainer)
+    torch.save({"w": torch.zeros(1)}, tmp_path / f"{key.legacy}.pt")
+    monkeypatch.setenv("LIPCORE_NO_TRAIN", "1")
+    assert torch.equal(cached(key, lambda: pytest.fail("trained"))["w"], torch.zeros(1))
+    monkeypatch.delenv("LIPCORE_NO_TRAIN")
+    assert cached(key, lambda: {"w": torch.ones(1)})["w"].item() == 1.0   # a normal run retrains
