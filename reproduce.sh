@@ -197,6 +197,12 @@ while IFS=$'\t' read -r -u 3 name dest params parts note; do   # fd 3: papermill
     echo "[$i/$n] $name ($note) ..."
     start=$(date +%s)
     path="$(notebook_path "$name")"
+    if [[ -n "$QUICK" && -f "$ROOT/figures/$name/nets.jsonl" ]] \
+            && ! why="$("$PY" -m lipcore.cache missing "$ROOT/figures/$name/nets.jsonl")"; then
+        "$PY" -m lipcore.summary skip "$dest/$name" "$why"
+        echo "[$i/$n] $name: not re-derived ($why)"
+        continue
+    fi
     if [[ -n "$QUICK" ]]; then                  # compare with the committed result itself
         rm -rf "${PREVIOUS:?}/$name"
         mkdir -p "$PREVIOUS/$name"

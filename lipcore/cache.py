@@ -204,8 +204,24 @@ def _older(key: str) -> tuple[dict[str, Any], str] | None:
 def _log(key: str, source: str) -> None:
     log = os.environ.get("LIPCORE_NET_LOG")
     if log:
+        entry = {"key": str(key), "recipe": getattr(key, "recipe", None),
+                 "legacy": getattr(key, "legacy", None), "source": source}
         with open(log, "a") as out:
-            out.write(json.dumps({"key": str(key), "source": source}) + "\n")
+            out.write(json.dumps(entry) + "\n")
+
+
+def missing(net_log: Path) -> list[str]:
+    """The nets a run logged (``nets.jsonl``) that the quick check could not load here: neither
+    cached nor shipped under their key, recipe or legacy key."""
+    absent = []
+    for line in Path(net_log).read_text().splitlines():
+        entry = json.loads(line)
+        key = CacheKey(entry["key"])
+        key.recipe, key.legacy = entry.get("recipe"), entry.get("legacy")
+        here = any((folder / f"{key}.pt").is_file() for folder in (cache_dir(), SHIPPED))
+        if not here and _older(key) is None:
+            absent.append(str(key))
+    return absent
 
 
 def _made(key: str) -> dict[str, str]:
@@ -289,10 +305,18 @@ if __name__ == "__main__":
     import argparse
     parser = argparse.ArgumentParser(description="Ship a run's trained models to figures/trained/ "
                                      "so a resumed run on another machine finds them.")
-    parser.add_argument("command", choices=["ship"])
-    parser.add_argument("cache", type=Path, help="the run's cache folder ($LIPCORE_CACHE)")
+    parser.add_argument("command", choices=["ship", "missing"],
+                        help="ship: copy a run's nets; missing: list the nets of a run's "
+                             "nets.jsonl that the quick check could not load here (exit 3)")
+    parser.add_argument("cache", type=Path, help="ship: the run's cache folder ($LIPCORE_CACHE); "
+                                                 "missing: a result's nets.jsonl")
     parser.add_argument("--max-mb", type=float, default=5.0, help="skip larger models")
     args = parser.parse_args()
+    if args.command == "missing":
+        absent = missing(args.cache)
+        print(f"{len(absent)} net(s) neither cached nor kept in {SHIPPED}" +
+              (f", e.g. {absent[0]}" if absent else ""))
+        sys.exit(3 if absent else 0)
     if not args.cache.is_dir():
         parser.error(f"cache folder {args.cache} does not exist")
     shipped = ship(args.cache, max_bytes=int(args.max_mb * 2 ** 20))

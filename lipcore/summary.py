@@ -189,11 +189,12 @@ def load(folders: list[Path]) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    # compare PREVIOUS CURRENT | skip FOLDER REASON | print FOLDER...
     if len(sys.argv) == 4 and sys.argv[1] == "compare":
         compare(Path(sys.argv[2]), Path(sys.argv[3]))
-    elif len(sys.argv) == 4 and sys.argv[1] == "skip":            # FOLDER EXECUTED_NOTEBOOK
-        skipped(Path(sys.argv[2]), not_trained_reason(Path(sys.argv[3])))
+    elif len(sys.argv) == 4 and sys.argv[1] == "skip":     # FOLDER (EXECUTED_NOTEBOOK | REASON)
+        why = Path(sys.argv[3])
+        skipped(Path(sys.argv[2]), not_trained_reason(why) if why.suffix == ".ipynb"
+                and why.is_file() else sys.argv[3])
     elif len(sys.argv) >= 2 and sys.argv[1] == "print":
         folders = [Path(p) for p in sys.argv[2:]]
         done = load(folders)
@@ -202,5 +203,5 @@ if __name__ == "__main__":
         print("\n".join(["Reproduction summary (how close this run came to the results it "
                          "replaced):", ""] + summary_lines(done, lessons)))
     else:
-        sys.exit("usage: python -m lipcore.summary compare PREVIOUS CURRENT | skip FOLDER NOTEBOOK "
-                 "| print FOLDER...")
+        sys.exit("usage: python -m lipcore.summary compare PREVIOUS CURRENT | "
+                 "skip FOLDER (NOTEBOOK | REASON) | print FOLDER...")

@@ -109,3 +109,30 @@ def test_quick_check_finds_a_net_stored_under_its_legacy_key(tmp_path, monkeypat
     assert torch.equal(cached(key, lambda: pytest.fail("trained"))["w"], torch.zeros(1))
     monkeypatch.delenv("LIPCORE_NO_TRAIN")
     assert cached(key, lambda: {"w": torch.ones(1)})["w"].item() == 1.0   # a normal run retrains
+
+
+def test_missing_lists_the_logged_nets_the_quick_check_cannot_load(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIPCORE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(cache, "SHIPPED", tmp_path / "none")
+    log = tmp_path / "nets.jsonl"
+    monkeypatch.setenv("LIPCORE_NET_LOG", str(log))
+    kept = cache_key({"lr": 0.1}, "d", 0, trainer)
+    cached(kept, lambda: {"w": torch.ones(1)})
+    gone = cache_key({"lr": 0.2}, "d", 0, trainer)
+    cached(gone, lambda: {"w": torch.ones(1)})
+    (tmp_path / "cache" / f"{gone}.pt").unlink()
+    assert cache.missing(log) == [str(gone)]
+
+
+def test_summary_names_a_notebook_the_quick_check_could_not_re_derive(tmp_path):
+    import nbformat
+    from lipcore import summary
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("x")
+    cell.outputs = [nbformat.v4.new_output("error", ename="NotTrained", evalue="no net for row A",
+                                           traceback=[])]
+    nb.cells = [cell]
+    nbformat.write(nb, tmp_path / "run.ipynb")
+    out = summary.skipped(tmp_path / "clip", summary.not_trained_reason(tmp_path / "run.ipynb"))
+    assert out["note"] == "not re-derived: no net for row A"
+    assert "not re-derived: no net for row A" in "\n".join(summary.summary_lines([out]))

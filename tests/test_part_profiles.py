@@ -88,6 +88,8 @@ def _reproduce(*args, **env):
     (["--data", "/nonexistent/data"], "--data directory '/nonexistent/data' does not exist"),
     (["--part-profile", "clip:MNIST=fast"], "must read NOTEBOOK:PART=smoke|cpu|paper"),
     (["--part-profile", "nosuch:MNIST=paper"], "names notebook 'nosuch'"),
+    (["--quick", "--profile", "cpu"], "--quick re-derives the recorded settings"),
+    (["--quick", "--out", "/tmp/elsewhere"], "it takes no --out"),
 ])
 def test_reproduce_rejects_bad_options_before_looking_for_python(args, message):
     """LIPCORE_PYTHON points nowhere: the option errors must come first, in a second."""
@@ -137,3 +139,19 @@ def test_a_run_at_the_recorded_setting_reproduces_the_record(tmp_path):
     assert {k: v for k, v in after["lipsdp_counterexample"].items() if k != "git_commit"} == setting
     report = (tmp_path / "REPORT.md").read_text()
     assert f"{len(before)} identical" in report
+
+
+def test_the_quick_check_re_derives_a_committed_result_without_writing_figures():
+    """Issue 28: ./reproduce.sh --quick re-runs a committed result at its recorded setting with
+    training switched off, into outputs/quick/, and finds every number identical. (About 1 min.)"""
+    figures = REPO_ROOT / "figures" / "lipsdp_counterexample"
+    before = {p.name: p.read_bytes() for p in figures.iterdir() if p.is_file()}
+    result = subprocess.run(["./reproduce.sh", "--quick", "--only", "lipsdp_counterexample"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "LIPCORE_PROGRESS": "0"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = len(pd.read_csv(figures / "comparison.csv"))
+    assert f"{rows} identical, 0 within tolerance, 0 different" in result.stdout
+    assert "quick check done" in result.stdout
+    assert (REPO_ROOT / "outputs" / "quick" / "SUMMARY.md").is_file()
+    assert {p.name: p.read_bytes() for p in figures.iterdir() if p.is_file()} == before
