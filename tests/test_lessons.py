@@ -128,7 +128,8 @@ def test_crm_shrinks_the_constant_and_pairwise_constants_certify_more(ax):
     for shown in (plain, crm):
         assert shown["violations"] == 0                          # no radius beyond the boundary
         assert shown["pairwise_certified"] >= shown["global_certified"]
-        assert shown["pairwise_over_global"] <= 1.0              # L_ij <= sqrt(2) L, a theorem
+        assert shown["max_pairwise_over_global"] <= 1.0 + 1e-9   # L_ij <= sqrt(2) L, a theorem
+        assert shown["global_above_pairwise"] == 0               # so r_pair >= r_global per point
     assert crm["pairwise_certified"] > plain["pairwise_certified"]
     assert crm["L"] < plain["L"]                                 # through a smaller constant
     assert "CRM weight 10" in ax.get_title()
@@ -156,8 +157,16 @@ def test_noise_lowers_accuracy_and_the_clamp_control_changes_image_and_curves_to
     other = lessons.draw_noise(ax, 1.2, image=0, sigma_train=0.05)          # retrains one net
     assert other["lipschitz loss k"] != noisy["lipschitz loss k"]
     assert other["standard k"] == noisy["standard k"]
+    off = lessons.draw_noise(ax, 1.2, image=0, beta=0.0)        # the loss off: standard training
+    assert off["lipschitz loss k"] == off["standard k"]
+    assert off["lipschitz loss accuracy"] == off["standard accuracy"]
+    heavy = lessons.draw_noise(ax, 1.2, image=0, beta=20.0)      # beta acts on k
+    assert heavy["lipschitz loss k"] < noisy["lipschitz loss k"] < off["lipschitz loss k"]
+    assert "beta 20" in ax.child_axes[-1].get_title()
     with pytest.raises(ValueError, match="sigma must be >= 0"):
         lessons.draw_noise(ax, -0.1)
+    with pytest.raises(ValueError, match="beta must be >= 0"):
+        lessons.draw_noise(ax, 0.5, beta=-1.0)
 
 
 def test_every_bound_of_a_users_net_is_ordered_or_says_why_it_does_not_apply():

@@ -24,7 +24,7 @@ from .lmi import draw_lmi_feasibility, least_certified_L
 from .loop import depth_sweep, draw_loop_transformation, loop_net, ratio_curves, sweep_all
 from .margins import CRM_STRENGTHS, EPS_2D, crm_2d_net, draw_margins, margin_view
 from .mnist import METHODS_MNIST, mnist_subset, small_mnist_net
-from .noise import SIGMAS, SIGMAS_TRAIN, draw_noise, noise_curves
+from .noise import BETAS, SIGMAS, SIGMAS_TRAIN, draw_noise, noise_curves
 from .own_net import every_bound
 from .steepest import (STEPS, attack_sweep, draw_attacks_against_eps, draw_steepest_2d,
                        steepest_step)
@@ -34,7 +34,7 @@ from .weak_attack import (EPS_GRID, draw_accuracy_against_eps, draw_weak_attack,
 
 torch.set_num_threads(1)
 
-__all__ = ["COUPLING_MAX", "CRM_STRENGTHS", "EPS_2D", "EPS_GRID", "L_DES", "METHODS_2D",
+__all__ = ["BETAS", "COUPLING_MAX", "CRM_STRENGTHS", "EPS_2D", "EPS_GRID", "L_DES", "METHODS_2D",
            "METHODS_MNIST", "SIGMAS", "SIGMAS_TRAIN", "STEPS", "attack_sweep", "bound_ladder",
            "clip_fit", "coupled_bound", "crm_2d_net", "depth_sweep", "discrepancy_run",
            "draw_accuracy_against_eps", "draw_attacks_against_eps", "draw_bound_ladder",
