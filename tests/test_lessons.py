@@ -42,6 +42,8 @@ def test_the_bound_control_changes_only_L_and_the_radii(ax):
     assert naive["mean_margin"] == pytest.approx(sdp["mean_margin"])         # same net
     assert naive["mean_radius"] * naive["L"] == pytest.approx(sdp["mean_radius"] * sdp["L"])
     assert "naive" in ax.get_title()
+    # "none" ignores strength: the same cached net, not a retraining
+    assert lessons.draw_certified_balls(ax, "none", 0.5) == lessons.draw_certified_balls(ax, "none")
     with pytest.raises(ValueError, match="method must be one of"):
         lessons.draw_certified_balls(ax, "dropout", 0.1)
     with pytest.raises(ValueError, match="bound must be one of"):
@@ -71,6 +73,11 @@ def test_the_coupled_multiplier_certifies_a_constant_below_the_truth(ax):
     assert diagonal["least_tau"] >= 1.0 and 0.5 < coupled["least_tau"] < 0.6
     assert lessons.least_L(0.99, 0.6) < 0.1 < lessons.true_constant()
     assert lessons.least_L(0.5, 0.6) == float("inf")
+    # the lesson's closed form: least L = sqrt(tau (1 - c)), at best tau sqrt((1 - c) / (1 + c))
+    for c in (0.0, 0.3, 0.9):
+        assert lessons.least_L(c, 2.0) == pytest.approx((2.0 * (1 - c)) ** 0.5, rel=1e-9)
+        assert lessons.coupled_bound(c) == pytest.approx(((1 - c) / (1 + c)) ** 0.5, rel=1e-5)
+    assert all(panel.get_ylabel() for panel in ax.child_axes)
     with pytest.raises(ValueError, match="coupling must be in"):
         lessons.coupled_bound(1.0)
 

@@ -61,9 +61,10 @@ def unit_grid(n: int = GRID) -> torch.Tensor:
 def nearest_other_class(net: nn.Module, x: torch.Tensor, n: int = GRID
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """For each 2D point, the nearest point of the n x n grid of the unit square that ``net``
-    assigns another class than x's own: an adversarial point, and its distance, which exceeds
-    the distance to the decision boundary (within the square) by at most the grid's diagonal
-    spacing sqrt(2) / (n - 1). Returns (points, distances)."""
+    assigns another class than x's own: an adversarial point, and its distance, which is at
+    least the distance to the decision boundary (within the square) and exceeds it by at most
+    about the grid's diagonal spacing sqrt(2) / (n - 1) (a region of another class thinner than
+    a grid cell can be missed). Returns (points, distances)."""
     grid = unit_grid(n)
     with torch.no_grad():
         grid_class, own = net(grid).argmax(1), net(x).argmax(1)
@@ -80,7 +81,8 @@ def draw_certified_balls(ax: plt.Axes, method: str = "none", strength: float = 0
     a red segment to the nearest grid point of another class (the distance to the boundary)."""
     if bound not in BOUND_METHODS:
         raise ValueError(f"bound must be one of {tuple(BOUND_METHODS)}, got {bound!r}")
-    net = trained_2d_net(method, float(strength))
+    strength = 0.0 if method == "none" else float(strength)   # none ignores it: no retraining
+    net = trained_2d_net(method, strength)
     data = pauli_2d()
     x, y = (t[:points] for t in data.test.tensors)
     with quiet():

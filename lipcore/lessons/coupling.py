@@ -25,13 +25,16 @@ def multiplier(coupling: float) -> np.ndarray:
 
 
 def least_L(coupling: float, tau: float) -> float:
-    """The least L the LMI (5) accepts for the counterexample net at T = tau * multiplier(c)
-    (inf where no L does: the hidden block is not negative definite)."""
+    """The least L the LMI (5) accepts for the counterexample net at T = tau * multiplier(c):
+    sqrt(tau (1 - c)) for tau > 1 / (1 + c), inf where the hidden block is not negative definite
+    (below that no L is accepted; exactly at tau = 1 / (1 + c) the block is singular along a
+    direction the LMI's off-diagonal block misses, and L = sqrt(tau (1 - c)) still is)."""
     return float(np.sqrt(exact_L2([cx.W0, cx.W1], tau * multiplier(coupling), 0.0, 1.0)))
 
 
 def coupled_bound(coupling: float) -> float:
-    """The least L the LMI (5) certifies at coupling c, minimised over tau > 0."""
+    """The least L the LMI (5) certifies at coupling c, minimised over tau > 0 numerically
+    (the closed form, which lesson 3 derives and the tests check, is sqrt((1 - c) / (1 + c)))."""
     multiplier(coupling)                                   # validates c
     best = minimize_scalar(lambda log_tau: min(least_L(coupling, np.exp(log_tau)), 1e3),
                            bounds=(-12.0, 12.0), method="bounded", options=dict(xatol=1e-6))
@@ -58,12 +61,13 @@ def draw_counterexample(ax: plt.Axes, coupling: float = 0.0) -> dict[str, float]
     left, right = ax.inset_axes((0.0, 0.0, 0.44, 0.78)), ax.inset_axes((0.56, 0.0, 0.44, 0.78))
     left.plot(grid, curve, "b-", label=r"least L, best $\tau$")
     left.plot([coupling], [here], "ro", ms=7)
-    left.set(xlabel="coupling c", ylabel="L", ylim=(0, 2.5))
+    left.set(xlabel="coupling c", ylabel="least accepted L", ylim=(0, 2.5))
     right.plot(TAUS, np.where(np.isfinite(per_tau), per_tau, np.nan), "b-",
                label=f"least L at c = {coupling:.2f}")
     right.axvline(1.0 / (1.0 + coupling), color="grey", ls=":", lw=0.8,
                   label=r"$\tau = 1/(1+c)$")
-    right.set(xscale="log", xlabel=r"multiplier scale $\tau$", ylim=(0, 2.5))
+    right.set(xscale="log", xlabel=r"multiplier scale $\tau$", ylabel="least accepted L",
+              ylim=(0, 2.5))
     for panel in (left, right):
         panel.axhline(true, color="k", ls="--", label=f"true constant {true:.3f}")
         panel.legend(fontsize=7, loc="upper right")
