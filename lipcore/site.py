@@ -175,12 +175,14 @@ def _nav(entries: list[tuple[str, str]], here: str) -> str:
     names = [name for name, _ in entries]
     i = names.index(here) if here in names else -1
     links = [f"<a href='index.html'{' class=here' if here == 'index' else ''}>Contents</a>"]
-    links += [f"<a href='{n}.html' title='{html.escape(t, quote=True)}'"
+    links += [f"<a href='{html.escape(n, quote=True)}.html' title='{html.escape(t, quote=True)}'"
               f"{' class=here' if n == here else ''}>{html.escape(n)}</a>" for n, t in entries]
     if i > 0:
-        links.append(f"<a href='{names[i - 1]}.html' rel='prev'>&larr; previous</a>")
+        links.append(f"<a href='{html.escape(names[i - 1], quote=True)}.html' rel='prev'>"
+                     "&larr; previous</a>")
     if 0 <= i < len(names) - 1:
-        links.append(f"<a href='{names[i + 1]}.html' rel='next'>next &rarr;</a>")
+        links.append(f"<a href='{html.escape(names[i + 1], quote=True)}.html' rel='next'>"
+                     "next &rarr;</a>")
     return f"<style>{NAV_STYLE}</style><nav class='lipcore-nav'>{' '.join(links)}</nav>"
 
 
@@ -231,7 +233,7 @@ def build_site(figures_dir: str | Path, site_dir: str | Path | None = None) -> P
         meta = controls if lesson else ", ".join(
             f"{k} {run[k]}" for k in ("profile", "device", "git_commit") if k in run)
         (lessons if lesson else papers).append(
-            f"<li><a href='{nb.stem}.html'>{html.escape(_title(nb))}</a> "
+            f"<li><a href='{html.escape(nb.stem, quote=True)}.html'>{html.escape(_title(nb))}</a> "
             f"<small>({html.escape(nb.stem)}; {html.escape(meta)})</small></li>")
     if report.is_file():
         (staging / "report.html").write_text(_page(

@@ -30,10 +30,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.lines import Line2D
+from numpy.typing import ArrayLike
 
-from ..estimators import lipsdp, lmi_matrix, lmi_max_eig, naive_bound
+from ..estimators import LipSDPResult, lipsdp, lmi_matrix, lmi_max_eig, naive_bound
 from ..estimators.lipsdp import exact_L2, small_lmi_threads
 from ..progress import quiet
+from .show import clear_axes
 
 W0 = np.array([[1.0], [1.0]])
 B0 = np.array([0.0, 1.0])
@@ -51,13 +53,13 @@ EIG_RANGE = 4.0                         # the colour scale of the map: lambda_ma
 EIG_YLIM = (-4.0, 4.0)
 
 
-def net_value(x) -> np.ndarray:
+def net_value(x: ArrayLike) -> np.ndarray:
     """f(x) = W1 relu(W0 x + b0) + b1 for scalar inputs x (vectorised)."""
     x = np.asarray(x, dtype=np.float64)
     return np.maximum(np.multiply.outer(x, W0[:, 0]) + B0, 0.0) @ W1[0] + B1[0]
 
 
-def pieces(biases=B0) -> list[dict]:
+def pieces(biases: ArrayLike = B0) -> list[dict]:
     """The linear pieces of x -> W1 relu(W0 x + b) (one input): each piece's x-interval, which
     neurons are active there (pattern d, d_i = 1 if W0_i x + b_i > 0) and its slope
     sum_i W1_i d_i W0_i. ``biases`` replaces b0 (the LMI never reads it)."""
@@ -74,7 +76,7 @@ def pieces(biases=B0) -> list[dict]:
     return out
 
 
-def true_constant(biases=B0) -> float:
+def true_constant(biases: ArrayLike = B0) -> float:
     """The exact Lipschitz constant of the net: a continuous piecewise-linear function of one
     variable is Lipschitz with constant max |slope| over its pieces, and no smaller."""
     return max(abs(p["slope"]) for p in pieces(biases))
@@ -93,7 +95,7 @@ def naive_point() -> tuple[float, float]:
 
 
 @functools.lru_cache(maxsize=1)
-def lipsdp_optimum():
+def lipsdp_optimum() -> LipSDPResult:
     """LipSDP-neuron (the SDP (6)) on the lesson's weights: lipcore's :func:`lipsdp`, certified
     (its ``bound`` is sqrt of a proven L^2 and ``t`` the diagonal of its T)."""
     with quiet():
@@ -171,10 +173,7 @@ def draw_lmi_feasibility(ax: plt.Axes, t1: float = 5.0, t2: float = 5.0,
     least = least_certified_L(t1, t2)
     curve = eig_curve(t1, t2)
 
-    for child in list(ax.child_axes):
-        child.remove()
-    ax.clear()
-    ax.axis("off")
+    clear_axes(ax)
     left = ax.inset_axes((0.0, 0.0, 0.40, 0.80))
     bar = ax.inset_axes((0.415, 0.0, 0.015, 0.80))
     right = ax.inset_axes((0.56, 0.0, 0.44, 0.80))

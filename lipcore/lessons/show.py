@@ -18,10 +18,13 @@ import itertools
 import os
 import re
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import matplotlib.pyplot as plt
 import numpy as np
+
+if TYPE_CHECKING:
+    import ipywidgets
 
 FRAMES_ENV = "LIPCORE_BOOK_FRAMES"   # "1": explore also pre-renders the main control's frames
 MAX_FRAMES = 11                      # a slider with more steps shows about this many, evenly spaced
@@ -65,17 +68,19 @@ def control_options(widget: Any) -> tuple[list[tuple[str, Any]], int]:
     (a log slider's too); of more than MAX_FRAMES, every k-th (about MAX_FRAMES), the last and
     the current value. Any other control offers only its current value."""
     value = widget.get_interact_value()
-    if getattr(widget, "_options_values", ()):              # SelectionSlider, Dropdown, ...
+    if getattr(widget, "_options_values", ()) and isinstance(widget.index, (int, type(None))):
         pairs, at = list(zip(widget._options_labels, widget._options_values)), widget.index or 0
     elif isinstance(value, bool):                            # Checkbox, ToggleButton
         pairs, at = [("off", False), ("on", True)], int(value)
-    elif all(hasattr(widget, a) for a in ("min", "max", "step")) and widget.step:
-        steps = widget.min + widget.step * np.arange(round((widget.max - widget.min)
-                                                           / widget.step) + 1)
+    elif all(hasattr(widget, a) for a in ("min", "max", "step")) and widget.step and \
+            isinstance(value, (int, float)):                 # not a range slider's (low, high)
+        # the steps min + k step up to max (never past it, where step does not divide the range)
+        steps = widget.min + widget.step * np.arange(
+            int(np.floor((widget.max - widget.min) / widget.step + 1e-9)) + 1)
         values = widget.base ** steps if hasattr(widget, "base") else steps   # FloatLogSlider
         at = int(np.argmin(np.abs(values - value)))
         kind = type(value)
-        values = [kind(round(float(v), 12)) for v in values]
+        values = [kind(float(f"{float(v):.12g}")) for v in values]   # 12 digits, however small
         values[at] = value
         pairs = [(format(v, getattr(widget, "readout_format", "")), v) for v in values]
     else:
@@ -142,7 +147,8 @@ def frames_html(key: str, title: str, frames: list[tuple[str, bytes, str]], at: 
             + "".join(parts) + "</fieldset></div>")
 
 
-def static_view(draw: Callable[..., Any], figsize: tuple[float, float], controls: list) -> str:
+def static_view(draw: Callable[..., Any], figsize: tuple[float, float], controls: list[Any]
+                ) -> str:
     """The kernel-free view of ``explore``'s figure: frames at each option of the first
     control in ``controls`` (ipywidgets widgets as ``interactive`` made them), the others at
     their current values."""
@@ -182,12 +188,12 @@ def _box_class():
 
 
 def explore(draw: Callable[..., Any], figsize: tuple[float, float] = (6.0, 4.5),
-            **controls: Any):
+            **controls: Any) -> ipywidgets.VBox:
     """ipywidgets controls above ``draw``'s figure; each change redraws it (with a busy label
-    while a slow redraw runs). ``controls`` are widgets or anything ipywidgets.interactive
-    accepts; the first is the main one. With ``LIPCORE_BOOK_FRAMES=1`` in the environment the
-    output also carries :func:`static_view` (one draw per value of the main control) for the
-    book. Returns the widget box."""
+    while a slow redraw runs, which names the error where a redraw fails). ``controls`` are
+    widgets or anything ipywidgets.interactive accepts; the first is the main one. With
+    ``LIPCORE_BOOK_FRAMES=1`` in the environment the output also carries :func:`static_view`
+    (one draw per value of the main control) for the book. Returns the widget box."""
     import ipywidgets as widgets
     from IPython.display import display
 
@@ -199,7 +205,11 @@ def explore(draw: Callable[..., Any], figsize: tuple[float, float] = (6.0, 4.5),
     def redraw(**values):
         busy.value = "computing ..."
         start = time.perf_counter()
-        shown = draw(ax, **values)
+        try:
+            shown = draw(ax, **values)
+        except Exception as error:       # interactive's own output, which holds the traceback,
+            busy.value = f"failed: {type(error).__name__}: {error}"     # is not shown here
+            raise
         fig.canvas.draw_idle()
         busy.value = f"drawn in {time.perf_counter() - start:.2f} s"
         with out:

@@ -25,6 +25,7 @@ import torch
 from ..attacks import breaking_radii, pgd_l2, project_l2_ball
 from ..progress import quiet
 from .mnist import mnist_subset, small_mnist_net
+from .show import clear_axes
 from .weak_attack import EPS_GRID, sign_efficiency
 
 EPS_2D = 1.0                         # radius of the disc and the square in the 2D picture
@@ -100,10 +101,7 @@ def draw_steepest_2d(ax: plt.Axes, angle: float = 30.0, step: float = 1.0) -> di
     eps = EPS_2D
     g = gradient_2d(angle)
     out = {k: v[0] for k, v in gains(g[None], step, eps).items()}
-    for child in list(ax.child_axes):
-        child.remove()
-    ax.clear()
-    ax.axis("off")
+    clear_axes(ax)
     plane, curve = ax.inset_axes((0.0, 0.0, 0.5, 0.88)), ax.inset_axes((0.62, 0.12, 0.38, 0.7))
     plane.add_patch(plt.Rectangle((-eps, -eps), 2 * eps, 2 * eps, fill=False, color="tab:orange",
                                   lw=1.0, alpha=0.6, label=r"$\|d\|_\infty \leq \epsilon$"))
@@ -213,7 +211,8 @@ def accuracy(radii: torch.Tensor, eps: float) -> float:
 @functools.lru_cache(maxsize=1)
 def first_steps(eps: float = 2.0) -> dict[str, torch.Tensor]:
     """On the attacked images, with g the loss gradient at each clean image: the largest
-    first-order gain in the ball, eps ||g||_2 (``best``), the sign-step efficiency ||g||_1 / (sqrt(d) ||g||_2) (:func:`lipcore.lessons.weak_attack.sign_efficiency`),
+    first-order gain in the ball, eps ||g||_2 (``best``), the sign-step efficiency
+    ||g||_1 / (sqrt(d) ||g||_2) (:func:`lipcore.lessons.weak_attack.sign_efficiency`),
     and the first-order gain g^T delta of one iteration of lipcore's ``pgd_l2`` at ``eps``
     (sign step 0.25, l2 step eps), with and without the clamp to [0, 1] that pgd_l2 applies."""
     net = small_mnist_net("standard")
@@ -249,10 +248,7 @@ def draw_attacks_against_eps(ax: plt.Axes, eps: float = 1.0, step: float = PAPER
     the accuracy (%) under each attack at (eps, step) and the curves drawn."""
     eps = min(EPS_GRID, key=lambda e: abs(e - eps))
     sweep = attack_sweep(step)
-    for child in list(ax.child_axes):
-        child.remove()
-    ax.clear()
-    ax.axis("off")
+    clear_axes(ax)
     left, right = ax.inset_axes((0.0, 0.0, 0.44, 0.86)), ax.inset_axes((0.56, 0.0, 0.44, 0.86))
     grid = np.linspace(0.0, max(EPS_GRID), 121)
     curves = {}
@@ -271,7 +267,8 @@ def draw_attacks_against_eps(ax: plt.Axes, eps: float = 1.0, step: float = PAPER
     right.axhline(accuracy(sweep["strong"], eps), color=COLOURS["strong"], label="strong")
     right.axvline(step, color="k", lw=0.8, ls=":")
     right.set(xscale="log", xlabel="l2 length of one PGD step",
-              ylabel=f"accuracy at eps {eps:g} (%)", ylim=(0, 100), xticks=STEPS, xticklabels=[f"{s:g}" for s in STEPS])
+              ylabel=f"accuracy at eps {eps:g} (%)", ylim=(0, 100), xticks=STEPS,
+              xticklabels=[f"{s:g}" for s in STEPS])
     right.legend(fontsize=7, loc="lower left")
     shown = {name: accuracy(sweep[name], eps) for name in ATTACKS}
     ax.set_title(f"eps {eps:g}, {ITERATIONS} PGD steps of l2 length {step:g} (sign entries "
