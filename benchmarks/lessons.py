@@ -55,7 +55,7 @@ REDRAWS = {
     "lesson6_noise_lipschitz_loss": (lessons.draw_noise, [dict(sigma=0.8, clamp=True)],
                                      dict(sigma=0.8),
                                      [dict(sigma=1.0), dict(image=7), dict(clamp=True),
-                                      dict(sigma_train=0.5)]),
+                                      dict(beta=10.0), dict(sigma_train=0.5)]),
     "lesson7_bring_your_own_net": (lessons.draw_accuracy_against_eps, [],   # a sweep's radii
                                    dict(radii={"certified": torch.linspace(0.0, 1.0, 100),
                                                "strong": torch.linspace(0.0, 2.0, 100)},
