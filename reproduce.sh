@@ -158,8 +158,8 @@ cleanup_failed() {  # nothing half-made stays behind: the staging folder, an --o
 
 # what each notebook runs at, and where it writes (lipcore.manifest): name, output root,
 # papermill parameters (JSON), $LIPCORE_PART_PROFILES, note
-plan_args=(--out "$OUT" --only "$(IFS=,; echo "${SELECTED[*]}")")
-[[ -z "$QUICK" ]] || plan_args=(--out "$ROOT/figures" --only "$(IFS=,; echo "${SELECTED[*]}")")
+RECORDS="$OUT"; [[ -z "$QUICK" ]] || RECORDS="$ROOT/figures"   # the results whose settings to re-run
+plan_args=(--out "$RECORDS" --only "$(IFS=,; echo "${SELECTED[*]}")")
 [[ "$OUT" != "$ROOT/figures" ]] || plan_args+=(--default-out)
 [[ -z "$PROFILE" ]] || plan_args+=(--profile "$PROFILE")
 [[ -z "$PART_SPEC" ]] || plan_args+=(--part-profile "$PART_SPEC")
@@ -197,23 +197,19 @@ while IFS=$'\t' read -r -u 3 name dest params parts note; do   # fd 3: papermill
     echo "[$i/$n] $name ($note) ..."
     start=$(date +%s)
     path="$(notebook_path "$name")"
-    if [[ -n "$QUICK" && -f "$ROOT/figures/$name/nets.jsonl" ]] \
-            && ! why="$("$PY" -m lipcore.cache missing "$ROOT/figures/$name/nets.jsonl")"; then
+    if [[ -n "$QUICK" && -f "$RECORDS/$name/nets.jsonl" ]] \
+            && ! why="$("$PY" -m lipcore.cache missing "$RECORDS/$name/nets.jsonl")"; then
         "$PY" -m lipcore.summary skip "$dest/$name" "$why"
         echo "[$i/$n] $name: not re-derived ($why)"
         continue
     fi
-    if [[ -n "$QUICK" ]]; then                  # compare with the committed result itself
-        rm -rf "${PREVIOUS:?}/$name"
+    # keep the old numbers before they are overwritten (the quick check: the committed ones)
+    before="$dest"
+    [[ -z "$QUICK" ]] || { before="$RECORDS"; rm -rf "${PREVIOUS:?}/$name"; }
+    if [[ ! -d "$PREVIOUS/$name" ]]; then
         mkdir -p "$PREVIOUS/$name"
         for f in results.json comparison.csv; do
-            [[ ! -f "$ROOT/figures/$name/$f" ]] || cp "$ROOT/figures/$name/$f" "$PREVIOUS/$name/"
-        done
-    fi
-    if [[ ! -d "$PREVIOUS/$name" ]]; then      # keep the old numbers before they are overwritten
-        mkdir -p "$PREVIOUS/$name"
-        for f in results.json comparison.csv; do
-            [[ ! -f "$dest/$name/$f" ]] || cp "$dest/$name/$f" "$PREVIOUS/$name/"
+            [[ ! -f "$before/$name/$f" ]] || cp "$before/$name/$f" "$PREVIOUS/$name/"
         done
     fi
     [[ "$parts" != "-" ]] || parts=""

@@ -164,16 +164,16 @@ def _read(path: Path, pinned: bool) -> dict[str, Any] | None:
         return None
     if pinned and pinned_digests(path.parent).get(path.name) != sha256(path):
         warnings.warn(f"{path} is not listed with its SHA-256 in {path.parent / DIGESTS}; "
-                      "refused (python -m lipcore.cache ship lists the nets it ships)", stacklevel=3)
+                      "refused (python -m lipcore.cache ship lists the nets it ships)", stacklevel=4)
         return None
     try:
         return safe_load(path)
     except UnreadableModel as bad:
         if pinned:
-            warnings.warn(f"{bad}; refused, training it again", stacklevel=3)
+            warnings.warn(f"{bad}; refused, training it again", stacklevel=4)
         else:
             aside = quarantine(path)
-            warnings.warn(f"{bad}; moved it to {aside} and training it again", stacklevel=3)
+            warnings.warn(f"{bad}; moved it to {aside} and training it again", stacklevel=4)
         return None
 
 
@@ -184,28 +184,43 @@ def shipped_index(folder: Path | None = None) -> dict[str, dict[str, str]]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _older(key: str) -> tuple[dict[str, Any], str] | None:
+OLDER = "trained by older code"                  # how the quick check's fallbacks are counted
+
+
+def _stored(key: str) -> tuple[dict[str, Any], str, str] | None:
+    """The net stored under ``key`` (cached, or shipped and pinned), its kind ("cache" or
+    "shipped") and the log's description of where it came from (the same word)."""
+    for path, pinned, kind in ((cache_dir() / f"{key}.pt", False, "cache"),
+                               (SHIPPED / f"{key}.pt", True, "shipped")):
+        obj = _read(path, pinned)
+        if obj is not None:
+            return obj, kind, kind
+    return None
+
+
+def _older(key: str) -> tuple[dict[str, Any], str, str] | None:
     """For the quick check: the same recipe trained by older code (shipped), or the net stored
-    under the key's legacy form (cached or shipped), and where it came from."""
+    under the key's legacy form (cached or shipped), as :func:`_stored` gives it."""
     recipe, legacy = getattr(key, "recipe", None), getattr(key, "legacy", None)
     for name, made in sorted(shipped_index().items()):
         if recipe and made.get("recipe") == recipe:
             obj = _read(SHIPPED / name, pinned=True)
             if obj is not None:
-                return obj, f"shipped {name}, trained by older code (commit {made.get('commit')})"
+                return obj, OLDER, (f"shipped {name}, trained by older code (commit "
+                                    f"{made.get('commit')})")
     if legacy:
-        for path, pinned in ((cache_dir() / f"{legacy}.pt", False), (SHIPPED / f"{legacy}.pt", True)):
-            obj = _read(path, pinned)
-            if obj is not None:
-                return obj, f"{path.name}, trained before keys covered imported code"
+        found = _stored(legacy)
+        if found is not None:
+            return found[0], OLDER, f"{legacy}.pt, trained before keys covered imported code"
     return None
 
 
-def _log(key: str, source: str) -> None:
+def _log(key: str, kind: str, source: str) -> None:
+    """Append where the net for ``key`` came from to ``$LIPCORE_NET_LOG`` (if set)."""
     log = os.environ.get("LIPCORE_NET_LOG")
     if log:
         entry = {"key": str(key), "recipe": getattr(key, "recipe", None),
-                 "legacy": getattr(key, "legacy", None), "source": source}
+                 "legacy": getattr(key, "legacy", None), "kind": kind, "source": source}
         with open(log, "a") as out:
             out.write(json.dumps(entry) + "\n")
 
@@ -238,29 +253,25 @@ def cached(key: str, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     the same recipe is shipped either.
     """
     global _builds_this_process
-    path = cache_dir() / f"{key}.pt"
-    for candidate, pinned, source in ((path, False, "cache"), (SHIPPED / path.name, True, "shipped")):
-        obj = _read(candidate, pinned)
-        if obj is not None:
-            _log(key, source)
-            obj.pop("_made", None)
-            return obj
-    if os.environ.get("LIPCORE_NO_TRAIN") == "1":
+    found = _stored(key)
+    if found is None and os.environ.get("LIPCORE_NO_TRAIN") == "1":
         found = _older(key)
         if found is None:
             raise NotTrained(f"the quick check trains nothing, and no net of this recipe is "
                              f"cached or shipped in {SHIPPED}: {getattr(key, 'describe', key)}")
-        obj, source = found
-        _log(key, source)
+    if found is not None:
+        obj, kind, source = found
+        _log(key, kind, source)
         obj.pop("_made", None)
         return obj
     _check_deadline()
     _builds_this_process += 1
     obj = build()
+    path = cache_dir() / f"{key}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         torch.save(dict(obj, _made=_made(key)), tmp)
-    _log(key, "trained")
+    _log(key, "trained", "trained")
     return obj
 
 

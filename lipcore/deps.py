@@ -38,11 +38,11 @@ def module_file(name: str) -> Path | None:
     return None
 
 
-def _imported(name: str, path: Path) -> tuple[set[str], set[str]]:
-    """(lipcore modules, other top-level packages) that ``path`` (module ``name``) imports."""
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+def _imports(tree: ast.AST, package: str) -> tuple[set[str], set[str]]:
+    """(lipcore modules, other top-level packages) that the code ``tree`` imports; relative
+    imports resolve against ``package``."""
     ours, others = set(), set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -63,6 +63,12 @@ def _imported(name: str, path: Path) -> tuple[set[str], set[str]]:
             else:
                 others.add(top)
     return {m for m in ours if module_file(m)}, others
+
+
+def _imported(name: str, path: Path) -> tuple[set[str], set[str]]:
+    """(lipcore modules, other top-level packages) that ``path`` (module ``name``) imports."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    return _imports(ast.parse(path.read_text(), str(path)), package)
 
 
 @functools.lru_cache(maxsize=None)
@@ -128,14 +134,8 @@ def notebook_modules(notebook: Path) -> list[str]:
         except SyntaxError:                        # IPython magics: their lines are not Python
             tree = ast.parse("\n".join(line for line in cell.source.splitlines()
                                        if not line.lstrip().startswith(("%", "!"))))
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                names |= {a.name for a in node.names if a.name.split(".")[0] == PACKAGE}
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == PACKAGE:
-                names.add(node.module)
-                names |= {f"{node.module}.{a.name}" for a in node.names
-                          if module_file(f"{node.module}.{a.name}") is not None}
-    return sorted(n for n in names if module_file(n))
+        names |= _imports(tree, PACKAGE)[0]
+    return sorted(names)
 
 
 def notebook_sources(notebook: Path) -> list[str]:

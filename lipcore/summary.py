@@ -79,9 +79,8 @@ def net_sources(folder: Path) -> dict[str, int]:
         return {}
     counts: dict[str, int] = {}
     for line in path.read_text().splitlines():
-        source = json.loads(line)["source"]
-        kind = ("trained by older code" if "older code" in source or "before keys" in source
-                else source.split()[0])
+        entry = json.loads(line)
+        kind = entry.get("kind", entry["source"])     # logs before kinds: "trained" and the like
         counts[kind] = counts.get(kind, 0) + 1
     return counts
 

@@ -98,6 +98,8 @@ def test_quick_check_loads_older_nets_and_refuses_to_train(tmp_path, monkeypatch
         cached(other, lambda: pytest.fail("the quick check trained"))
     sources = [json.loads(line)["source"] for line in log.read_text().splitlines()]
     assert sources[0] == "trained" and "older code" in sources[1]
+    from lipcore.summary import net_sources
+    assert net_sources(tmp_path) == {"trained": 1, "trained by older code": 1}
 
 
 def test_quick_check_finds_a_net_stored_under_its_legacy_key(tmp_path, monkeypatch):
