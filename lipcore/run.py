@@ -119,6 +119,7 @@ class NotebookRun:
         self.dir.mkdir(parents=True)
         self.data: dict[str, str] = {}
         self.comparison: list[dict[str, Any]] = []
+        self.not_rederived: list[dict[str, str]] = []
         self.started = time.perf_counter()
         torch.manual_seed(seed)
 
@@ -137,6 +138,17 @@ class NotebookRun:
         chosen = {part: self.part_profiles.get(part, self.profile) for part in parts}
         self.used_profiles.update(chosen)
         return chosen
+
+    @property
+    def quick(self) -> bool:
+        """True in the quick check (``./reproduce.sh --quick`` sets ``LIPCORE_NO_TRAIN=1``): it
+        trains nothing and may skip a costly evaluation, naming it with :meth:`not_rederived`."""
+        return os.environ.get("LIPCORE_NO_TRAIN") == "1"
+
+    def skip(self, what: str, why: str) -> None:
+        """Record that ``what`` (a table or column) was not re-derived by this run, and why;
+        results.json lists it and the reproduction summary names it."""
+        self.not_rederived.append(dict(what=what, why=why))
 
     def budget(self, **per_profile: Any) -> Any:
         """The value for this run's profile: ``run.budget(smoke=10, cpu=1_000, paper=60_000)``."""
@@ -199,6 +211,7 @@ class NotebookRun:
                        data=self.data,
                        setting=dict(profile=self.profile, part_profiles=self.part_profiles,
                                     seed=self.seed, device=self.device),   # lipcore.manifest
+                       **({"not_rederived": self.not_rederived} if self.not_rederived else {}),
                        **fields)
         write_text(self.dir / "results.json", json.dumps(results, indent=2, default=float) + "\n")
         old = self.final_dir.with_name(f".{self.notebook}.old")

@@ -17,7 +17,8 @@ only the summation order of a multi-threaded BLAS may move the last bits). The r
 The quick check (``./reproduce.sh --quick``) compares against the committed ``figures/<name>``,
 counts where its nets came from (``nets.jsonl``, :mod:`lipcore.cache`): a net trained by older
 code than the result's can move a number for that reason alone. A notebook it cannot re-derive
-gets a ``reproduction.json`` that says why (:func:`skipped`).
+gets a ``reproduction.json`` that says why (:func:`skipped`); a table or column a run chose not
+to re-derive (``NotebookRun.skip``, e.g. the quick check's skipped strong attacks) is named.
 """
 from __future__ import annotations
 
@@ -112,7 +113,8 @@ def compare(previous: Path, current: Path) -> dict[str, Any]:
         notebook=current.name, previous_commit=old_run.get("git_commit"),
         previous_profile=old_run.get("profile"), commit=new_run.get("git_commit"),
         profile=new_run.get("profile"), identical=0, within_tolerance=0, different=0,
-        differences=[], bands={}, nets=net_sources(current))
+        differences=[], bands={}, nets=net_sources(current),
+        not_rederived=new_run.get("not_rederived", []))
     old, new = _table(previous), _table(current)
     if new is None:
         summary["note"] = "no comparison.csv: this run reports no numbers"
@@ -150,7 +152,9 @@ def _count(s: dict[str, Any]) -> str:
     nets = s.get("nets") or {}
     return (f"{s['identical']} identical, {s['within_tolerance']} within tolerance, "
             f"{s['different']} different" + (" (nets: " + ", ".join(
-                f"{n} {where}" for where, n in sorted(nets.items())) + ")" if nets else ""))
+                f"{n} {where}" for where, n in sorted(nets.items())) + ")" if nets else "")
+            + "".join(f"; not re-derived: {d['what']} ({d['why']})"
+                      for d in s.get("not_rederived", [])))
 
 
 def _number(v: float | None) -> str:

@@ -195,6 +195,23 @@ def test_the_summary_sorts_numbers_into_identical_within_tolerance_and_different
     assert "How close" in build_report(tmp_path / "b").read_text()
 
 
+def test_what_a_quick_run_skips_is_named_in_its_results_and_summary(tmp_path, monkeypatch):
+    """Issue 28: the quick check may skip a costly evaluation, but never silently."""
+    from lipcore.summary import compare, summary_lines
+    old = _result(tmp_path / "a", "nb", "cpu", rows=[90.0])
+    monkeypatch.setenv("LIPCORE_NO_TRAIN", "1")
+    run = start_run("nb", profile="cpu", device="cpu", out_dir=tmp_path / "b")
+    assert run.quick
+    run.compare("T", "r0", "acc", None, 90.0, "%")
+    run.skip("table: robust", "strong attacks skipped")
+    assert run.finish()["not_rederived"] == [dict(what="table: robust",
+                                                  why="strong attacks skipped")]
+    text = "\n".join(summary_lines([compare(old, tmp_path / "b" / "nb")]))
+    assert "1 identical" in text and "not re-derived: table: robust (strong attacks skipped)" in text
+    monkeypatch.delenv("LIPCORE_NO_TRAIN")
+    assert not start_run("nb", profile="cpu", device="cpu", out_dir=tmp_path / "c").quick
+
+
 def test_timings_are_held_to_a_stated_band_not_to_bits():
     from lipcore.summary import kind_of, within
     row = pd.Series(dict(artifact="T", row="r", metric="train_seconds", unit="s"))
