@@ -64,6 +64,10 @@ def test_the_dotted_curve_is_the_closed_form_of_question_2():
         margin = 1 - 2 / t1 - 1 / (2 * t2)                           # > 0: some L works
     clear = np.abs(margin) > 1e-6
     assert np.array_equal((hidden < 0)[clear], (margin > 0)[clear])
+    # the side where no L works is left of the curve and below it (the legend and text say both)
+    assert lmi.least_certified_L(1.5, 9.0) == math.inf               # left: t1 < 2
+    assert lmi.least_certified_L(9.0, 0.4) == math.inf               # below: t2 < 1/2
+    assert math.isfinite(lmi.least_certified_L(9.0, 0.7))
     for a in (2.5, 3.0, 4.0, 8.0):                                   # on the curve: no L at all
         b = 1 / (2 * (1 - 2 / a))
         for L in (1.0, 10.0, 100.0):                                 # question 2's witness

@@ -195,7 +195,7 @@ def draw_lmi_feasibility(ax: plt.Axes, t1: float = 5.0, t2: float = 5.0,
     left.set(xlim=extent[:2], ylim=extent[2:], xlabel=r"$t_1$", ylabel=r"$t_2$")
     left.legend(handles=[
         Line2D([], [], color="k", lw=1.6, label=f"LMI holds inside (L = {L:.2f})"),
-        Line2D([], [], color="k", lw=1.0, ls=":", label="left of it: no L works"),
+        Line2D([], [], color="k", lw=1.0, ls=":", label="left of, below it: no L works"),
         Line2D([], [], ls="", marker="*", color="gold", mec="k", ms=11,
                label=f"LipSDP's T = diag({best.t[0]:.2f}, {best.t[1]:.2f})"),
         Line2D([], [], ls="", marker="s", color="tab:orange", mec="k", ms=7,
