@@ -223,3 +223,65 @@ def test_each_control_of_the_mnist_figure_changes_what_is_drawn(ax):
     assert steepest.draw_attacks_against_eps(ax, 1.1, 7.0)["eps"] == 1.0   # snaps to the grid
     with pytest.raises(ValueError, match="step must be one of"):
         steepest.draw_attacks_against_eps(ax, 1.0, 0.5)
+
+
+# ------------------------------------------------------------------ what every figure shows
+
+def _inside(box, points) -> np.ndarray:
+    """Which display-coordinate points lie inside a matplotlib Bbox."""
+    p = np.asarray(points, dtype=float)
+    return (p[:, 0] >= box.x0) & (p[:, 0] <= box.x1) & (p[:, 1] >= box.y0) & (p[:, 1] <= box.y1)
+
+
+def test_the_plane_figures_legends_cover_no_panel():
+    """Both legends sit beside their panels, so no angle can put a step or a curve under them."""
+    fig, ax = plt.subplots(figsize=(9.0, 4.2))                    # the notebook's size
+    for angle, step in ((45, 1.0), (225, 2.0), (30, 0.1), (100, 0.5)):
+        steepest.draw_steepest_2d(ax, angle, step)
+        fig.canvas.draw()
+        plane, curve = ax.child_axes
+        for legend in (plane.get_legend(), curve.get_legend()):
+            box = legend.get_window_extent()
+            assert not box.overlaps(plane.get_window_extent())
+            assert not box.overlaps(curve.get_window_extent())
+        labels = [t.get_text() for t in curve.get_legend().get_texts()]
+        assert labels[0] == "sign step, projected" and len(labels) == 3  # both reference lines
+    plt.close(fig)
+
+
+def test_explore_leaves_no_figure_for_a_later_plt_show():
+    """The widget's figure is not among pyplot's open figures, which a later cell's plt.show()
+    prints: before the fix, lesson 9's MNIST cell also printed the plane widget's figure."""
+    widgets = pytest.importorskip("ipywidgets")
+    from lipcore.lessons.show import explore
+    before = set(plt.get_fignums())
+    box = explore(steepest.draw_steepest_2d, figsize=(9.0, 4.2),
+                  angle=widgets.IntSlider(value=30, min=0, max=360, step=5),
+                  step=widgets.FloatSlider(value=1.0, min=0.1, max=2.0, step=0.1))
+    assert set(plt.get_fignums()) == before
+    angle, step, busy = box.children[0].children
+    angle.value = 60                                             # still redraws on a change
+    assert busy.value.startswith("drawn in") and set(plt.get_fignums()) == before
+
+
+@needs_mnist
+def test_the_mnist_figure_shows_every_measured_accuracy_and_no_curve_under_its_legend():
+    fig, ax = plt.subplots(figsize=(10.0, 4.4))                   # the notebook's size
+    for step in steepest.STEPS:
+        shown = steepest.draw_attacks_against_eps(ax, 2.0, step)
+        fig.canvas.draw()
+        left, right = ax.child_axes
+        assert left.get_xlim()[1] > max(steepest.EPS_GRID)      # the value at eps 3 is visible
+        assert right.get_legend() is None                          # one legend, on the left
+        labels = [t.get_text() for t in left.get_legend().get_texts()]
+        assert labels == list(steepest.ATTACKS)
+        sweep = steepest.attack_sweep(step)
+        box = left.get_legend().get_window_extent()
+        for name in steepest.ATTACKS:
+            measured = [(e, steepest.accuracy(sweep[name], e)) for e in (0.0, *steepest.EPS_GRID)]
+            assert any(line.get_xydata().shape == (len(measured), 2) and
+                       np.allclose(line.get_xydata(), measured) for line in left.lines), name
+            drawn = np.column_stack([shown["grid"], shown["curves"][name]])
+            assert not _inside(box, left.transData.transform(drawn)).any(), (step, name)
+            assert not _inside(box, left.transData.transform(measured)).any(), (step, name)
+    plt.close(fig)

@@ -201,6 +201,9 @@ def explore(draw: Callable[..., Any], figsize: tuple[float, float] = (6.0, 4.5),
     busy = widgets.Label("")
     with plt.ioff():
         fig, ax = plt.subplots(figsize=figsize)
+    # Out of pyplot's list of open figures: the widget shows it by display(fig), and a later
+    # cell's plt.show() (which shows every open figure) must not print it again as a stray copy.
+    plt.close(fig)
 
     def redraw(**values):
         busy.value = "computing ..."

@@ -21,6 +21,7 @@ import time
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.lines import Line2D
 
 from ..attacks import breaking_radii, pgd_l2, project_l2_ball
 from ..progress import quiet
@@ -39,6 +40,7 @@ ATTACKS = ("sign PGD", "l2 PGD", "l2 PGD, random start", "strong")
 COLOURS = {"sign PGD": "tab:orange", "l2 PGD": "tab:blue", "l2 PGD, random start": "tab:cyan",
            "strong": "tab:red"}
 STYLE = {"sign PGD": "o-", "l2 PGD": "s-", "l2 PGD, random start": "^--", "strong": "-"}
+MARKERS = {"sign PGD": "o", "l2 PGD": "s", "l2 PGD, random start": "^", "strong": "D"}
 
 
 # ------------------------------------------------------------------ the steps and their gains
@@ -102,7 +104,7 @@ def draw_steepest_2d(ax: plt.Axes, angle: float = 30.0, step: float = 1.0) -> di
     g = gradient_2d(angle)
     out = {k: v[0] for k, v in gains(g[None], step, eps).items()}
     clear_axes(ax)
-    plane, curve = ax.inset_axes((0.0, 0.0, 0.5, 0.88)), ax.inset_axes((0.62, 0.12, 0.38, 0.7))
+    plane, curve = ax.inset_axes((0.0, 0.0, 0.44, 0.88)), ax.inset_axes((0.68, 0.12, 0.32, 0.7))
     plane.add_patch(plt.Rectangle((-eps, -eps), 2 * eps, 2 * eps, fill=False, color="tab:orange",
                                   lw=1.0, alpha=0.6, label=r"$\|d\|_\infty \leq \epsilon$"))
     plane.add_patch(plt.Circle((0, 0), eps, fill=False, color="tab:blue", lw=1.0, alpha=0.6,
@@ -130,12 +132,16 @@ def draw_steepest_2d(ax: plt.Axes, angle: float = 30.0, step: float = 1.0) -> di
               yticks=[-1, 0, 1])
     plane.axhline(0, color="0.85", lw=0.6, zorder=0)
     plane.axvline(0, color="0.85", lw=0.6, zorder=0)
-    plane.legend(fontsize=6, loc="lower left", ncol=2, framealpha=0.9)
+    # beside the plane, not on it: at some angles the steps point into any corner of it
+    plane.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     angles, share = gain_share_curve(step, eps)
-    curve.plot(angles, share, color="tab:orange", lw=1.2)
+    curve.plot(angles, share, color="tab:orange", lw=1.2, label="sign step, projected")
     curve.plot([angle % 360], [float(out["sign"] / out["best"])], "o", color="tab:orange")
-    curve.axhline(1.0, color="tab:blue", lw=1.0, ls="--")
-    curve.axhline(1 / math.sqrt(2), color="0.5", lw=0.8, ls=":")
+    curve.axhline(1.0, color="tab:blue", lw=1.0, ls="--",
+                  label=r"best in the disc, $\epsilon\|g\|_2$")
+    curve.axhline(1 / math.sqrt(2), color="0.5", lw=0.8, ls=":", label=r"$1/\sqrt{2}$")
+    curve.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2,
+                 frameon=False)               # above the panel: the curve can lie anywhere
     curve.set(xlim=(0, 360), ylim=(0.0, 1.05), xticks=range(0, 361, 90),
               xlabel="angle of g (degrees)", ylabel=r"sign gain / $\epsilon\|g\|_2$")
     between = math.degrees(math.acos(max(-1.0, min(1.0, float(
@@ -252,14 +258,21 @@ def draw_attacks_against_eps(ax: plt.Axes, eps: float = 1.0, step: float = PAPER
     left, right = ax.inset_axes((0.0, 0.0, 0.44, 0.86)), ax.inset_axes((0.56, 0.0, 0.44, 0.86))
     grid = np.linspace(0.0, max(EPS_GRID), 121)
     curves = {}
+    measured = (0.0, *EPS_GRID)                  # the clean accuracy and the grid's radii
     for name in ATTACKS:
         curves[name] = [accuracy(sweep[name], e) for e in grid]
         left.step(grid, curves[name], where="post", color=COLOURS[name], label=name,
                   lw=1.6 if name == "strong" else 1.2, ls="--" if "random" in name else "-")
+        left.plot(measured, [accuracy(sweep[name], e) for e in measured], MARKERS[name],
+                  color=COLOURS[name], ms=3.5)     # where an attack ran (the last one at 3)
     left.axvline(eps, color="k", lw=0.8, ls=":")
     left.set(xlabel=r"l2 radius $\epsilon$", ylabel="accuracy (%)", ylim=(0, 100),
-             xlim=(0, max(EPS_GRID)))
-    left.legend(fontsize=7, loc="upper right")
+             xlim=(0, max(EPS_GRID) + 0.1))
+    # one legend for both panels, where no curve goes (every accuracy at eps <= 1 is above 35%)
+    left.legend(handles=[Line2D([], [], color=COLOURS[n], ls="--" if "random" in n else "-",
+                                marker=MARKERS[n] if n == "strong" else STYLE[n][0], ms=4,
+                                label=n) for n in ATTACKS], fontsize=7, loc="lower left",
+                title="both panels", title_fontsize=7)
     at_steps = {name: [accuracy(attack_sweep(s)[name], eps) for s in STEPS]
                 for name in ATTACKS[:3]}
     for name, values in at_steps.items():
@@ -269,7 +282,6 @@ def draw_attacks_against_eps(ax: plt.Axes, eps: float = 1.0, step: float = PAPER
     right.set(xscale="log", xlabel="l2 length of one PGD step",
               ylabel=f"accuracy at eps {eps:g} (%)", ylim=(0, 100), xticks=STEPS,
               xticklabels=[f"{s:g}" for s in STEPS])
-    right.legend(fontsize=7, loc="lower left")
     shown = {name: accuracy(sweep[name], eps) for name in ATTACKS}
     ax.set_title(f"eps {eps:g}, {ITERATIONS} PGD steps of l2 length {step:g} (sign entries "
                  f"{step / math.sqrt(D_MNIST):.3g})\naccuracy under sign PGD "
