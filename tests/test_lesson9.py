@@ -233,20 +233,46 @@ def _inside(box, points) -> np.ndarray:
     return (p[:, 0] >= box.x0) & (p[:, 0] <= box.x1) & (p[:, 1] >= box.y0) & (p[:, 1] <= box.y1)
 
 
-def test_the_plane_figures_legends_cover_no_panel():
-    """Both legends sit beside their panels, so no angle can put a step or a curve under them."""
-    fig, ax = plt.subplots(figsize=(9.0, 4.2))                    # the notebook's size
-    for angle, step in ((45, 1.0), (225, 2.0), (30, 0.1), (100, 0.5)):
-        steepest.draw_steepest_2d(ax, angle, step)
-        fig.canvas.draw()
-        plane, curve = ax.child_axes
-        for legend in (plane.get_legend(), curve.get_legend()):
-            box = legend.get_window_extent()
-            assert not box.overlaps(plane.get_window_extent())
-            assert not box.overlaps(curve.get_window_extent())
-        labels = [t.get_text() for t in curve.get_legend().get_texts()]
-        assert labels[0] == "sign step, projected" and len(labels) == 3  # both reference lines
+def _layouts(draw, figsize, **setting):
+    """``draw`` in the widget's layout (one axes, as explore makes it) and in the static one
+    (small_multiples, tight layout); yields (figure, axes) after drawing."""
+    from lipcore.lessons.show import small_multiples
+    fig, ax = plt.subplots(figsize=figsize)
+    draw(ax, **setting)
+    yield fig, ax
     plt.close(fig)
+    fig = small_multiples(draw, [setting], ncols=1, size=figsize)
+    yield fig, fig.axes[0]
+    plt.close(fig)
+
+
+def _no_panel_overlaps(fig, ax) -> None:
+    """No panel's frame, y axis (ticks and label) or legend overlaps another panel's."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    parts = []
+    for k, panel in enumerate(ax.child_axes):
+        parts += [(k, panel.get_window_extent()), (k, panel.yaxis.get_tightbbox(renderer))]
+        if panel.get_legend() is not None:
+            parts.append((k, panel.get_legend().get_window_extent()))
+    for i, (k, a) in enumerate(parts):
+        for m, b in parts[i + 1:]:
+            assert k == m or not a.overlaps(b), (k, m)
+
+
+def test_the_plane_figures_legends_cover_no_panel():
+    """Both legends sit beside their panels, so no angle can put a step or a curve under them,
+    and nothing overlaps in the widget's layout or the static one."""
+    for angle, step in ((45, 1.0), (225, 2.0), (30, 0.1), (100, 0.5)):
+        for fig, ax in _layouts(steepest.draw_steepest_2d, (9.0, 4.2), angle=angle, step=step):
+            _no_panel_overlaps(fig, ax)
+            plane, curve = ax.child_axes
+            for legend in (plane.get_legend(), curve.get_legend()):
+                box = legend.get_window_extent()
+                assert not box.overlaps(plane.get_window_extent())
+                assert not box.overlaps(curve.get_window_extent())
+            labels = [t.get_text() for t in curve.get_legend().get_texts()]
+            assert labels[0] == "sign step, projected" and len(labels) == 3   # both reference lines
 
 
 def test_explore_leaves_no_figure_for_a_later_plt_show():
@@ -266,22 +292,23 @@ def test_explore_leaves_no_figure_for_a_later_plt_show():
 
 @needs_mnist
 def test_the_mnist_figure_shows_every_measured_accuracy_and_no_curve_under_its_legend():
-    fig, ax = plt.subplots(figsize=(10.0, 4.4))                   # the notebook's size
     for step in steepest.STEPS:
-        shown = steepest.draw_attacks_against_eps(ax, 2.0, step)
-        fig.canvas.draw()
-        left, right = ax.child_axes
-        assert left.get_xlim()[1] > max(steepest.EPS_GRID)      # the value at eps 3 is visible
-        assert right.get_legend() is None                          # one legend, on the left
-        labels = [t.get_text() for t in left.get_legend().get_texts()]
-        assert labels == list(steepest.ATTACKS)
         sweep = steepest.attack_sweep(step)
-        box = left.get_legend().get_window_extent()
-        for name in steepest.ATTACKS:
-            measured = [(e, steepest.accuracy(sweep[name], e)) for e in (0.0, *steepest.EPS_GRID)]
-            assert any(line.get_xydata().shape == (len(measured), 2) and
-                       np.allclose(line.get_xydata(), measured) for line in left.lines), name
-            drawn = np.column_stack([shown["grid"], shown["curves"][name]])
-            assert not _inside(box, left.transData.transform(drawn)).any(), (step, name)
-            assert not _inside(box, left.transData.transform(measured)).any(), (step, name)
-    plt.close(fig)
+        for fig, ax in _layouts(steepest.draw_attacks_against_eps, (10.0, 4.4), eps=2.0,
+                                step=step):
+            _no_panel_overlaps(fig, ax)
+            left, right = ax.child_axes
+            assert left.get_xlim()[1] > max(steepest.EPS_GRID)  # the value at eps 3 is visible
+            assert right.get_legend() is None                      # one legend, on the left
+            labels = [t.get_text() for t in left.get_legend().get_texts()]
+            assert labels == list(steepest.ATTACKS)
+            box = left.get_legend().get_window_extent()
+            grid = np.linspace(0.0, max(steepest.EPS_GRID), 121)
+            for name in steepest.ATTACKS:
+                measured = [(e, steepest.accuracy(sweep[name], e))
+                            for e in (0.0, *steepest.EPS_GRID)]
+                assert any(line.get_xydata().shape == (len(measured), 2) and
+                           np.allclose(line.get_xydata(), measured) for line in left.lines), name
+                drawn = np.column_stack([grid, [steepest.accuracy(sweep[name], e) for e in grid]])
+                assert not _inside(box, left.transData.transform(drawn)).any(), (step, name)
+                assert not _inside(box, left.transData.transform(measured)).any(), (step, name)

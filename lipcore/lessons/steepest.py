@@ -104,7 +104,7 @@ def draw_steepest_2d(ax: plt.Axes, angle: float = 30.0, step: float = 1.0) -> di
     g = gradient_2d(angle)
     out = {k: v[0] for k, v in gains(g[None], step, eps).items()}
     clear_axes(ax)
-    plane, curve = ax.inset_axes((0.0, 0.0, 0.44, 0.88)), ax.inset_axes((0.68, 0.12, 0.32, 0.7))
+    plane, curve = ax.inset_axes((0.0, 0.0, 0.42, 0.88)), ax.inset_axes((0.71, 0.12, 0.29, 0.7))
     plane.add_patch(plt.Rectangle((-eps, -eps), 2 * eps, 2 * eps, fill=False, color="tab:orange",
                                   lw=1.0, alpha=0.6, label=r"$\|d\|_\infty \leq \epsilon$"))
     plane.add_patch(plt.Circle((0, 0), eps, fill=False, color="tab:blue", lw=1.0, alpha=0.6,
