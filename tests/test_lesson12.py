@@ -145,3 +145,87 @@ def test_the_observations_the_lesson_states(lesson, points):
     tight = lesson.draw_constrained(plt.subplots()[1], 10.0)
     assert tight["classes_drawn"] == [0, 1, 2]
     plt.close("all")
+
+
+def test_the_bordered_lmi_of_the_text_is_lipsdps_lmi(lesson):
+    """The Terms' eq. (7), [[Q, C^T], [C, -I]] <= 0, holds exactly where lipcore's LMI (eq. (5) at
+    alpha = 0, Q + C^T C <= 0) does (Schur complement), and Q is affine in W."""
+    from lipcore.estimators import lmi_matrix
+    from lipcore.estimators.lipsdp import exact_L2
+    W = get_weights(lesson.standard_net(lesson.ADMM_INIT_L2))
+    T = lipsdp(W, 0.0, 1.0, "neuron").T
+
+    def Q(L2, weights):                     # [A; B]^T [[0, T], [T, -2T]] [A; B] - L^2 e e^T
+        n = [weights[0].shape[1]] + [w.shape[0] for w in weights[:-1]]
+        A = np.zeros((sum(n[1:]), sum(n)))
+        B = np.hstack([np.zeros((sum(n[1:]), n[0])), np.eye(sum(n[1:]))])
+        r = c = 0
+        for w in weights[:-1]:
+            A[r:r + w.shape[0], c:c + w.shape[1]] = w
+            r, c = r + w.shape[0], c + w.shape[1]
+        AB = np.vstack([A, B])
+        Z = np.zeros_like(T)
+        out = AB.T @ np.block([[Z, T], [T, -2 * T]]) @ AB
+        out[:n[0], :n[0]] -= L2 * np.eye(n[0])
+        return out
+
+    def M(L2, weights):
+        rows, width = weights[-1].shape[0], Q(0, weights).shape[0] - weights[-1].shape[1]
+        C = np.hstack([np.zeros((rows, width)), weights[-1]])              # [0 ... 0 W^l]
+        return np.block([[Q(L2, weights), C.T], [C, -np.eye(C.shape[0])]])
+
+    least = exact_L2(W, T, 0.0, 1.0)
+    for L2 in (0.9 * least, 1.1 * least, 4 * least):
+        P = lmi_matrix(W, T, L2, 0.0, 1.0)
+        C = M(L2, W)[Q(0, W).shape[0]:, :Q(0, W).shape[0]]
+        assert np.allclose(P, Q(L2, W) + C.T @ C)                            # eq. (5) at alpha = 0
+        assert (np.linalg.eigvalsh(M(L2, W))[-1] <= 1e-9) == (np.linalg.eigvalsh(P)[-1] <= 1e-9)
+    top = [np.linalg.eigvalsh(M(f * least, W))[-1] for f in (1.1, 0.9)]
+    assert top[0] <= 1e-9 < top[1]                                      # both sides occur
+    other = [w + 0.1 for w in W]                                             # affine in W
+    mixed = [(a + b) / 2 for a, b in zip(W, other)]
+    assert np.allclose(M(1.0, mixed), (M(1.0, W) + M(1.0, other)) / 2)
+
+
+def _layouts(draw, figsize, **setting):
+    """``draw`` in the widget's layout (one axes, as explore makes it) and in the static one
+    (small_multiples, tight layout); yields (figure, axes) after drawing."""
+    from lipcore.lessons.show import small_multiples
+    fig, ax = plt.subplots(figsize=figsize)
+    draw(ax, **setting)
+    yield fig, ax
+    plt.close(fig)
+    fig = small_multiples(draw, [setting], ncols=1, size=figsize)
+    yield fig, fig.axes[0]
+    plt.close(fig)
+
+
+def test_the_figure_names_its_regions_and_covers_no_net_with_a_legend(lesson, points):
+    majority = lesson.majority_accuracy()
+    for L_des in lesson.L_DES:
+        for fig, ax in _layouts(lesson.draw_constrained, (9.5, 4.0), L_des=L_des):
+            fig.canvas.draw()
+            renderer = fig.canvas.get_renderer()
+            left, right = ax.child_axes
+            assert left.get_xlabel() and left.get_ylabel()
+            assert right.get_xlabel() and right.get_ylabel()
+            classes = [t.get_text() for t in left.get_legend().get_texts()]
+            assert classes[:3] == ["0: outside", "1: ring", "2: disc"]
+            beside = left.get_legend().get_window_extent()                 # between the panels
+            assert not beside.overlaps(left.get_window_extent())
+            assert not beside.overlaps(right.get_window_extent())
+            assert not beside.overlaps(right.yaxis.get_tightbbox(renderer))  # nor its y label
+            assert not left.yaxis.get_tightbbox(renderer).overlaps(right.get_window_extent())
+            assert any(np.allclose(line.get_ydata(), majority) for line in right.lines)
+            box = right.get_legend().get_window_extent()
+            drawn = [(r[key], r["test_accuracy"]) for rows in points.values()
+                     for r in rows for key in ("L", "lower")]
+            admm = sorted((r["L"], r["test_accuracy"]) for r in points["admm"])
+            for (x0, y0), (x1, y1) in zip(admm, admm[1:]):                 # the red curve
+                drawn += [(x0 ** (1 - s) * x1 ** s, y0 + s * (y1 - y0))
+                          for s in np.linspace(0, 1, 50)]
+            drawn += [(x, majority) for x in np.geomspace(*lesson.L_RANGE, 50)]  # dotted line
+            xy = right.transData.transform(np.asarray(drawn))
+            under = (xy[:, 0] >= box.x0) & (xy[:, 0] <= box.x1) & (xy[:, 1] >= box.y0) & \
+                (xy[:, 1] <= box.y1)
+            assert not under.any(), (L_des, np.asarray(drawn)[under])

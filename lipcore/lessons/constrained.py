@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import copy
 import functools
+import warnings
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 import torch
 from torch import nn
 
@@ -45,9 +48,20 @@ ADMM_INIT_L2 = 1e-2                            # ADMM starts from this L2 net an
 ADMM = dict(rho=1.0, iterations=5, w_step_epochs=100)
 L_DES = (5.0, 10.0, 20.0, 30.0)                # the slider: the enforced bound
 CLASS_COLOURS = ("tab:blue", "tab:orange", "tab:green")
+CLASS_NAMES = ("outside", "ring", "disc")          # r > 0.4, 0.2 < r <= 0.4, r <= 0.2
 METHOD_COLOURS = {"nominal": "k", "l2": "tab:purple", "admm": "tab:red", "rescaled": "tab:grey"}
 L_RANGE = (1.0, 1000.0)                       # the trade-off panel's certified-L axis (log)
 ACCURACY_RANGE = (0.0, 100.0)
+
+
+def certified_L(net: nn.Module) -> float:
+    """LipSDP-neuron's certified bound on ``net`` (:func:`lipcore.certify.lipschitz_bound`), without
+    the FutureWarning torch prints on its first forward-mode derivative in a process (the trace's
+    check of the net), which would otherwise stand in the lesson's output."""
+    with quiet(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated",
+                                category=FutureWarning)
+        return lipschitz_bound(net, "lipsdp").value
 
 
 def small_2d_net(seed: int = 0) -> nn.Module:
@@ -93,8 +107,7 @@ def rescaled_net(L_target: float, seed: int = 0) -> nn.Module:
     if L_target <= 0:
         raise ValueError(f"L_target must be > 0, got {L_target}")
     net = copy.deepcopy(standard_net(ADMM_INIT_L2, seed))
-    with quiet():
-        c = L_target / lipschitz_bound(net, "lipsdp").value
+    c = L_target / certified_L(net)
     last = [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
     with torch.no_grad():
         last.weight.mul_(c)
@@ -120,8 +133,7 @@ def trade_off_point(method: str, strength: float = 0.0) -> dict:
     (a lower bound on the true constant), test and training accuracy (%)."""
     net = _net(method, float(strength))
     data = pauli_2d()
-    with quiet():
-        L = lipschitz_bound(net, "lipsdp").value
+    L = certified_L(net)
     lower = empirical_lower_bound(net, 2, n_random=256, n_ascent=4, steps=40, scale=0.5,
                                   inputs=data.train.tensors[0]).value
     train_loss, train_accuracy = evaluate(net, data.train)
@@ -159,16 +171,22 @@ def _draw_regions(ax: plt.Axes, net: nn.Module, title: str, n: int = 150) -> np.
         ax.add_patch(plt.Circle((0.5, 0.5), r, fill=False, ls="--", lw=0.7, color="k"))
     for c, colour in enumerate(CLASS_COLOURS):
         ax.scatter(*x[y == c].T, c=colour, s=14, edgecolors="k", linewidths=0.4, zorder=3)
-    ax.set(xlim=(0, 1), ylim=(0, 1), aspect="equal", xticks=(0, 0.5, 1), yticks=(0, 0.5, 1))
+    ax.set(xlim=(0, 1), ylim=(0, 1), aspect="equal", xticks=(0, 0.5, 1), yticks=(0, 0.5, 1),
+           xlabel=r"$x_1$", ylabel=r"$x_2$")
     ax.set_title(title, fontsize=8)
+    classes = [Patch(color=colour, alpha=0.5, label=f"{c}: {name}")
+               for c, (colour, name) in enumerate(zip(CLASS_COLOURS, CLASS_NAMES))]
+    ax.legend(handles=classes + [Line2D([], [], color="k", ls="--", lw=0.7, label="true boundary")],
+              fontsize=6.5, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False,
+              title="class (regions, dots)", title_fontsize=6.5)
     return regions
 
 
 def _draw_trade_off(ax: plt.Axes, L_des: float, points: dict[str, list[dict]]) -> None:
-    labels = {"nominal": "nominal", "l2": r"L2 weight decay $\lambda$ = " +
+    labels = {"nominal": "nominal", "l2": r"L2 decay $\lambda$ = " +
               ", ".join(f"{s:g}" for s in L2_STRENGTHS),
-              "admm": r"ADMM enforcing $L_{des}$ = " + ", ".join(f"{s:g}" for s in L_DES),
-              "rescaled": f"L2 net at {ADMM_INIT_L2:g}, logits scaled down (same decisions)"}
+              "admm": r"ADMM, $L_{des}$ = " + ", ".join(f"{s:g}" for s in L_DES),
+              "rescaled": f"L2 net at {ADMM_INIT_L2:g}, logits scaled down"}
     markers = {"nominal": "*", "l2": "o-", "admm": "o-", "rescaled": "D"}
     for method, rows in points.items():
         Ls = [r["L"] for r in rows]
@@ -183,10 +201,13 @@ def _draw_trade_off(ax: plt.Axes, L_des: float, points: dict[str, list[dict]]) -
             mew=2, label=fr"this net ($L_{{des}}$ = {L_des:g})")
     ax.axvspan(L_RANGE[0], L_des, color="tab:red", alpha=0.07)
     ax.axvline(L_des, color="tab:red", ls="--", lw=0.9)
-    ax.plot([], [], color="grey", lw=3, alpha=0.3, label="from the largest quotient found to L")
+    ax.plot([], [], color="grey", lw=3, alpha=0.3, label="largest quotient found to L")
+    majority = majority_accuracy()
+    ax.axhline(majority, color="0.3", ls=":", lw=1.0,
+               label=f"always class 0 ({majority:.1f}%)")
     ax.set(xscale="log", xlim=L_RANGE, ylim=ACCURACY_RANGE, xlabel="certified L (LipSDP-neuron)",
            ylabel="test accuracy (%)")
-    ax.legend(fontsize=6.5, loc="lower right")
+    ax.legend(fontsize=6.5, loc="lower right")    # no net lies there: L > 25 means accuracy > 80%
 
 
 def draw_constrained(ax: plt.Axes, L_des: float = 20.0) -> dict:
@@ -197,8 +218,8 @@ def draw_constrained(ax: plt.Axes, L_des: float = 20.0) -> dict:
     if L_des not in L_DES:
         raise ValueError(f"L_des must be one of {L_DES}, got {L_des}")
     clear_axes(ax)
-    left = ax.inset_axes((0.0, 0.0, 0.36, 0.88))
-    right = ax.inset_axes((0.47, 0.1, 0.53, 0.78))
+    left = ax.inset_axes((0.0, 0.0, 0.30, 0.88))
+    right = ax.inset_axes((0.56, 0.1, 0.44, 0.78))
     points = trade_off()
     here = next(r for r in points["admm"] if r["strength"] == L_des)
     regions = _draw_regions(
