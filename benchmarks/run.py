@@ -5,7 +5,8 @@
     python benchmarks/run.py --markdown      # print the README table from results.json
 
 Also times the trainers' expensive steps: the ADMM Lipschitz step of Pauli et al., and a CLIP
-epoch against a standard epoch (the "cheap" claim of Bungert et al.).
+epoch against a standard epoch (the "cheap" claim of Bungert et al.), and (``--parts audit``)
+issue 31's audit of a trained MNIST 4C3F net and the sound bound of a ResNet-20.
 Estimators: naive (product of spectral norms), LipSDP-neuron and -layer (lipcore, certified),
 ECLipsE-Fast (the eclipse-nn package, a published peer estimator), and the empirical lower
 bound that every upper bound must exceed. Nets are randomly initialised (PyTorch default init,
@@ -40,7 +41,9 @@ NEURON_ONLY = {"wide256", "wide1024", "deep64"}   # layer coupling: minutes of S
 NO_SCS = {"wide1024"}                   # SCS: each iteration an eigendecomposition of 2,832 rows
 RESULTS = Path(__file__).with_name("results.json")
 PARTS = {"estimators": set(), "trainers": {"admm_step", "clip_epoch"},     # estimators: --sizes
-         "crm": {"crm_step", "crm_epoch"}, "certificate": {"crm_certificate"}}
+         "crm": {"crm_step", "crm_epoch"}, "certificate": {"crm_certificate"},
+         "audit": {"audit", "resnet20_bound"}}
+AUDIT_IMAGES = 1000      # MNIST test images the timed audit runs on (the spec's 10,000: x10)
 
 
 def timed(fn, repeat: int):
@@ -221,6 +224,42 @@ def bench_crm_certificate() -> list[dict]:
     return rows
 
 
+def bench_audit() -> list[dict]:
+    """Issue 31's speed specs: the whole ``lipcore.audit`` of an MNIST 4C3F net (one epoch of
+    standard training on real MNIST, not timed) on AUDIT_IMAGES test images, with the default
+    AutoAttack ensemble at 100 iterations; and the sound layer-wise bound of a random CIFAR
+    ResNet-20 (0.27M parameters) through its skip connections."""
+    from lipcore.audit import audit
+    from lipcore.certify import lipschitz_bound
+    from lipcore.data import load_dataset
+    from lipcore.models import crm_net
+    from lipcore.resnets import residual_net
+    from lipcore.trainers import TrainConfig, train
+
+    mnist = load_dataset("mnist")
+    model = crm_net("4C3F", 0)
+    train(model, mnist.train, TrainConfig(epochs=1, batch_size=128, lr=1e-3, optimizer="adam"))
+    images, labels = (t[:AUDIT_IMAGES] for t in mnist.test.tensors)
+    report, seconds = timed(lambda: audit(model, (images, labels), eps=[0.5, 1.0, 1.58]), 1)
+    rows = [dict(size="audit", widths="4C3F", activation="relu",
+                 estimator=f"lipcore.audit: every bound, certified and AutoAttack accuracy at 3 "
+                           f"radii, {AUDIT_IMAGES} MNIST test images (clean "
+                           f"{report.curves.clean.iloc[0]:.1f}%)",
+                 bound=float(report.bounds[report.bounds.sound].value.min()),
+                 seconds=round(seconds, 1), sound=True, ratio_to_lower=float("nan"),
+                 spec=f"10,000 images in <= 5 min: measured on {AUDIT_IMAGES}, x"
+                      f"{10_000 // AUDIT_IMAGES} = {10_000 / AUDIT_IMAGES * seconds / 60:.1f} min"
+                      " if linear")]
+    net = residual_net("resnet20", seed=0)
+    bound = lipschitz_bound(net, "naive", (3, 32, 32))
+    rows.append(dict(size="resnet20_bound", widths="ResNet-20", activation="relu",
+                     estimator="naive (layer-wise through the skip connections), sound, random "
+                               "init", bound=bound.value, seconds=round(bound.seconds, 2),
+                     sound=True, ratio_to_lower=float("nan"),
+                     spec="a sound bound for a CIFAR ResNet-20 in <= 2 min"))
+    return rows
+
+
 def machine() -> dict:
     return dict(platform=platform.platform(), processor=platform.processor() or platform.machine(),
                 cores=os.cpu_count(), python=platform.python_version(), torch=torch.__version__,
@@ -252,8 +291,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs per timing (best is kept)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--markdown", action="store_true", help="print the table of --out")
-    parser.add_argument("--parts", default="estimators,trainers,crm,certificate",
-                        help="comma list of estimators, trainers, crm, certificate; rows of parts "
+    parser.add_argument("--parts", default="estimators,trainers,crm,certificate,audit",
+                        help="comma list of estimators, trainers, crm, certificate, audit; rows of parts "
                              "not run are kept from --out")
     args = parser.parse_args(argv)
     if args.markdown:
@@ -283,6 +322,9 @@ def main(argv: list[str] | None = None) -> None:
     if "certificate" in parts:
         print("benchmarking the sound LipLT certificate of 4C3F and 6C2F ...", file=sys.stderr)
         rows += bench_crm_certificate()
+    if "audit" in parts:
+        print("benchmarking the audit of a 4C3F net and a ResNet-20 bound ...", file=sys.stderr)
+        rows += bench_audit()
     if parts != set(PARTS) and args.out.is_file():
         kept = [r for r in json.loads(args.out.read_text())["rows"] if r["size"] not in ran]
         rows = kept + rows
