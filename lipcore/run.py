@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import pandas as pd
 import torch
@@ -149,6 +149,21 @@ class NotebookRun:
         """Record that ``what`` (a table or column) was not re-derived by this run, and why;
         results.json lists it and the reproduction summary names it."""
         self.not_rederived.append(dict(what=what, why=why))
+
+    def fit_parts(self, parts: Iterable[str], fit: Callable[[str], Any]) -> dict[str, Any]:
+        """``{part: fit(part)}`` for each of ``parts`` (e.g. a data set's nets). In the quick check
+        a part whose nets are neither cached nor kept in figures/trained/ is left out and named
+        (:meth:`skip`) instead of stopping the notebook, so the parts that can be re-derived are."""
+        from .cache import NotTrained            # lipcore.cache imports this module
+        fitted = {}
+        for part in parts:
+            try:
+                fitted[part] = fit(part)
+            except NotTrained:
+                if not self.quick:
+                    raise
+                self.skip(f"{part} rows", "its nets are neither cached nor kept in figures/trained/")
+        return fitted
 
     def budget(self, **per_profile: Any) -> Any:
         """The value for this run's profile: ``run.budget(smoke=10, cpu=1_000, paper=60_000)``."""

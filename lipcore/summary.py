@@ -6,7 +6,9 @@ run (``outputs/previous/<name>/``); after it, :func:`compare` sorts every number
 
 * **identical**: the same float, bit for bit (CSV round-trips a float exactly);
 * **within tolerance**: inside the band of its kind (:data:`BANDS`);
-* **different**: outside it, or a row only one of the two runs has.
+* **different**: outside it, or a row only one of the two runs has;
+* **not re-derived**: a row the new run left out and said so (the quick check's
+  ``not_rederived``: a skipped attack column, or a part whose nets are not kept).
 
 Which band applies is stated for every number: ``timing`` for wall-clock seconds (they depend on
 the machine and its load), ``gpu`` where either run used CUDA (cuDNN kernels are not
@@ -113,7 +115,7 @@ def compare(previous: Path, current: Path) -> dict[str, Any]:
         notebook=current.name, previous_commit=old_run.get("git_commit"),
         previous_profile=old_run.get("profile"), commit=new_run.get("git_commit"),
         profile=new_run.get("profile"), identical=0, within_tolerance=0, different=0,
-        differences=[], bands={}, nets=net_sources(current),
+        not_rederived_numbers=0, differences=[], bands={}, nets=net_sources(current),
         not_rederived=new_run.get("not_rederived", []))
     old, new = _table(previous), _table(current)
     if new is None:
@@ -129,7 +131,9 @@ def compare(previous: Path, current: Path) -> dict[str, Any]:
             kind = kind_of(pd.Series(dict(metric=r["metric"], unit=unit)), on_gpu)
             summary["bands"][kind] = BANDS[kind][2]
             a, b = r.get("reproduced_old"), r.get("reproduced_new")
-            if r["_merge"] != "both":
+            if r["_merge"] == "left_only" and summary["not_rederived"]:
+                verdict = "not_rederived_numbers"     # left out by a run that says what it skipped
+            elif r["_merge"] != "both":
                 verdict = "different"
             elif _same(float(a), float(b)):
                 verdict = "identical"
@@ -151,7 +155,9 @@ def _count(s: dict[str, Any]) -> str:
         return f"{s['new']} numbers, {s['note']}"
     nets = s.get("nets") or {}
     return (f"{s['identical']} identical, {s['within_tolerance']} within tolerance, "
-            f"{s['different']} different" + (" (nets: " + ", ".join(
+            f"{s['different']} different"
+            + (f", {s['not_rederived_numbers']} not re-derived" if s.get("not_rederived_numbers")
+               else "") + (" (nets: " + ", ".join(
                 f"{n} {where}" for where, n in sorted(nets.items())) + ")" if nets else "")
             + "".join(f"; not re-derived: {d['what']} ({d['why']})"
                       for d in s.get("not_rederived", [])))
@@ -169,9 +175,12 @@ def summary_lines(summaries: list[dict[str, Any]], lessons: list[str] = ()) -> l
                else "nothing")
         lines.append(f"| {s['notebook']} | {was} | {_count(s)} |")
     lines += [f"| {name} | - | a lesson: executed, reports no numbers |" for name in lessons]
-    total = {k: sum(s[k] for s in summaries) for k in ("identical", "within_tolerance", "different")}
+    total = {k: sum(s.get(k, 0) for s in summaries)
+             for k in ("identical", "within_tolerance", "different", "not_rederived_numbers")}
     lines += ["", f"**In total: {total['identical']} identical, {total['within_tolerance']} within "
-                  f"tolerance, {total['different']} different.**"]
+                  f"tolerance, {total['different']} different"
+                  + (f", {total['not_rederived_numbers']} not re-derived" if
+                     total["not_rederived_numbers"] else "") + ".**"]
     bands = {k: v for s in summaries for k, v in s.get("bands", {}).items()}
     if bands:
         lines += ["", "Tolerances: " + "; ".join(f"{k}: {v}" for k, v in sorted(bands.items()))

@@ -198,7 +198,7 @@ def test_the_summary_sorts_numbers_into_identical_within_tolerance_and_different
 def test_what_a_quick_run_skips_is_named_in_its_results_and_summary(tmp_path, monkeypatch):
     """Issue 28: the quick check may skip a costly evaluation, but never silently."""
     from lipcore.summary import compare, summary_lines
-    old = _result(tmp_path / "a", "nb", "cpu", rows=[90.0])
+    old = _result(tmp_path / "a", "nb", "cpu", rows=[90.0, 55.0])
     monkeypatch.setenv("LIPCORE_NO_TRAIN", "1")
     run = start_run("nb", profile="cpu", device="cpu", out_dir=tmp_path / "b")
     assert run.quick
@@ -206,10 +206,30 @@ def test_what_a_quick_run_skips_is_named_in_its_results_and_summary(tmp_path, mo
     run.skip("table: robust", "strong attacks skipped")
     assert run.finish()["not_rederived"] == [dict(what="table: robust",
                                                   why="strong attacks skipped")]
-    text = "\n".join(summary_lines([compare(old, tmp_path / "b" / "nb")]))
-    assert "1 identical" in text and "not re-derived: table: robust (strong attacks skipped)" in text
+    s = compare(old, tmp_path / "b" / "nb")
+    assert (s["identical"], s["different"], s["not_rederived_numbers"]) == (1, 0, 1)
+    text = "\n".join(summary_lines([s]))
+    assert "1 identical, 0 within tolerance, 0 different, 1 not re-derived" in text
+    assert "not re-derived: table: robust (strong attacks skipped)" in text
     monkeypatch.delenv("LIPCORE_NO_TRAIN")
     assert not start_run("nb", profile="cpu", device="cpu", out_dir=tmp_path / "c").quick
+
+
+def test_the_quick_check_leaves_out_a_part_whose_nets_are_not_kept(tmp_path, monkeypatch):
+    """Issue 28: a missing net stops only its own part in the quick check, and is named; in a
+    normal run nothing is left out silently."""
+    from lipcore.cache import NotTrained
+
+    def fit(part):
+        if part == "CIFAR-10":
+            raise NotTrained("no net")
+        return f"nets of {part}"
+    run = start_run("nb", profile="cpu", device="cpu", out_dir=tmp_path)
+    with pytest.raises(NotTrained):
+        run.fit_parts(["MNIST", "CIFAR-10"], fit)
+    monkeypatch.setenv("LIPCORE_NO_TRAIN", "1")
+    assert run.fit_parts(["MNIST", "CIFAR-10"], fit) == {"MNIST": "nets of MNIST"}
+    assert [d["what"] for d in run.not_rederived] == ["CIFAR-10 rows"]
 
 
 def test_timings_are_held_to_a_stated_band_not_to_bits():
