@@ -317,17 +317,19 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Ship a run's trained models to figures/trained/ "
                                      "so a resumed run on another machine finds them.")
     parser.add_argument("command", choices=["ship", "missing"],
-                        help="ship: copy a run's nets; missing: list the nets of a run's "
-                             "nets.jsonl that the quick check could not load here (exit 3)")
+                        help="ship: copy a run's nets; missing: count the nets of a run's "
+                             "nets.jsonl that the quick check could not load here (exit 3 when "
+                             "it could load none, so no part of the notebook can be re-derived)")
     parser.add_argument("cache", type=Path, help="ship: the run's cache folder ($LIPCORE_CACHE); "
                                                  "missing: a result's nets.jsonl")
     parser.add_argument("--max-mb", type=float, default=5.0, help="skip larger models")
     args = parser.parse_args()
     if args.command == "missing":
         absent = missing(args.cache)
-        print(f"{len(absent)} net(s) neither cached nor kept in {SHIPPED}" +
+        logged = len(args.cache.read_text().splitlines())
+        print(f"{len(absent)} of {logged} net(s) neither cached nor kept in {SHIPPED}" +
               (f", e.g. {absent[0]}" if absent else ""))
-        sys.exit(3 if absent else 0)
+        sys.exit(3 if absent and len(absent) == logged else 0)
     if not args.cache.is_dir():
         parser.error(f"cache folder {args.cache} does not exist")
     shipped = ship(args.cache, max_bytes=int(args.max_mb * 2 ** 20))

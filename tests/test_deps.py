@@ -124,6 +124,14 @@ def test_missing_lists_the_logged_nets_the_quick_check_cannot_load(tmp_path, mon
     cached(gone, lambda: {"w": torch.ones(1)})
     (tmp_path / "cache" / f"{gone}.pt").unlink()
     assert cache.missing(log) == [str(gone)]
+    # the command stops a notebook only when none of its nets is here (then no part can run)
+    import subprocess
+    import sys
+    command = [sys.executable, "-m", "lipcore.cache", "missing", str(log)]
+    some = subprocess.run(command, capture_output=True, text=True)
+    assert some.returncode == 0 and "1 of 2 net(s)" in some.stdout
+    (tmp_path / "cache" / f"{kept}.pt").unlink()
+    assert subprocess.run(command, capture_output=True, text=True).returncode == 3
 
 
 def test_summary_names_a_notebook_the_quick_check_could_not_re_derive(tmp_path):
