@@ -7,8 +7,11 @@ run (``outputs/previous/<name>/``); after it, :func:`compare` sorts every number
 * **identical**: the same float, bit for bit (CSV round-trips a float exactly);
 * **within tolerance**: inside the band of its kind (:data:`BANDS`);
 * **different**: outside it, or a row only one of the two runs has;
-* **not re-derived**: a row the new run left out and said so (the quick check's
-  ``not_rederived``: a skipped attack column, or a part whose nets are not kept).
+* **not re-derived**: a row the new run left out and said so: an entry of its
+  ``not_rederived`` (``NotebookRun.skip``) that reads ``"<artifact>: <metric>"`` covers that
+  column (the quick check's skipped attacks), one that reads ``"<part> rows"`` every row named
+  ``"<part> ..."`` (a part whose nets are not kept, ``NotebookRun.fit_parts``). A row that no
+  entry covers stays **different**, so nothing vanishes unnoticed.
 
 Which band applies is stated for every number: ``timing`` for wall-clock seconds (they depend on
 the machine and its load), ``gpu`` where either run used CUDA (cuDNN kernels are not
@@ -107,6 +110,17 @@ def skipped(folder: Path, reason: str) -> dict[str, Any]:
     return summary
 
 
+def _covered(row: pd.Series, skipped: list[dict[str, str]]) -> bool:
+    """Whether an entry of a run's ``not_rederived`` names ``row`` (module docstring)."""
+    for entry in skipped:
+        what = entry["what"]
+        if what.endswith(" rows") and str(row["row"]).startswith(what[:-len("rows")]):
+            return True
+        if what == f"{row['artifact']}: {row['metric']}":
+            return True
+    return False
+
+
 def compare(previous: Path, current: Path) -> dict[str, Any]:
     """Sort every number of ``current``'s comparison.csv against ``previous``'s; writes and
     returns ``current/reproduction.json``."""
@@ -131,8 +145,8 @@ def compare(previous: Path, current: Path) -> dict[str, Any]:
             kind = kind_of(pd.Series(dict(metric=r["metric"], unit=unit)), on_gpu)
             summary["bands"][kind] = BANDS[kind][2]
             a, b = r.get("reproduced_old"), r.get("reproduced_new")
-            if r["_merge"] == "left_only" and summary["not_rederived"]:
-                verdict = "not_rederived_numbers"     # left out by a run that says what it skipped
+            if r["_merge"] == "left_only" and _covered(r, summary["not_rederived"]):
+                verdict = "not_rederived_numbers"     # left out by a run that said so
             elif r["_merge"] != "both":
                 verdict = "different"
             elif _same(float(a), float(b)):

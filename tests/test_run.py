@@ -196,21 +196,27 @@ def test_the_summary_sorts_numbers_into_identical_within_tolerance_and_different
 
 
 def test_what_a_quick_run_skips_is_named_in_its_results_and_summary(tmp_path, monkeypatch):
-    """Issue 28: the quick check may skip a costly evaluation, but never silently."""
+    """Issue 28: the quick check may skip a costly evaluation, but never silently: a row it
+    left out counts as not re-derived only where an entry it recorded covers that row."""
     from lipcore.summary import compare, summary_lines
-    old = _result(tmp_path / "a", "nb", "cpu", rows=[90.0, 55.0])
+
+    def result(out, rows, skips=()):
+        run = start_run("nb", profile="cpu", device="cpu", out_dir=out)
+        for row, metric in rows:
+            run.compare("T", row, metric, None, 90.0, "%")
+        for what in skips:
+            run.skip(what, "skipped")
+        return run, run.finish()
+    result(tmp_path / "a", [("A x", "acc"), ("A x", "robust"), ("B x", "acc"), ("C x", "acc")])
     monkeypatch.setenv("LIPCORE_NO_TRAIN", "1")
-    run = start_run("nb", profile="cpu", device="cpu", out_dir=tmp_path / "b")
-    assert run.quick
-    run.compare("T", "r0", "acc", None, 90.0, "%")
-    run.skip("table: robust", "strong attacks skipped")
-    assert run.finish()["not_rederived"] == [dict(what="table: robust",
-                                                  why="strong attacks skipped")]
-    s = compare(old, tmp_path / "b" / "nb")
-    assert (s["identical"], s["different"], s["not_rederived_numbers"]) == (1, 0, 1)
+    run, results = result(tmp_path / "b", [("A x", "acc")], ["T: robust", "B rows"])
+    assert run.quick and results["not_rederived"][0] == dict(what="T: robust", why="skipped")
+    s = compare(tmp_path / "a" / "nb", tmp_path / "b" / "nb")
+    assert (s["identical"], s["different"], s["not_rederived_numbers"]) == (1, 1, 2)
+    assert [d["row"] for d in s["differences"]] == ["C x"]      # vanished, and nobody said why
     text = "\n".join(summary_lines([s]))
-    assert "1 identical, 0 within tolerance, 0 different, 1 not re-derived" in text
-    assert "not re-derived: table: robust (strong attacks skipped)" in text
+    assert "1 identical, 0 within tolerance, 1 different, 2 not re-derived" in text
+    assert "not re-derived: B rows (skipped)" in text
     monkeypatch.delenv("LIPCORE_NO_TRAIN")
     assert not start_run("nb", profile="cpu", device="cpu", out_dir=tmp_path / "c").quick
 
