@@ -15,7 +15,7 @@
 #
 # At the end the script prints how close the run came: per notebook and in total, how many
 # reported numbers are identical to the ones they replaced, within a stated tolerance, or
-# different (lipcore.summary; also in REPORT.md). Each run keeps its executed notebook, without
+# different, and (the quick check) not re-derived (lipcore.summary; also in REPORT.md). Each run keeps its executed notebook, without
 # progress bars, in OUT/NAME/NAME.ipynb and renders OUT/site/index.html.
 #
 # --part-profile runs parts of a notebook at another profile, e.g. --part-profile clip:MNIST=paper.
@@ -25,9 +25,10 @@
 # selected notebook finished. Details: docs/reproducing.md.
 #
 # --quick trains nothing: every paper notebook runs at its recorded setting on the nets cached or
-# kept in figures/trained/ (LIPCORE_NO_TRAIN=1), writes to outputs/quick/ (never figures/), and
-# prints the same summary against the committed results, naming each notebook it could not
-# re-derive and why.
+# kept in figures/trained/ (LIPCORE_NO_TRAIN=1; set without --quick, it is refused), writes to
+# outputs/quick/ (never figures/), skips the strong attacks of pauli_admm and crm_liplt, and
+# prints the same summary against the committed results, naming what it could not re-derive
+# (a notebook, a part whose nets are not kept, a skipped column) and why.
 #
 # Python: $LIPCORE_PYTHON if set; else .venv/ if it exists; else the current python3 when it
 # already has everything; else a new .venv/ is bootstrapped with pip (pip install -e .[dev] plus
@@ -113,6 +114,10 @@ if [[ -n "$QUICK" ]]; then
     [[ "$OUT" == "$ROOT/figures" ]] || die "--quick writes to outputs/quick/ and compares with figures/: it takes no --out"
     OUT="$ROOT/outputs/quick"
     export LIPCORE_NO_TRAIN=1
+elif [[ "${LIPCORE_NO_TRAIN:-}" == 1 ]]; then
+    # the notebooks read it as the quick check (NotebookRun.quick): no strong attacks, a part
+    # whose nets are missing left out; such results must never stand in for a full run
+    die "LIPCORE_NO_TRAIN=1 is set: the notebooks would run as the quick check (strong attacks skipped, parts without nets left out), whose results must not go to $OUT; use --quick (into outputs/quick/), or unset LIPCORE_NO_TRAIN"
 fi
 
 # check everything that needs no Python first: a typo fails in a second, not after an install

@@ -238,6 +238,26 @@ def test_the_quick_check_leaves_out_a_part_whose_nets_are_not_kept(tmp_path, mon
     assert [d["what"] for d in run.not_rederived] == ["CIFAR-10 rows"]
 
 
+def test_a_normal_reproduce_run_refuses_the_quick_checks_switch():
+    """LIPCORE_NO_TRAIN=1 makes every notebook run as the quick check (run.quick: strong attacks
+    skipped, parts without nets left out); left set in the shell, it would otherwise write such
+    results to figures/. Only --quick may use it. LIPCORE_PYTHON points nowhere and --data at
+    nothing, so the script can never get as far as running a notebook."""
+    import os
+    import subprocess
+
+    def reproduce(*args):
+        return subprocess.run(
+            [str(Path(__file__).resolve().parent.parent / "reproduce.sh"), *args,
+             "--data", "/nonexistent/data"], capture_output=True, text=True, timeout=60,
+            env={**os.environ, "LIPCORE_NO_TRAIN": "1", "LIPCORE_PYTHON": "/nonexistent/python"})
+    normal = reproduce("--only", "lipsdp_counterexample")
+    assert normal.returncode != 0 and "LIPCORE_NO_TRAIN=1 is set" in normal.stderr
+    assert "--quick" in normal.stderr
+    quick = reproduce("--quick", "--only", "lipsdp_counterexample")
+    assert "LIPCORE_NO_TRAIN" not in quick.stderr and "--data directory" in quick.stderr
+
+
 def test_timings_are_held_to_a_stated_band_not_to_bits():
     from lipcore.summary import kind_of, within
     row = pd.Series(dict(artifact="T", row="r", metric="train_seconds", unit="s"))
