@@ -110,9 +110,9 @@ def skipped(folder: Path, reason: str) -> dict[str, Any]:
     return summary
 
 
-def _covered(row: pd.Series, skipped: list[dict[str, str]]) -> bool:
+def _covered(row: pd.Series, not_rederived: list[dict[str, str]]) -> bool:
     """Whether an entry of a run's ``not_rederived`` names ``row`` (module docstring)."""
-    for entry in skipped:
+    for entry in not_rederived:
         what = entry["what"]
         if what.endswith(" rows") and str(row["row"]).startswith(what[:-len("rows")]):
             return True
