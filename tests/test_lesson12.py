@@ -187,23 +187,10 @@ def test_the_bordered_lmi_of_the_text_is_lipsdps_lmi(lesson):
     assert np.allclose(M(1.0, mixed), (M(1.0, W) + M(1.0, other)) / 2)
 
 
-def _layouts(draw, figsize, **setting):
-    """``draw`` in the widget's layout (one axes, as explore makes it) and in the static one
-    (small_multiples, tight layout); yields (figure, axes) after drawing."""
-    from lipcore.lessons.show import small_multiples
-    fig, ax = plt.subplots(figsize=figsize)
-    draw(ax, **setting)
-    yield fig, ax
-    plt.close(fig)
-    fig = small_multiples(draw, [setting], ncols=1, size=figsize)
-    yield fig, fig.axes[0]
-    plt.close(fig)
-
-
-def test_the_figure_names_its_regions_and_covers_no_net_with_a_legend(lesson, points):
+def test_the_figure_names_its_regions_and_covers_no_net_with_a_legend(lesson, points, figure_layouts):
     majority = lesson.majority_accuracy()
     for L_des in lesson.L_DES:
-        for fig, ax in _layouts(lesson.draw_constrained, (9.5, 4.0), L_des=L_des):
+        for fig, ax in figure_layouts(lesson.draw_constrained, (9.5, 4.0), L_des=L_des):
             fig.canvas.draw()
             renderer = fig.canvas.get_renderer()
             left, right = ax.child_axes

@@ -233,19 +233,6 @@ def _inside(box, points) -> np.ndarray:
     return (p[:, 0] >= box.x0) & (p[:, 0] <= box.x1) & (p[:, 1] >= box.y0) & (p[:, 1] <= box.y1)
 
 
-def _layouts(draw, figsize, **setting):
-    """``draw`` in the widget's layout (one axes, as explore makes it) and in the static one
-    (small_multiples, tight layout); yields (figure, axes) after drawing."""
-    from lipcore.lessons.show import small_multiples
-    fig, ax = plt.subplots(figsize=figsize)
-    draw(ax, **setting)
-    yield fig, ax
-    plt.close(fig)
-    fig = small_multiples(draw, [setting], ncols=1, size=figsize)
-    yield fig, fig.axes[0]
-    plt.close(fig)
-
-
 def _no_panel_overlaps(fig, ax) -> None:
     """No panel's frame, y axis (ticks and label) or legend overlaps another panel's."""
     fig.canvas.draw()
@@ -260,11 +247,11 @@ def _no_panel_overlaps(fig, ax) -> None:
             assert k == m or not a.overlaps(b), (k, m)
 
 
-def test_the_plane_figures_legends_cover_no_panel():
+def test_the_plane_figures_legends_cover_no_panel(figure_layouts):
     """Both legends sit beside their panels, so no angle can put a step or a curve under them,
     and nothing overlaps in the widget's layout or the static one."""
     for angle, step in ((45, 1.0), (225, 2.0), (30, 0.1), (100, 0.5)):
-        for fig, ax in _layouts(steepest.draw_steepest_2d, (9.0, 4.2), angle=angle, step=step):
+        for fig, ax in figure_layouts(steepest.draw_steepest_2d, (9.0, 4.2), angle=angle, step=step):
             _no_panel_overlaps(fig, ax)
             plane, curve = ax.child_axes
             for legend in (plane.get_legend(), curve.get_legend()):
@@ -291,10 +278,10 @@ def test_explore_leaves_no_figure_for_a_later_plt_show():
 
 
 @needs_mnist
-def test_the_mnist_figure_shows_every_measured_accuracy_and_no_curve_under_its_legend():
+def test_the_mnist_figure_shows_every_measured_accuracy_and_no_curve_under_its_legend(figure_layouts):
     for step in steepest.STEPS:
         sweep = steepest.attack_sweep(step)
-        for fig, ax in _layouts(steepest.draw_attacks_against_eps, (10.0, 4.4), eps=2.0,
+        for fig, ax in figure_layouts(steepest.draw_attacks_against_eps, (10.0, 4.4), eps=2.0,
                                 step=step):
             _no_panel_overlaps(fig, ax)
             left, right = ax.child_axes
