@@ -1,5 +1,5 @@
-"""Test-wide settings: notebooks under nbval run at the smoke profile, quietly, and write to a
-temp dir."""
+"""Test-wide settings (notebooks under nbval run at the smoke profile, quietly, and write to a
+temp dir) and the fixtures tests share."""
 import os
 import tempfile
 
