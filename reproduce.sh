@@ -202,11 +202,15 @@ while IFS=$'\t' read -r -u 3 name dest params parts note; do   # fd 3: papermill
     echo "[$i/$n] $name ($note) ..."
     start=$(date +%s)
     path="$(notebook_path "$name")"
-    if [[ -n "$QUICK" && -f "$RECORDS/$name/nets.jsonl" ]] \
-            && ! why="$("$PY" -m lipcore.cache missing "$RECORDS/$name/nets.jsonl")"; then
-        "$PY" -m lipcore.summary skip "$dest/$name" "$why"
-        echo "[$i/$n] $name: not re-derived ($why)"
-        continue
+    if [[ -n "$QUICK" && -f "$RECORDS/$name/nets.jsonl" ]]; then
+        # exit 3: none of the notebook's nets is here; any other failure is an error, not a skip
+        rc=0; why="$("$PY" -m lipcore.cache missing "$RECORDS/$name/nets.jsonl")" || rc=$?
+        if [[ $rc == 3 ]]; then
+            "$PY" -m lipcore.summary skip "$dest/$name" "$why"
+            echo "[$i/$n] $name: not re-derived ($why)"
+            continue
+        fi
+        [[ $rc == 0 ]] || die "could not read $RECORDS/$name/nets.jsonl (python -m lipcore.cache missing exited $rc)"
     fi
     # keep the old numbers before they are overwritten (the quick check: the committed ones)
     before="$dest"

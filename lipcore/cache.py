@@ -48,7 +48,7 @@ from numpy._core import multiarray
 
 from . import deps
 from .io import atomic_path, write_text
-from .run import git_commit
+from .run import git_commit, quick_check
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = REPO_ROOT / "figures" / "trained"       # committed nets of long runs' finished cells
@@ -225,12 +225,11 @@ def _log(key: str, kind: str, source: str) -> None:
             out.write(json.dumps(entry) + "\n")
 
 
-def missing(net_log: Path) -> list[str]:
-    """The nets a run logged (``nets.jsonl``) that the quick check could not load here: neither
-    cached nor shipped under their key, recipe or legacy key."""
+def missing(entries: list[dict[str, Any]]) -> list[str]:
+    """Of the nets a run logged (the lines of its ``nets.jsonl``), those the quick check could not
+    load here: neither cached nor shipped under their key, recipe or legacy key."""
     absent = []
-    for line in Path(net_log).read_text().splitlines():
-        entry = json.loads(line)
+    for entry in entries:
         key = CacheKey(entry["key"])
         key.recipe, key.legacy = entry.get("recipe"), entry.get("legacy")
         here = any((folder / f"{key}.pt").is_file() for folder in (cache_dir(), SHIPPED))
@@ -254,7 +253,7 @@ def cached(key: str, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """
     global _builds_this_process
     found = _stored(key)
-    if found is None and os.environ.get("LIPCORE_NO_TRAIN") == "1":
+    if found is None and quick_check():
         found = _older(key)
         if found is None:
             raise NotTrained(f"the quick check trains nothing, and no net of this recipe is "
@@ -325,11 +324,11 @@ if __name__ == "__main__":
     parser.add_argument("--max-mb", type=float, default=5.0, help="skip larger models")
     args = parser.parse_args()
     if args.command == "missing":
-        absent = missing(args.cache)
-        logged = len(args.cache.read_text().splitlines())
-        print(f"{len(absent)} of {logged} net(s) neither cached nor kept in {SHIPPED}" +
+        logged = [json.loads(line) for line in args.cache.read_text().splitlines()]
+        absent = missing(logged)
+        print(f"{len(absent)} of {len(logged)} net(s) neither cached nor kept in {SHIPPED}" +
               (f", e.g. {absent[0]}" if absent else ""))
-        sys.exit(3 if absent and len(absent) == logged else 0)
+        sys.exit(3 if absent and len(absent) == len(logged) else 0)
     if not args.cache.is_dir():
         parser.error(f"cache folder {args.cache} does not exist")
     shipped = ship(args.cache, max_bytes=int(args.max_mb * 2 ** 20))

@@ -77,6 +77,10 @@ def notebook_section(folder: Path) -> str:
                   f"{', ...' if len(changed) > 6 else ''}). Today's code may give other numbers; "
                   f"`./reproduce.sh --only {results['notebook']}` re-runs it and says which moved.",
                   ""]
+    skipped = results.get("not_rederived") or []
+    if skipped:
+        lines += ["**Not a full run: it did not re-derive** " + "; ".join(
+            f"{s['what']} ({s['why']})" for s in skipped) + ".", ""]
     if any(v == "synthetic" for v in results.get("data", {}).values()):
         lines += ["**Synthetic stand-in data: these numbers do not measure the paper's claims.**",
                   ""]

@@ -28,6 +28,13 @@ DATA_SOURCES = ("real", "generated", "synthetic")
 COMPARISON_COLUMNS = ["artifact", "row", "metric", "paper", "reproduced", "unit", "profile", "note"]
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRATCH_OUT = REPO_ROOT / "outputs" / "scratch"     # interactive runs (git ignores outputs/)
+COMMITTED_OUT = REPO_ROOT / "figures"                # what ./reproduce.sh writes and git keeps
+
+
+def quick_check() -> bool:
+    """True in the quick check (``./reproduce.sh --quick`` sets ``LIPCORE_NO_TRAIN=1``): nothing
+    is trained (:func:`lipcore.cache.cached`) and a notebook may skip a costly evaluation."""
+    return os.environ.get("LIPCORE_NO_TRAIN") == "1"
 
 
 def resolve_profile(profile: str | None) -> str:
@@ -141,9 +148,9 @@ class NotebookRun:
 
     @property
     def quick(self) -> bool:
-        """True in the quick check (``./reproduce.sh --quick`` sets ``LIPCORE_NO_TRAIN=1``): it
-        trains nothing and may skip a costly evaluation, naming it with :meth:`not_rederived`."""
-        return os.environ.get("LIPCORE_NO_TRAIN") == "1"
+        """True in the quick check (:func:`quick_check`): it trains nothing and may skip a costly
+        evaluation, naming it with :meth:`skip`. Such a run never publishes to ``figures/``."""
+        return quick_check()
 
     def skip(self, what: str, why: str) -> None:
         """Record that ``what`` (a table or column) was not re-derived by this run, and why;
@@ -153,16 +160,22 @@ class NotebookRun:
     def fit_parts(self, parts: Iterable[str], fit: Callable[[str], Any]) -> dict[str, Any]:
         """``{part: fit(part)}`` for each of ``parts`` (e.g. a data set's nets). In the quick check
         a part whose nets are neither cached nor kept in figures/trained/ is left out and named
-        (:meth:`skip`) instead of stopping the notebook, so the parts that can be re-derived are."""
+        (:meth:`skip`, with the net it lacked) instead of stopping the notebook, so the parts that
+        can be re-derived are; if no part can be, :class:`~lipcore.cache.NotTrained` is raised."""
         from .cache import NotTrained            # lipcore.cache imports this module
-        fitted = {}
+        fitted, lacking = {}, []
         for part in parts:
             try:
                 fitted[part] = fit(part)
-            except NotTrained:
+            except NotTrained as error:
                 if not self.quick:
                     raise
-                self.skip(f"{part} rows", "its nets are neither cached nor kept in figures/trained/")
+                lacking.append(f"{part}: {error}")
+                self.skip(f"{part} rows", f"a net it needs is neither cached nor kept in "
+                                          f"figures/trained/ ({error})")
+        if lacking and not fitted:
+            raise NotTrained("no part of this notebook can be re-derived without training: "
+                             + "; ".join(lacking))
         return fitted
 
     def budget(self, **per_profile: Any) -> Any:
@@ -213,7 +226,16 @@ class NotebookRun:
                                     profile=profile or self.profile, note=note))
 
     def finish(self, **fields: Any) -> dict[str, Any]:
-        """Write comparison.csv and results.json, then publish the outputs atomically."""
+        """Write comparison.csv and results.json, then publish the outputs atomically. A run that
+        skipped anything (the quick check) is refused the committed ``figures/``: its results
+        must never stand in for a full run's."""
+        if (self.quick or self.not_rederived) and \
+                self.final_dir.parent.resolve() == COMMITTED_OUT.resolve():
+            raise RuntimeError(
+                f"{self.notebook}: this run skipped {[s['what'] for s in self.not_rederived]} "
+                f"(quick check: {self.quick}), so it may not replace the committed results in "
+                f"{COMMITTED_OUT}; use ./reproduce.sh --quick (writes outputs/quick/) or another "
+                f"out_dir")
         table = pd.DataFrame(self.comparison, columns=COMPARISON_COLUMNS)
         write_text(self.dir / "comparison.csv", table.to_csv(index=False))
         profiles = set(self.used_profiles.values()) or {self.profile}

@@ -9,7 +9,8 @@ run (``outputs/previous/<name>/``); after it, :func:`compare` sorts every number
 * **different**: outside it, or a row only one of the two runs has;
 * **not re-derived**: a row the new run left out and said so: an entry of its
   ``not_rederived`` (``NotebookRun.skip``) that reads ``"<artifact>: <metric>"`` covers that
-  column (the quick check's skipped attacks), one that reads ``"<part> rows"`` every row named
+  column (the quick check's skipped attacks), one that reads ``"<artifact>"`` all of that
+  table or figure, one that reads ``"<part> rows"`` every row named
   ``"<part> ..."`` (a part whose nets are not kept, ``NotebookRun.fit_parts``). A row that no
   entry covers stays **different**, so nothing vanishes unnoticed.
 
@@ -116,7 +117,7 @@ def _covered(row: pd.Series, not_rederived: list[dict[str, str]]) -> bool:
         what = entry["what"]
         if what.endswith(" rows") and str(row["row"]).startswith(what[:-len("rows")]):
             return True
-        if what == f"{row['artifact']}: {row['metric']}":
+        if what in (f"{row['artifact']}: {row['metric']}", str(row["artifact"])):
             return True
     return False
 

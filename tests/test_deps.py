@@ -123,7 +123,7 @@ def test_missing_lists_the_logged_nets_the_quick_check_cannot_load(tmp_path, mon
     gone = cache_key({"lr": 0.2}, "d", 0, trainer)
     cached(gone, lambda: {"w": torch.ones(1)})
     (tmp_path / "cache" / f"{gone}.pt").unlink()
-    assert cache.missing(log) == [str(gone)]
+    assert cache.missing([json.loads(line) for line in log.read_text().splitlines()]) == [str(gone)]
     # the command stops a notebook only when none of its nets is here (then no part can run)
     import subprocess
     import sys

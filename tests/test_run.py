@@ -219,6 +219,10 @@ def test_what_a_quick_run_skips_is_named_in_its_results_and_summary(tmp_path, mo
     assert "not re-derived: B rows (skipped)" in text
     monkeypatch.delenv("LIPCORE_NO_TRAIN")
     assert not start_run("nb", profile="cpu", device="cpu", out_dir=tmp_path / "c").quick
+    from lipcore.summary import _covered                 # a whole table, named by its artifact
+    row = pd.Series(dict(artifact="Table 1", row="ResNet-20 standard", metric="confidence"))
+    assert _covered(row, [dict(what="Table 1", why="stand-in nets not kept")])
+    assert not _covered(row, [dict(what="Table 2", why="")])
 
 
 def test_the_quick_check_leaves_out_a_part_whose_nets_are_not_kept(tmp_path, monkeypatch):
@@ -236,6 +240,31 @@ def test_the_quick_check_leaves_out_a_part_whose_nets_are_not_kept(tmp_path, mon
     monkeypatch.setenv("LIPCORE_NO_TRAIN", "1")
     assert run.fit_parts(["MNIST", "CIFAR-10"], fit) == {"MNIST": "nets of MNIST"}
     assert [d["what"] for d in run.not_rederived] == ["CIFAR-10 rows"]
+    assert "no net" in run.not_rederived[0]["why"]          # which net was lacking, said
+    with pytest.raises(NotTrained, match="no part .* CIFAR-10: no net"):   # nothing to show
+        run.fit_parts(["CIFAR-10"], fit)
+
+
+def test_a_run_that_skipped_anything_never_replaces_committed_results(tmp_path, monkeypatch):
+    """The quick check (or any run that named a skipped column) may write anywhere but the
+    committed figures/: its results must never stand in for a full run's."""
+    import lipcore.run as run_module
+    monkeypatch.setattr(run_module, "COMMITTED_OUT", tmp_path / "figures")
+    run = start_run("nb", profile="cpu", device="cpu", out_dir=tmp_path / "figures")
+    run.skip("T: robust", "skipped")
+    with pytest.raises(RuntimeError, match="may not replace the committed results"):
+        run.finish()
+    assert not (tmp_path / "figures" / "nb").exists()
+    monkeypatch.setenv("LIPCORE_NO_TRAIN", "1")
+    with pytest.raises(RuntimeError, match="quick check: True"):
+        start_run("nb", profile="cpu", device="cpu", out_dir=tmp_path / "figures").finish()
+    assert start_run("nb", profile="cpu", device="cpu", out_dir=tmp_path / "quick").finish()
+    skipping = start_run("nb", profile="cpu", device="cpu", out_dir=tmp_path / "elsewhere")
+    skipping.skip("T: robust", "the strong attacks were skipped")
+    skipping.finish()
+    from lipcore.report import notebook_section        # REPORT.md says so, beside the numbers
+    assert "Not a full run: it did not re-derive** T: robust (the strong attacks were skipped)" \
+        in notebook_section(tmp_path / "elsewhere" / "nb")
 
 
 def test_a_normal_reproduce_run_refuses_the_quick_checks_switch():
