@@ -220,7 +220,8 @@ def _log(key: str, kind: str, source: str) -> None:
     log = os.environ.get("LIPCORE_NET_LOG")
     if log:
         entry = {"key": str(key), "recipe": getattr(key, "recipe", None),
-                 "legacy": getattr(key, "legacy", None), "kind": kind, "source": source}
+                 "legacy": getattr(key, "legacy", None), "kind": kind, "source": source,
+                 "net": getattr(key, "describe", None)}
         with open(log, "a") as out:
             out.write(json.dumps(entry) + "\n")
 

@@ -171,8 +171,7 @@ class NotebookRun:
                 if not self.quick:
                     raise
                 lacking.append(f"{part}: {error}")
-                self.skip(f"{part} rows", f"a net it needs is neither cached nor kept in "
-                                          f"figures/trained/ ({error})")
+                self.skip(f"{part} rows", str(error))     # names the net that is not kept
         if lacking and not fitted:
             raise NotTrained("no part of this notebook can be re-derived without training: "
                              + "; ".join(lacking))

@@ -155,3 +155,35 @@ def test_the_quick_check_re_derives_a_committed_result_without_writing_figures()
     assert "quick check done" in result.stdout
     assert (REPO_ROOT / "outputs" / "quick" / "SUMMARY.md").is_file()
     assert {p.name: p.read_bytes() for p in figures.iterdir() if p.is_file()} == before
+
+
+@pytest.mark.parametrize("notebook, not_kept, left_out", [
+    ("clip", '"dataset": "fashion_mnist"', ["Fashion-MNIST rows", "Table 1: robust"]),
+    ("lipschitz_loss", '"dataset": "cifar10"', ["cifar10 rows", "Table 1", "Section 7", "claims"]),
+])
+def test_the_quick_check_re_derives_the_parts_whose_nets_are_kept(notebook, not_kept, left_out,
+                                                                  tmp_path):
+    """Issue 28: a notebook run normally (smoke), then as the quick check with one data set's nets
+    gone: every number of the other parts comes out identical, and what was left out is named
+    (the part, the skipped attacks, the tables that read the missing nets). About 1 min each."""
+    from lipcore.summary import compare
+    env = {**os.environ, "LIPCORE_PROFILE": "smoke", "LIPCORE_CACHE": str(tmp_path / "cache"),
+           "LIPCORE_PROGRESS": "0", "LIPCORE_GRID_ADDRESS": "serial", "MPLBACKEND": "Agg",
+           "LIPCORE_NET_LOG": str(tmp_path / "nets.jsonl")}
+
+    def run(out, **extra):
+        subprocess.run([sys.executable, "-m", "papermill", f"{notebook}.ipynb",
+                        str(tmp_path / f"{out}.ipynb"), "-p", "out_dir", str(tmp_path / out),
+                        "--kernel", "python3"], cwd=REPO_ROOT / "notebooks", check=True,
+                       capture_output=True, env={**env, **extra}, timeout=900)
+    run("full")
+    gone = {e["key"] for e in map(json.loads, (tmp_path / "nets.jsonl").read_text().splitlines())
+            if not_kept in e["net"]}
+    assert gone, f"no net of {not_kept} was logged"
+    for key in gone:
+        (tmp_path / "cache" / f"{key}.pt").unlink()
+    run("quick", LIPCORE_NO_TRAIN="1")
+    summary = compare(tmp_path / "full" / notebook, tmp_path / "quick" / notebook)
+    assert summary["identical"] > 0 and summary["different"] == 0, summary["differences"]
+    skipped = json.loads((tmp_path / "quick" / notebook / "results.json").read_text())
+    assert [s["what"] for s in skipped["not_rederived"]][:len(left_out)] == left_out
