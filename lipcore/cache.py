@@ -284,12 +284,18 @@ def quarantine(path: Path) -> Path:
     return target
 
 
-def ship(source: Path, target: Path = SHIPPED, max_bytes: int = 5 * 2 ** 20) -> list[Path]:
+def ship(source: Path, target: Path = SHIPPED, max_bytes: int = 5 * 2 ** 20,
+         keys: list[str] | None = None) -> list[Path]:
     """Copy every cached model of ``source`` that ``target`` lacks (atomically) and that is at
-    most ``max_bytes`` (large nets are quicker to retrain than to keep in git); returns the new
-    files. Point it at a cache that only the run to be shipped has used."""
+    most ``max_bytes`` (large nets are quicker to retrain than to keep in git), or only those
+    stored under ``keys``; returns the new files. Point it at a cache that only the run to be
+    shipped has used."""
     new = []
-    for path in sorted(Path(source).glob("*.pt")):
+    paths = sorted(Path(source).glob("*.pt")) if keys is None else \
+        [Path(source) / f"{key}.pt" for key in keys]
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"no net {path.name} in {source}: nothing to ship under that key")
         if not (target / path.name).is_file() and path.stat().st_size <= max_bytes:
             safe_load(path)                          # never ship what cannot be read safely
             target.mkdir(parents=True, exist_ok=True)
@@ -323,6 +329,8 @@ if __name__ == "__main__":
     parser.add_argument("cache", type=Path, help="ship: the run's cache folder ($LIPCORE_CACHE); "
                                                  "missing: a result's nets.jsonl")
     parser.add_argument("--max-mb", type=float, default=5.0, help="skip larger models")
+    parser.add_argument("--key", action="append", help="ship only the net of this key "
+                        "(repeat for several; a result's nets.jsonl names the net of each key)")
     args = parser.parse_args()
     if args.command == "missing":
         logged = [json.loads(line) for line in args.cache.read_text().splitlines()]
@@ -332,6 +340,6 @@ if __name__ == "__main__":
         sys.exit(3 if absent and len(absent) == len(logged) else 0)
     if not args.cache.is_dir():
         parser.error(f"cache folder {args.cache} does not exist")
-    shipped = ship(args.cache, max_bytes=int(args.max_mb * 2 ** 20))
+    shipped = ship(args.cache, max_bytes=int(args.max_mb * 2 ** 20), keys=args.key)
     print(f"shipped {len(shipped)} new model(s) to {SHIPPED} "
           f"({sum(p.stat().st_size for p in shipped) / 2**20:.1f} MB)")

@@ -64,6 +64,12 @@ def test_a_shipped_model_is_found_when_the_local_cache_lacks_it(tmp_path, monkey
     monkeypatch.setattr(cache, "SHIPPED", shipped)
     loaded = cache.cached("k1", lambda: pytest.fail("retrained a shipped model"))
     assert torch.equal(loaded["w"], torch.ones(2))
+    monkeypatch.setenv("LIPCORE_CACHE", str(source))       # ship only the nets a table needs
+    cache.cached("k2", lambda: {"w": torch.ones(2)})
+    cache.cached("k3", lambda: {"w": torch.ones(2)})
+    assert [p.name for p in cache.ship(source, shipped, keys=["k3"])] == ["k3.pt"]
+    with pytest.raises(FileNotFoundError, match="no net k4.pt"):
+        cache.ship(source, shipped, keys=["k4"])
 
 
 def test_an_interactive_run_writes_to_the_ignored_scratch_folder(monkeypatch, capsys):
