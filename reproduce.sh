@@ -26,9 +26,10 @@
 #
 # --quick trains nothing: every paper notebook runs at its recorded setting on the nets cached or
 # kept in figures/trained/ (LIPCORE_NO_TRAIN=1; set without --quick, it is refused), writes to
-# outputs/quick/ (never figures/), skips the strong attacks of pauli_admm and crm_liplt, and
+# outputs/quick/ (never figures/), skips the strong attacks (pauli_admm, clip, crm_liplt), and
 # prints the same summary against the committed results, naming what it could not re-derive
-# (a notebook, a part whose nets are not kept, a skipped column) and why.
+# (a notebook, a part whose nets are not kept, a skipped column or table) and why. Its grids run
+# on this machine (a remote Dask worker would not know that it must not train).
 #
 # Python: $LIPCORE_PYTHON if set; else .venv/ if it exists; else the current python3 when it
 # already has everything; else a new .venv/ is bootstrapped with pip (pip install -e .[dev] plus
@@ -111,6 +112,7 @@ case "$PROFILE" in ""|smoke|cpu|paper) ;; *) die "--profile must be smoke, cpu o
 [[ -z "$CHUNK" || "$CHUNK" =~ ^[0-9]+$ ]] || die "--chunk-seconds must be a whole number of seconds, not '$CHUNK'"
 if [[ -n "$QUICK" ]]; then
     [[ -z "$PROFILE$PART_SPEC$CHUNK$RESUME" ]] || die "--quick re-derives the recorded settings: it takes no --profile, --part-profile, --chunk-seconds or --resume"
+    [[ "${LIPCORE_GRID_ADDRESS:-serial}" == serial ]] || die "--quick runs its grids on this machine (a remote Dask worker would train): it takes no --grid-address (unset LIPCORE_GRID_ADDRESS)"
     [[ "$OUT" == "$ROOT/figures" ]] || die "--quick writes to outputs/quick/ and compares with figures/: it takes no --out"
     OUT="$ROOT/outputs/quick"
     export LIPCORE_NO_TRAIN=1

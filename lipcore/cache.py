@@ -132,7 +132,10 @@ def cache_key(config: dict[str, Any], data_fingerprint: str, seed: int, trainer:
     # before keys covered imported code: the source of the trainer's own module only
     key.legacy = _digest(dict(recipe, code=hashlib.sha256(inspect.getsource(
         inspect.getmodule(trainer)).encode()).hexdigest()[:16]))
-    key.describe = f"{recipe['trainer']}, seed {seed}, config {json.dumps(config)[:160]}"
+    # the whole config (a prefix can be the same for every row of a table); the data set's
+    # subset is in the fingerprint only
+    key.describe = (f"{recipe['trainer']}, seed {seed}, data {data_fingerprint}, "
+                    f"config {json.dumps(config)}")
     return key
 
 
@@ -296,6 +299,9 @@ def ship(source: Path, target: Path = SHIPPED, max_bytes: int = 5 * 2 ** 20,
     for path in paths:
         if not path.is_file():
             raise FileNotFoundError(f"no net {path.name} in {source}: nothing to ship under that key")
+        if keys is not None and path.stat().st_size > max_bytes:
+            raise ValueError(f"{path.name} is {path.stat().st_size / 2**20:.1f} MB, over the "
+                             f"{max_bytes / 2**20:.1f} MB limit; raise --max-mb to ship it")
         if not (target / path.name).is_file() and path.stat().st_size <= max_bytes:
             safe_load(path)                          # never ship what cannot be read safely
             target.mkdir(parents=True, exist_ok=True)
@@ -330,7 +336,7 @@ if __name__ == "__main__":
                                                  "missing: a result's nets.jsonl")
     parser.add_argument("--max-mb", type=float, default=5.0, help="skip larger models")
     parser.add_argument("--key", action="append", help="ship only the net of this key "
-                        "(repeat for several; a result's nets.jsonl names the net of each key)")
+                        "(repeat for several; nets.jsonl gives each key's recipe)")
     args = parser.parse_args()
     if args.command == "missing":
         logged = [json.loads(line) for line in args.cache.read_text().splitlines()]

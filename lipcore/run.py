@@ -149,7 +149,7 @@ class NotebookRun:
     @property
     def quick(self) -> bool:
         """True in the quick check (:func:`quick_check`): it trains nothing and may skip a costly
-        evaluation, naming it with :meth:`skip`. Such a run never publishes to ``figures/``."""
+        evaluation, naming it with :meth:`skip`. Such a run never writes to ``figures/``."""
         return quick_check()
 
     def skip(self, what: str, why: str) -> None:
@@ -157,18 +157,20 @@ class NotebookRun:
         results.json lists it and the reproduction summary names it."""
         self.not_rederived.append(dict(what=what, why=why))
 
-    def fit_parts(self, parts: Iterable[str], fit: Callable[[str], Any]) -> dict[str, Any]:
+    def fit_parts(self, parts: Iterable[str], fit: Callable[[str], Any],
+                  required: Iterable[str] = ()) -> dict[str, Any]:
         """``{part: fit(part)}`` for each of ``parts`` (e.g. a data set's nets). In the quick check
         a part whose nets are neither cached nor kept in figures/trained/ is left out and named
         (:meth:`skip`, with the net it lacked) instead of stopping the notebook, so the parts that
-        can be re-derived are; if no part can be, :class:`~lipcore.cache.NotTrained` is raised."""
+        can be re-derived are; if no part can be, or a ``required`` one (the notebook's main
+        table) cannot, :class:`~lipcore.cache.NotTrained` is raised."""
         from .cache import NotTrained            # lipcore.cache imports this module
         fitted, lacking = {}, []
         for part in parts:
             try:
                 fitted[part] = fit(part)
             except NotTrained as error:
-                if not self.quick:
+                if not self.quick or part in required:
                     raise
                 lacking.append(f"{part}: {error}")
                 self.skip(f"{part} rows", str(error))     # names the net that is not kept
@@ -228,13 +230,12 @@ class NotebookRun:
         """Write comparison.csv and results.json, then publish the outputs atomically. A run that
         skipped anything (the quick check) is refused the committed ``figures/``: its results
         must never stand in for a full run's."""
-        if (self.quick or self.not_rederived) and \
-                self.final_dir.parent.resolve() == COMMITTED_OUT.resolve():
+        if self.not_rederived and _committed(self.final_dir):
+            shutil.rmtree(self.dir, ignore_errors=True)
             raise RuntimeError(
-                f"{self.notebook}: this run skipped {[s['what'] for s in self.not_rederived]} "
-                f"(quick check: {self.quick}), so it may not replace the committed results in "
-                f"{COMMITTED_OUT}; use ./reproduce.sh --quick (writes outputs/quick/) or another "
-                f"out_dir")
+                f"{self.notebook}: this run skipped {[s['what'] for s in self.not_rederived]}, so "
+                f"it may not replace the committed results in {COMMITTED_OUT}; use "
+                f"./reproduce.sh --quick (writes outputs/quick/) or another out_dir")
         table = pd.DataFrame(self.comparison, columns=COMPARISON_COLUMNS)
         write_text(self.dir / "comparison.csv", table.to_csv(index=False))
         profiles = set(self.used_profiles.values()) or {self.profile}
@@ -260,6 +261,11 @@ class NotebookRun:
         return results
 
 
+def _committed(folder: Path) -> bool:
+    """Whether ``folder`` lies in the committed ``figures/`` (its variants included)."""
+    return folder.resolve().is_relative_to(COMMITTED_OUT.resolve())
+
+
 def start_run(notebook: str, profile: str | None = None, device: str | None = None,
               seed: int = 0, data_dir=None, out_dir=None,
               part_profiles: str | dict[str, str] | None = None) -> NotebookRun:
@@ -274,6 +280,11 @@ def start_run(notebook: str, profile: str | None = None, device: str | None = No
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ValueError(f"seed must be an integer, got {seed!r}")
     out = Path(out_dir or os.environ.get("LIPCORE_OUT") or SCRATCH_OUT).resolve()
+    if quick_check() and _committed(out):
+        raise RuntimeError(f"the quick check (LIPCORE_NO_TRAIN=1) trains nothing and skips "
+                           f"evaluations, so it may not write to {out}, inside the committed "
+                           f"figures/; use ./reproduce.sh --quick (outputs/quick/) or another "
+                           f"out_dir, or unset LIPCORE_NO_TRAIN")
     if out == SCRATCH_OUT.resolve():
         print(f"lipcore: outputs of this run go to the scratch folder {out}/{notebook} (ignored by "
               "git); ./reproduce.sh, or out_dir=..., writes the committed figures/")

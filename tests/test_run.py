@@ -243,6 +243,8 @@ def test_the_quick_check_leaves_out_a_part_whose_nets_are_not_kept(tmp_path, mon
     assert "no net" in run.not_rederived[0]["why"]          # which net was lacking, said
     with pytest.raises(NotTrained, match="no part .* CIFAR-10: no net"):   # nothing to show
         run.fit_parts(["CIFAR-10"], fit)
+    with pytest.raises(NotTrained, match="no net"):                   # the main table is missing
+        run.fit_parts(["MNIST", "CIFAR-10"], fit, required=["CIFAR-10"])
 
 
 def test_a_run_that_skipped_anything_never_replaces_committed_results(tmp_path, monkeypatch):
@@ -255,9 +257,11 @@ def test_a_run_that_skipped_anything_never_replaces_committed_results(tmp_path, 
     with pytest.raises(RuntimeError, match="may not replace the committed results"):
         run.finish()
     assert not (tmp_path / "figures" / "nb").exists()
-    monkeypatch.setenv("LIPCORE_NO_TRAIN", "1")
-    with pytest.raises(RuntimeError, match="quick check: True"):
-        start_run("nb", profile="cpu", device="cpu", out_dir=tmp_path / "figures").finish()
+    assert not (tmp_path / "figures" / ".nb.partial").exists()     # nothing half-made is left
+    monkeypatch.setenv("LIPCORE_NO_TRAIN", "1")            # refused before anything is touched
+    for inside in ("figures", "figures/variants/smoke"):
+        with pytest.raises(RuntimeError, match="may not write to"):
+            start_run("nb", profile="cpu", device="cpu", out_dir=tmp_path / inside)
     assert start_run("nb", profile="cpu", device="cpu", out_dir=tmp_path / "quick").finish()
     skipping = start_run("nb", profile="cpu", device="cpu", out_dir=tmp_path / "elsewhere")
     skipping.skip("T: robust", "the strong attacks were skipped")
@@ -285,6 +289,8 @@ def test_a_normal_reproduce_run_refuses_the_quick_checks_switch():
     assert "--quick" in normal.stderr
     quick = reproduce("--quick", "--only", "lipsdp_counterexample")
     assert "LIPCORE_NO_TRAIN" not in quick.stderr and "--data directory" in quick.stderr
+    remote = reproduce("--quick", "--grid-address", "tcp://elsewhere:8786")  # would train there
+    assert remote.returncode != 0 and "takes no --grid-address" in remote.stderr
 
 
 def test_timings_are_held_to_a_stated_band_not_to_bits():

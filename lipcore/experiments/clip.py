@@ -322,7 +322,8 @@ def evaluate_row(setting: TableSetting, split: Split, net: TrainedRow, device: s
     exceeds 2 (``certified_naive`` from the naive bound); the final mu or lambda (``param``, as in
     the paper's Table 1) and its value at the kept epoch. Raises if an attack breaks a certified
     image, which would mean an unsound bound. ``strong_attacks=False`` (the quick check) leaves
-    ``robust`` NaN: the ensemble is most of the evaluation's cost."""
+    ``robust`` NaN and makes no such check (the full run it re-derives made it): the ensemble is
+    most of the evaluation's cost."""
     pgd_set = split.test if setting.n_test_pgd is None else \
         TensorDataset(*(t[:setting.n_test_pgd] for t in split.test.tensors))
     start = time.perf_counter()
