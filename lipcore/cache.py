@@ -48,10 +48,9 @@ from numpy._core import multiarray
 
 from . import deps
 from .io import atomic_path, write_text
-from .run import git_commit, quick_check
+from .run import COMMITTED_OUT, REPO_ROOT, git_commit, quick_check
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = REPO_ROOT / "figures" / "trained"       # committed nets of long runs' finished cells
+SHIPPED = COMMITTED_OUT / "trained"               # committed nets of long runs' finished cells
 DIGESTS = "SHA256SUMS"                            # in SHIPPED: the digest of every shipped net
 INDEX = "INDEX.json"                              # in SHIPPED: recipe and provenance of each net
 # numpy arrays of numbers in training histories (LipSDP's T, for example); no other globals
@@ -299,10 +298,11 @@ def ship(source: Path, target: Path = SHIPPED, max_bytes: int = 5 * 2 ** 20,
     for path in paths:
         if not path.is_file():
             raise FileNotFoundError(f"no net {path.name} in {source}: nothing to ship under that key")
-        if keys is not None and path.stat().st_size > max_bytes:
-            raise ValueError(f"{path.name} is {path.stat().st_size / 2**20:.1f} MB, over the "
+        size = path.stat().st_size
+        if size > max_bytes and keys is not None:           # asked for by key: never dropped
+            raise ValueError(f"{path.name} is {size / 2**20:.1f} MB, over the "
                              f"{max_bytes / 2**20:.1f} MB limit; raise --max-mb to ship it")
-        if not (target / path.name).is_file() and path.stat().st_size <= max_bytes:
+        if size <= max_bytes and not (target / path.name).is_file():
             safe_load(path)                          # never ship what cannot be read safely
             target.mkdir(parents=True, exist_ok=True)
             with atomic_path(target / path.name) as tmp:

@@ -22,7 +22,7 @@ from typing import Any
 import nbformat
 
 from .io import write_text
-from .run import PROFILES, REPO_ROOT
+from .run import COMMITTED_OUT, PROFILES, REPO_ROOT
 
 GIVEN_BY_REPRODUCE = {"profile", "part_profiles", "device", "seed", "out_dir", "data_dir"}
 RANK = {profile: i for i, profile in enumerate(PROFILES)}      # smoke < cpu < paper
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     JSON, $LIPCORE_PART_PROFILES, note) for reproduce.sh; ``write``: figures/MANIFEST.json."""
     parser = argparse.ArgumentParser(prog="python -m lipcore.manifest")
     parser.add_argument("command", choices=("plan", "write"))
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "figures")
+    parser.add_argument("--out", type=Path, default=COMMITTED_OUT)
     parser.add_argument("--default-out", action="store_true")
     parser.add_argument("--profile")
     parser.add_argument("--part-profile")
