@@ -99,17 +99,24 @@ def source_files(start: str) -> list[str]:
     return [path for path in paths if path not in KEY_MACHINERY]
 
 
-def library_versions(start: str) -> dict[str, str]:
-    """Versions of the libraries in :data:`VERSIONED` that ``start``'s closure imports."""
-    wanted = [lib for lib in VERSIONED if lib in closure(start)[1]]
-    wanted += [extra for lib in wanted for extra in VERSIONED[lib]]
+def installed_versions(libraries: list[str] | None = None) -> dict[str, str]:
+    """Installed versions of ``libraries`` (default: every library of :data:`VERSIONED` and what
+    each loads by name); ``"absent"`` for one that is not installed."""
+    if libraries is None:
+        libraries = [*VERSIONED, *(extra for extras in VERSIONED.values() for extra in extras)]
     versions = {}
-    for lib in sorted(set(wanted)):
+    for lib in sorted(set(libraries)):
         try:
             versions[lib] = importlib.metadata.version(lib)
         except importlib.metadata.PackageNotFoundError:
             versions[lib] = "absent"
     return versions
+
+
+def library_versions(start: str) -> dict[str, str]:
+    """Versions of the libraries in :data:`VERSIONED` that ``start``'s closure imports."""
+    wanted = [lib for lib in VERSIONED if lib in closure(start)[1]]
+    return installed_versions(wanted + [extra for lib in wanted for extra in VERSIONED[lib]])
 
 
 @functools.lru_cache(maxsize=None)

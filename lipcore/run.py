@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable
 import pandas as pd
 import torch
 
+from .deps import installed_versions
 from .io import atomic_path, write_text
 
 PROFILES = ("smoke", "cpu", "paper")
@@ -105,10 +106,22 @@ def git_commit(root: Path = REPO_ROOT) -> str:
         return "unknown"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo, else what :mod:`platform` knows): float
+    results such as solver bounds can move in the last digits from one CPU to another."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_description(device: str) -> str:
     if device == "cuda":
         return f"cuda ({torch.cuda.get_device_name(0)})"
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    return f"cpu ({cpu_model()}, {os.cpu_count()} cores)"
 
 
 class NotebookRun:
@@ -243,7 +256,7 @@ class NotebookRun:
                        profile=self.profile if len(profiles) == 1 else "mixed",
                        profiles=self.used_profiles or None,
                        device=device_description(self.device), seed=self.seed,
-                       git_commit=git_commit(),
+                       git_commit=git_commit(), libraries=installed_versions(),
                        wall_seconds=round(time.perf_counter() - self.started, 2),
                        data=self.data,
                        setting=dict(profile=self.profile, part_profiles=self.part_profiles,

@@ -122,6 +122,19 @@ def _covered(row: pd.Series, not_rederived: list[dict[str, str]]) -> bool:
     return False
 
 
+def environment_changes(old_run: dict[str, Any], new_run: dict[str, Any]) -> list[str]:
+    """What differs between the machines and library versions of two runs (``a -> b``), so that
+    a number that moved in its last digits can be read against a change of CPU or library;
+    libraries are compared only where both runs recorded them."""
+    changes = []
+    if old_run.get("device") and old_run.get("device") != new_run.get("device"):
+        changes.append(f"device: {old_run['device']} -> {new_run.get('device')}")
+    old_libs, new_libs = old_run.get("libraries") or {}, new_run.get("libraries") or {}
+    changes += [f"{lib}: {old_libs[lib]} -> {new_libs[lib]}" for lib in sorted(old_libs)
+                if lib in new_libs and old_libs[lib] != new_libs[lib]]
+    return changes
+
+
 def compare(previous: Path, current: Path) -> dict[str, Any]:
     """Sort every number of ``current``'s comparison.csv against ``previous``'s; writes and
     returns ``current/reproduction.json``."""
@@ -131,7 +144,8 @@ def compare(previous: Path, current: Path) -> dict[str, Any]:
         previous_profile=old_run.get("profile"), commit=new_run.get("git_commit"),
         profile=new_run.get("profile"), identical=0, within_tolerance=0, different=0,
         not_rederived_numbers=0, differences=[], bands={}, nets=net_sources(current),
-        not_rederived=new_run.get("not_rederived", []))
+        not_rederived=new_run.get("not_rederived", []),
+        environment_changes=environment_changes(old_run, new_run))
     old, new = _table(previous), _table(current)
     if new is None:
         summary["note"] = "no comparison.csv: this run reports no numbers"
@@ -175,7 +189,8 @@ def _count(s: dict[str, Any]) -> str:
                else "") + (" (nets: " + ", ".join(
                 f"{n} {where}" for where, n in sorted(nets.items())) + ")" if nets else "")
             + "".join(f"; not re-derived: {d['what']} ({d['why']})"
-                      for d in s.get("not_rederived", [])))
+                      for d in s.get("not_rederived", []))
+            + "".join(f"; environment differs: {c}" for c in s.get("environment_changes", [])))
 
 
 def _number(v: float | None) -> str:

@@ -1,5 +1,7 @@
 """Notebook parameters, atomic outputs, results.json, comparison.csv and REPORT.md."""
+import importlib.metadata
 import json
+import os
 from pathlib import Path
 
 import matplotlib
@@ -11,7 +13,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from lipcore.report import build_report  # noqa: E402
-from lipcore.run import COMPARISON_COLUMNS, resolve_device, resolve_profile, start_run  # noqa
+from lipcore.run import COMPARISON_COLUMNS, cpu_model, resolve_device, resolve_profile, start_run  # noqa
 
 REQUIRED = {"notebook", "profile", "device", "seed", "git_commit", "wall_seconds", "data"}
 
@@ -193,6 +195,28 @@ def test_the_summary_sorts_numbers_into_identical_within_tolerance_and_different
     assert "1 identical, 1 within tolerance, 2 different" in text and "| 70 | 71 |" in text
     assert "deterministic: bit-identical" in text
     assert "How close" in build_report(tmp_path / "b").read_text()
+
+
+def test_results_record_the_cpu_and_libraries_and_the_summary_names_a_change(tmp_path):
+    """Bounds moved 2e-6 between two CPUs for the same nets and code: a results file records the
+    CPU model and library versions, and the summary names what differs between two runs."""
+    from lipcore.summary import compare, summary_lines
+    old = _result(tmp_path / "a", "nb", "cpu", rows=[90.0])
+    new = _result(tmp_path / "b", "nb", "cpu", rows=[90.0])
+    recorded = json.loads((new / "results.json").read_text())
+    assert recorded["libraries"]["torch"] == importlib.metadata.version("torch")
+    assert set(recorded["libraries"]) >= {"torch", "torchvision", "numpy", "cvxpy", "scs"}
+    assert recorded["device"] == f"cpu ({cpu_model()}, {os.cpu_count()} cores)"
+    assert compare(old, new)["environment_changes"] == []
+    edited = json.loads((old / "results.json").read_text())
+    edited["device"] = "cpu (Other CPU, 2 cores)"
+    edited["libraries"] = edited["libraries"] | {"torch": "0.0.1"}
+    (old / "results.json").write_text(json.dumps(edited))
+    s = compare(old, new)
+    assert s["environment_changes"] == [
+        f"device: cpu (Other CPU, 2 cores) -> {recorded['device']}",
+        f"torch: 0.0.1 -> {recorded['libraries']['torch']}"]
+    assert "environment differs: torch: 0.0.1 ->" in "\n".join(summary_lines([s]))
 
 
 def test_what_a_quick_run_skips_is_named_in_its_results_and_summary(tmp_path, monkeypatch):
