@@ -33,6 +33,7 @@ from .estimators.compositional import compositional_bound
 from .estimators.layerwise import op_bound
 from .estimators.liplt_ops import liplt_bounds, operator_chain, sound_norms
 from .graph import Graph
+from .margins import margin_radii
 from .trace import Chain, batch_norm_scale, eval_mode, float64_copy, model_dtype_device, trace
 
 FLOAT_ALLOWANCE = 1e-9     # relative: float64 SVDs, Cholesky proofs and FFTs err by ~1e-12 here
@@ -236,20 +237,6 @@ def certified_radii(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, 
                                  "Lipschitz bound); no finite radius can be reported")
             radii.append(torch.where(user_right, r.clamp_min(0.0), torch.zeros_like(r)))
     return torch.cat(radii)
-
-
-def margin_radii(logits: torch.Tensor, labels: torch.Tensor, pairwise: torch.Tensor,
-                 allowance: torch.Tensor | float = 0.0) -> torch.Tensor:
-    """R_j = (z_y - z_j - allowance) / L_yj for every sample and class, +inf at j = y.
-    ``pairwise`` is a (C, C) matrix of bounds on z_i - z_j, or one number for every pair
-    (sqrt(2) L); ``allowance`` (per sample) covers float error in the logits. The certified
-    radius is min_j R_j; CRM's loss uses the R_j themselves (differentiably: the zero diagonal of
-    L is clamped so that no 0/0 enters the graph)."""
-    gaps = logits.gather(1, labels[:, None]) - logits
-    if torch.is_tensor(allowance) or allowance != 0:
-        gaps = gaps - torch.as_tensor(allowance, dtype=gaps.dtype).reshape(-1, 1)
-    scale = pairwise[labels] if pairwise.dim() == 2 else pairwise
-    return (gaps / scale.clamp_min(1e-12)).scatter(1, labels[:, None], math.inf)
 
 
 def _validated_radii(radii: torch.Tensor) -> torch.Tensor:

@@ -38,22 +38,52 @@ def module_file(name: str) -> Path | None:
     return None
 
 
+@functools.lru_cache(maxsize=None)
+def lazy_exports(package: str) -> dict[str, str]:
+    """Name -> submodule of a lipcore package whose ``__init__`` attaches its names lazily
+    (``lazy_loader.attach(__name__, submod_attrs={...})``); empty for any other module. Such an
+    ``__init__`` imports nothing itself: a name runs its submodule only when it is imported."""
+    path = module_file(package)
+    if path is None or path.name != "__init__.py":
+        return {}
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "attach":
+            for keyword in node.keywords:
+                if keyword.arg == "submod_attrs":
+                    table = ast.literal_eval(keyword.value)
+                    return {name: f"{package}.{sub}" for sub, names in table.items()
+                            for name in names}
+    return {}
+
+
+def _targets(base: str, names: list[str]) -> list[str]:
+    """Modules that ``from base import names`` runs: ``base``, each name that is a submodule,
+    and the submodule of each name a lazy package attaches. Taking a lazy package itself as an
+    object (``import lipcore.attacks``) may reach any of its names, so it counts them all."""
+    lazy = lazy_exports(base)
+    targets = [base] + [lazy[n] if n in lazy else f"{base}.{n}" for n in names
+                        if n in lazy or module_file(f"{base}.{n}") is not None]
+    for target in targets[1:]:
+        targets += lazy_exports(target).values()
+    return targets
+
+
 def _imports(tree: ast.AST, package: str) -> tuple[set[str], set[str]]:
     """(lipcore modules, other top-level packages) that the code ``tree`` imports; relative
     imports resolve against ``package``."""
     ours, others = set(), set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            targets = [alias.name for alias in node.names]
+            targets = [t for alias in node.names for t in _targets(alias.name, [])]
+            targets += [lazy for alias in node.names
+                        for lazy in lazy_exports(alias.name).values()]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
                 base = ".".join(anchor + ([node.module] if node.module else []))
             else:
                 base = node.module or ""
-            # ``from pkg import x``: x may be a submodule; keep it only where it is one
-            targets = [base] + [f"{base}.{a.name}" for a in node.names
-                                if module_file(f"{base}.{a.name}") is not None]
+            targets = _targets(base, [a.name for a in node.names])
         else:
             continue
         for target in targets:

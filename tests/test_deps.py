@@ -1,5 +1,6 @@
 """Issue 28: model cache keys cover every lipcore file a net depends on and the library versions
 that matter; the quick check loads nets instead of training them and says where each came from."""
+import importlib
 import json
 import shutil
 from pathlib import Path
@@ -36,9 +37,13 @@ def _fresh_copy(tmp_path, monkeypatch) -> Path:
     shutil.copytree(deps.PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(deps, "PACKAGE_DIR", package)
     monkeypatch.setattr(deps, "REPO_ROOT", tmp_path)
-    deps.closure.cache_clear()
-    deps.fingerprint.cache_clear()
+    _clear()
     return package
+
+
+def _clear():
+    for cached_function in (deps.closure, deps.fingerprint, deps.lazy_exports):
+        cached_function.cache_clear()
 
 
 def test_fingerprint_changes_with_a_dependency_and_a_library_version_only(tmp_path, monkeypatch):
@@ -59,8 +64,55 @@ def test_fingerprint_changes_with_a_dependency_and_a_library_version_only(tmp_pa
         deps.fingerprint.cache_clear()
         assert deps.fingerprint("lipcore.trainers.admm") != changed
     finally:
-        deps.closure.cache_clear()
-        deps.fingerprint.cache_clear()
+        _clear()
+
+
+def test_a_lazy_package_counts_only_the_submodules_of_the_names_taken():
+    """attacks, estimators and trainers attach their names lazily: ``from lipcore.attacks import
+    pgd_l2`` runs attacks/pgd.py, not the ensemble; taking the package itself may reach all."""
+    import ast
+    def imported(code):
+        return deps._imports(ast.parse(code), "lipcore")[0]
+    assert imported("from lipcore.attacks import pgd_l2") == {"lipcore.attacks",
+                                                             "lipcore.attacks.pgd"}
+    assert imported("from .estimators import lipsdp, naive_bound") == {
+        "lipcore.estimators", "lipcore.estimators.lipsdp", "lipcore.estimators.naive"}
+    everything = {"lipcore.attacks", *(f"lipcore.attacks.{m}" for m in
+                                       ("ensemble", "noise", "pgd", "sweep"))}
+    assert imported("import lipcore.attacks") == everything
+    assert imported("from lipcore import attacks") >= everything
+    for package in ("lipcore.attacks", "lipcore.estimators", "lipcore.trainers"):
+        loaded = importlib.import_module(package)
+        for name, module in deps.lazy_exports(package).items():     # each name is where it says
+            assert getattr(loaded, name) is vars(importlib.import_module(module))[name]
+
+
+@pytest.mark.parametrize("notebook", ["clip", "crm_liplt", "lipschitz_loss", "pauli_admm"])
+def test_a_change_to_evaluation_code_keeps_every_trained_net_while_training_code_does_not(
+        notebook, tmp_path, monkeypatch):
+    """Issue 31: the attacks, certificates and the audit change often; a net's key covers only
+    the code its training runs (lipcore.experiments.training), so such a change re-evaluates kept
+    nets instead of retraining them, while a change to a trainer still retrains."""
+    module = f"lipcore.experiments.training.{notebook}"
+    files = deps.source_files(module)
+    for evaluation in ("lipcore/attacks/ensemble.py", "lipcore/attacks/sweep.py",
+                       "lipcore/certify.py", "lipcore/audit.py", f"lipcore/experiments/{notebook}.py"):
+        assert evaluation not in files
+    package = _fresh_copy(tmp_path, monkeypatch)
+    try:
+        before = deps.fingerprint(module)
+        for evaluation in ("attacks/ensemble.py", "certify.py", f"experiments/{notebook}.py"):
+            with open(package / evaluation, "a") as f:
+                f.write("\n# an evaluation change\n")
+        _clear()
+        assert deps.fingerprint(module) == before
+        with open(package / "trainers" / "standard.py" if notebook != "crm_liplt" else
+                  package / "trainers" / "crm.py", "a") as f:
+            f.write("\n# a training change\n")
+        _clear()
+        assert deps.fingerprint(module) != before
+    finally:
+        _clear()
 
 
 def test_key_carries_recipe_and_legacy_form():

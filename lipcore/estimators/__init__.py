@@ -1,12 +1,16 @@
-"""Lipschitz estimators: upper bounds (naive, compositional, LipSDP) and an empirical lower bound."""
-from .compositional import CompositionalResult, compositional_bound
-from .empirical import LowerBoundResult, empirical_lower_bound
-from .lipsdp import (LipSDPError, LipSDPResult, UnsoundCouplingWarning, certified_L2, chordal_nsd,
-                     lipsdp, lmi_matrix, lmi_max_eig, reduce_input_layer)
-from .liplt import LipLTResult, liplt, naive_pairwise
-from .naive import naive_bound
+"""Lipschitz estimators: upper bounds (naive, compositional, LipSDP) and an empirical lower bound.
 
-__all__ = ["CompositionalResult", "LipLTResult", "LipSDPError", "LipSDPResult", "LowerBoundResult",
-           "UnsoundCouplingWarning", "certified_L2", "chordal_nsd", "compositional_bound",
-           "empirical_lower_bound", "liplt", "lipsdp", "lmi_matrix", "lmi_max_eig", "naive_bound",
-           "naive_pairwise", "reduce_input_layer"]
+Names are loaded from their submodule on first use (lazy_loader), so importing one
+submodule does not run the others: a trained net's cache key (lipcore.deps) then covers
+only the code its training imports.
+"""
+import lazy_loader
+
+__getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submod_attrs={
+    "compositional": ["CompositionalResult", "compositional_bound"],
+    "empirical": ["LowerBoundResult", "empirical_lower_bound"],
+    "lipsdp": ["LipSDPError", "LipSDPResult", "UnsoundCouplingWarning", "certified_L2",
+            "chordal_nsd", "lipsdp", "lmi_matrix", "lmi_max_eig", "reduce_input_layer"],
+    "liplt": ["LipLTResult", "liplt", "naive_pairwise"],
+    "naive": ["naive_bound"],
+})

@@ -1,8 +1,14 @@
 """Trainers: standard (nominal, L2, step schedules), ADMM with LipSDP (Pauli et al.), CLIP
-(Bungert et al., in ``trainers.clip``) and the Lipschitz loss (Usama & Chang)."""
-from .admm import ADMMConfig, ADMMResult, LipschitzStep, admm_train
-from .lipschitz_loss import LipschitzLossConfig, train_lipschitz_loss
-from .standard import TrainConfig, evaluate, train
+(Bungert et al., in ``trainers.clip``) and the Lipschitz loss (Usama & Chang).
 
-__all__ = ["ADMMConfig", "ADMMResult", "LipschitzLossConfig", "LipschitzStep", "TrainConfig",
-           "admm_train", "evaluate", "train", "train_lipschitz_loss"]
+Names are loaded from their submodule on first use (lazy_loader), so importing one
+submodule does not run the others: a trained net's cache key (lipcore.deps) then covers
+only the code its training imports.
+"""
+import lazy_loader
+
+__getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submod_attrs={
+    "admm": ["ADMMConfig", "ADMMResult", "LipschitzStep", "admm_train"],
+    "lipschitz_loss": ["LipschitzLossConfig", "train_lipschitz_loss"],
+    "standard": ["TrainConfig", "evaluate", "train"],
+})

@@ -3,7 +3,7 @@ baseline (Leino et al. 2021), both with Lipschitz constants of logit differences
 (:mod:`lipcore.estimators.liplt_ops`) estimated by warm-started power iteration during training.
 
 CRM, as in the official code (configs.md 3.1): with R_j = (z_y - z_j) / L_yj for j != y
-(:func:`lipcore.certify.margin_radii`, the same radii the certificates use),
+(:func:`lipcore.margins.margin_radii`, the same radii the certificates use),
 
     loss = CE + lam * (1 / batch) * sum over correctly classified samples with min_j R_j < R0
            of  (1/t) logsumexp_j(-t R_j)  (= -R_soft, a soft minimum of the radii),
@@ -31,7 +31,7 @@ from torch.nn import functional as F
 from torch.utils.data import TensorDataset
 
 from ..augment import FlipAffine
-from ..certify import margin_radii
+from ..margins import margin_radii
 from ..estimators.liplt_ops import OperatorChain, PowerIteration, liplt_bounds, operator_chain
 from ..progress import bar
 from ..trace import InputShapeMismatch
