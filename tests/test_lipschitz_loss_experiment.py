@@ -1,7 +1,6 @@
 """Usama & Chang's experiment: the paper's tables are transcribed in the right cells, the grids
 hold what Section 7 needs, the finite differences and claims are computed as defined, and Table 1
 picks a correctly classified image."""
-import numpy as np
 import pandas as pd
 import pytest
 import torch

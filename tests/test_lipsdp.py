@@ -2,7 +2,6 @@
 the certificate, accuracy against tight solves, and input validation."""
 import sys
 import time
-import warnings
 
 import numpy as np
 import pytest
