@@ -287,11 +287,12 @@ def quarantine(path: Path) -> Path:
 
 
 def ship(source: Path, target: Path = SHIPPED, max_bytes: int = 5 * 2 ** 20,
-         keys: list[str] | None = None) -> list[Path]:
+         keys: list[str] | None = None, replace: bool = False) -> list[Path]:
     """Copy every cached model of ``source`` that ``target`` lacks (atomically) and that is at
     most ``max_bytes`` (large nets are quicker to retrain than to keep in git), or only those
     stored under ``keys``; returns the new files. Point it at a cache that only the run to be
-    shipped has used."""
+    shipped has used. ``replace``: a new net removes the kept nets of its recipe stored under
+    other keys (trained by older code), so that retraining does not double the weight."""
     new = []
     paths = sorted(Path(source).glob("*.pt")) if keys is None else \
         [Path(source) / f"{key}.pt" for key in keys]
@@ -308,12 +309,20 @@ def ship(source: Path, target: Path = SHIPPED, max_bytes: int = 5 * 2 ** 20,
             with atomic_path(target / path.name) as tmp:
                 tmp.write_bytes(path.read_bytes())
             new.append(target / path.name)
-    write_digests(target, {**pinned_digests(target), **{p.name: sha256(p) for p in new}})
+    digests = {**pinned_digests(target), **{p.name: sha256(p) for p in new}}
     index = shipped_index(target)
     for p in new:
         made = safe_load(p).get("_made")
         if isinstance(made, dict):
             index[p.name] = made
+    if replace:
+        fresh = {index[p.name]["recipe"]: p.name for p in new if p.name in index}
+        for name in [n for n, made in index.items()
+                     if fresh.get(made.get("recipe"), n) != n]:      # same recipe, older key
+            (target / name).unlink(missing_ok=True)
+            digests.pop(name, None)
+            del index[name]
+    write_digests(target, digests)
     write_text(target / INDEX, json.dumps(dict(sorted(index.items())), indent=1) + "\n")
     return new
 
@@ -337,6 +346,8 @@ if __name__ == "__main__":
     parser.add_argument("--max-mb", type=float, default=5.0, help="skip larger models")
     parser.add_argument("--key", action="append", help="ship only the net of this key "
                         "(repeat for several; nets.jsonl gives each key's recipe)")
+    parser.add_argument("--replace", action="store_true", help="remove the kept nets of the "
+                        "same recipes stored under older keys (retrained by newer code)")
     args = parser.parse_args()
     if args.command == "missing":
         logged = [json.loads(line) for line in args.cache.read_text().splitlines()]
@@ -346,6 +357,7 @@ if __name__ == "__main__":
         sys.exit(3 if absent and len(absent) == len(logged) else 0)
     if not args.cache.is_dir():
         parser.error(f"cache folder {args.cache} does not exist")
-    shipped = ship(args.cache, max_bytes=int(args.max_mb * 2 ** 20), keys=args.key)
+    shipped = ship(args.cache, max_bytes=int(args.max_mb * 2 ** 20), keys=args.key,
+                   replace=args.replace)
     print(f"shipped {len(shipped)} new model(s) to {SHIPPED} "
           f"({sum(p.stat().st_size for p in shipped) / 2**20:.1f} MB)")

@@ -72,6 +72,27 @@ def test_a_shipped_model_is_found_when_the_local_cache_lacks_it(tmp_path, monkey
         cache.ship(source, shipped, keys=["k4"])
 
 
+def test_shipping_a_retrained_net_with_replace_removes_the_older_net_of_its_recipe(
+        tmp_path, monkeypatch):
+    """After a change of keys the retrained nets replace the kept ones of the same recipe
+    (files, SHA256SUMS and INDEX.json), and a net of another recipe stays."""
+    source, shipped = tmp_path / "run-cache", tmp_path / "trained"
+    monkeypatch.setenv("LIPCORE_CACHE", str(source))
+
+    def key(name, recipe):
+        k = cache.CacheKey(name)
+        k.recipe = recipe
+        return k
+    cache.cached(key("old", "r1"), lambda: {"w": torch.ones(2)})
+    cache.cached(key("other", "r2"), lambda: {"w": torch.ones(2)})
+    cache.ship(source, shipped)
+    cache.cached(key("new", "r1"), lambda: {"w": torch.ones(2)})
+    assert [p.name for p in cache.ship(source, shipped, keys=["new"], replace=True)] == ["new.pt"]
+    assert sorted(p.name for p in shipped.glob("*.pt")) == ["new.pt", "other.pt"]
+    assert sorted(cache.pinned_digests(shipped)) == ["new.pt", "other.pt"]
+    assert sorted(cache.shipped_index(shipped)) == ["new.pt", "other.pt"]
+
+
 def test_an_interactive_run_writes_to_the_ignored_scratch_folder(monkeypatch, capsys):
     monkeypatch.delenv("LIPCORE_OUT", raising=False)
     run = start_run("demo_scratch", profile="smoke")
