@@ -59,7 +59,7 @@ def lazy_exports(package: str) -> dict[str, str]:
 def _targets(base: str, names: list[str]) -> list[str]:
     """Modules that ``from base import names`` runs: ``base``, each name that is a submodule,
     and the submodule of each name a lazy package attaches. Taking a lazy package itself as an
-    object (``import lipcore.attacks``) may reach any of its names, so it counts them all."""
+    object (``from lipcore import attacks``) may reach any of its names, so it counts them all."""
     lazy = lazy_exports(base)
     targets = [base] + [lazy[n] if n in lazy else f"{base}.{n}" for n in names
                         if n in lazy or module_file(f"{base}.{n}") is not None]
@@ -74,9 +74,9 @@ def _imports(tree: ast.AST, package: str) -> tuple[set[str], set[str]]:
     ours, others = set(), set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            targets = [t for alias in node.names for t in _targets(alias.name, [])]
-            targets += [lazy for alias in node.names
-                        for lazy in lazy_exports(alias.name).values()]
+            # ``import pkg``: the package object may reach any name a lazy package attaches
+            targets = [t for alias in node.names
+                       for t in (alias.name, *lazy_exports(alias.name).values())]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 anchor = package.split(".")[:len(package.split(".")) - node.level + 1]

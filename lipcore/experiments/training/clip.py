@@ -1,5 +1,5 @@
-"""Bungert et al. (2021), Section 4: the settings and cached training of CLIP's nets on a 1D regression problem (Fig. 2) and on MNIST and
-Fashion-MNIST (Table 1, Fig. 1). Evaluation:
+"""Bungert et al. (2021), Section 4: the settings and cached training of CLIP's nets on a 1D
+regression problem (Fig. 2) and on MNIST and Fashion-MNIST (Table 1, Fig. 1). Evaluation:
 :mod:`lipcore.experiments.clip`.
 
 Defaults follow the paper's text; the original code's choices are options (configs.md §2):
