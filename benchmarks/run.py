@@ -161,7 +161,6 @@ def bench_crm(repeat: int, n_images: int = 10_000) -> list[dict]:
     4C3F and 6C2F; spec: at most 2x), a CRM epoch vs a standard epoch on real MNIST (or a
     stand-in)."""
     from lipcore.data import load_dataset, synthetic_dataset
-    from lipcore.estimators import liplt_ops
     from lipcore.experiments.crm_liplt import step_timings
     from lipcore.models import crm_net
     from lipcore.trainers.crm import CRMConfig, crm_train
