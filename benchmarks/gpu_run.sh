@@ -4,6 +4,7 @@
 #   benchmarks/gpu_run.sh install                      # once per machine: carried .whl/ -> /tmp/site
 #   benchmarks/gpu_run.sh check [SECONDS]              # issue 22: gpu_check.py, then CLIP paper rows
 #   benchmarks/gpu_run.sh run NOTEBOOK[,NOTEBOOK] [CHUNK_SECONDS] [--fresh]
+#   benchmarks/gpu_run.sh crm-epochs [SECONDS]         # issue 29: gpu_check.py, then CRM/GloRo nets
 #
 # "check" runs benchmarks/gpu_check.py (CRM step ratios, one epoch of every paper setting, the
 # predicted paper time per notebook) into $OUT, then spends what is left of SECONDS (default 450)
@@ -36,8 +37,26 @@ case "${1:-}" in
             echo "gpu_run.sh: no time left for the CLIP paper rows ($left s)"; exit 0
         fi
         exec "$0" run clip "$left" ;;
+    crm-epochs)
+        # For a lease too short for a notebook (15 min): the measurements of "check", then the
+        # nets of lipcore.ablations.crm (GloRo and CRM side by side, shortest first) until
+        # SECONDS, each finished net's cache file copied to $OUT for figures/trained/.
+        budget="${2:-540}"
+        begin=$(date +%s)
+        timeout $(( budget / 2 )) python3 benchmarks/gpu_check.py --out "${OUT:-outputs/gpu_check}" \
+            || echo "gpu_run.sh: gpu_check.py did not finish (status $?)"
+        left=$(( budget - ($(date +%s) - begin) - 20 ))
+        export LIPCORE_CACHE=.cache/gpu LIPCORE_PROGRESS=0
+        for method in GloRo CRM; do
+            timeout "$left" python3 -m lipcore.ablations.crm train --methods "$method" \
+                --device cuda --data "${LIPCORE_DATA:-.data}" &
+        done
+        wait
+        ls -la .cache/gpu
+        [[ -n "${OUT:-}" ]] && cp .cache/gpu/*.pt "$OUT/"
+        exit 0 ;;
     run) ;;
-    *) sed -n '2,18p' "$0"; exit 2 ;;
+    *) sed -n '2,19p' "$0"; exit 2 ;;
 esac
 
 ONLY="${2:?which notebooks? e.g. pauli_admm,clip}"

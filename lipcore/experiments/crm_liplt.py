@@ -26,7 +26,7 @@ from ..estimators import liplt_ops as lo
 from ..models import crm_net
 from ..trainers.standard import evaluate
 from .training.crm_liplt import (CIFAR_EPS, METHODS, CRMSetting, Split,  # noqa: F401 (re-exported)
-                                 TrainedNet, crm_settings, fit, load_split)
+                                 TrainedNet, crm_settings, fit, load_split, shortened)
 
 # Table 1: (clean, PGD, certified) %; rows trained by the authors of the paper
 PAPER_TABLE_1 = {("MNIST", "Standard"): (99.0, 45.4, 0.0), ("MNIST", "GloRo"): (92.9, 68.9, 50.1),
