@@ -11,8 +11,8 @@ against eps, and one page to paste into a paper's appendix.
   estimate (it approaches the norms from below, so it can be too small).
 * ``report.curves``: one row per eps with the clean, certified (tightest sound global bound, and
   LipLT's pairwise constants where they apply) and robust accuracy (%). Robust accuracy is the
-  per-sample worst case of :data:`lipcore.attacks.AUTOATTACK` (APGD-CE, APGD-T, Square; FAB-T is in
-  no library lipcore can install), and the audit stops with an error if an attack breaks a
+  per-sample worst case of :data:`lipcore.attacks.AUTOATTACK` (AutoAttack's standard version:
+  APGD-CE, APGD-T, FAB-T, Square), and the audit stops with an error if an attack breaks a
   certified point.
 * ``report.save(path)``: an HTML page (figure and tables, nothing fetched from the network).
 
@@ -89,7 +89,7 @@ class AuditReport:
                 f"#ccc;padding:2px 6px}}</style></head><body><h1>Audit: {html.escape(self.name)}"
                 f"</h1><p>{self.samples} test points, {self.seconds:.0f} s. Sound bounds certify; "
                 f"estimates and lower bounds do not. Robust accuracy: per-sample worst case of "
-                f"{', '.join(self.attacks)} (AutoAttack less FAB-T).</p>"
+                f"{', '.join(self.attacks)} (AutoAttack's reference implementation).</p>"
                 f"<img alt='accuracy against eps' src='data:image/png;base64,{image}'>"
                 f"<h2>Lipschitz bounds</h2>{self.bounds.to_html(index=False, na_rep='-')}"
                 f"<h2>Accuracy against eps</h2>{self.curves.to_html(index=False, na_rep='-')}"

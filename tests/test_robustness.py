@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from lipcore.attacks import breaking_radii, pgd_accuracy, robust_accuracy
+from lipcore.attacks import AUTOATTACK, breaking_radii, pgd_accuracy, robust_accuracy
 from lipcore.certify import (LOGIT_ERROR_ULPS, certified_accuracy, certified_fraction_curve, certified_radii,
                              lipschitz_bound)
 from lipcore.data import load_dataset
@@ -55,6 +55,34 @@ def test_attack_never_succeeds_inside_the_exact_radius_and_does_just_beyond():
     assert result.accuracy == pytest.approx(100.0 * result.robust.float().mean().item())
     counts = result.counts()
     assert counts["clean"] == 0 and sum(counts.values()) == int((~result.robust).sum())
+
+
+def test_autoattack_with_fab_t_respects_the_exact_radius_and_leaves_the_callers_rng_alone():
+    """Issue 31: AutoAttack's standard protocol (reference implementation, FAB-T included)
+    never breaks a point inside its exact radius, breaks those an adversarial exists for, and
+    forks torch's generator (its attacks reseed it); Square runs on images, is skipped on flat
+    inputs, and says so."""
+    model, x, y, radius, direction = linear_problem(n=120, d=25, classes=5)
+    eps = float(radius.median())
+    inside = radius > eps
+    beyond = x - 1.02 * radius[:, None] * direction
+    reachable = (radius * 1.05 < eps) & ((beyond >= 0) & (beyond <= 1)).all(1)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    result = robust_accuracy(model, (x, y), eps=eps, attacks=AUTOATTACK, iterations=20,
+                             progress=False)
+    assert torch.equal(torch.rand(3), expected)
+    assert result.robust[inside].all() and not result.robust[reachable].any()
+    assert result.attacks == ("apgd-ce", "apgd-t", "fab-t") and "square" in result.settings["skipped"]
+    fab = robust_accuracy(model, (x, y), eps=eps, attacks=("fab-t",), iterations=20,
+                          progress=False)
+    assert fab.robust[inside].all() and not fab.robust[reachable].any()
+    images = nn.Sequential(nn.Flatten(), model)
+    square = robust_accuracy(images, (x.reshape(-1, 1, 5, 5), y), eps=eps, attacks=("square",),
+                             iterations=20, progress=False)
+    assert square.settings["skipped"] == {} and square.robust[inside].all()
+    assert not square.robust[reachable].all()
 
 
 def test_linf_attack_stays_consistent_with_the_exact_radius():

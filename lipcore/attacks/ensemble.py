@@ -1,23 +1,23 @@
 """Robust accuracy under strong attacks: per sample, the worst case over a small ensemble.
 
-The attacks come from the Adversarial Robustness Toolbox (ART), a maintained library, rather than
-being written here:
-* ``"apgd-ce"``: APGD on the cross-entropy (Croce & Hein 2020, the first attack of AutoAttack),
-  with ``restarts`` random starts;
+The attacks come from maintained libraries rather than being written here. AutoAttack's attacks
+are its authors' reference implementation (``pyautoattack``, Croce & Hein 2020, the package
+RobustBench installs), run with the settings of its standard version:
+* ``"apgd-ce"``: APGD on the cross-entropy, with ``restarts`` random starts;
 * ``"apgd-dlr"``: APGD on the difference-of-logits ratio, a margin loss that is invariant to the
   scale of the logits, so it still finds adversarials where the cross-entropy saturates (needs
   at least 3 classes);
 * ``"apgd-t"``: targeted APGD on the DLR loss towards each of the ``TARGETS`` most likely wrong
-  classes in turn (AutoAttack's second attack);
-* ``"square"``: the Square attack, score-based and gradient-free (AutoAttack's fourth), which
-  catches gradient masking;
-* ``"deepfool"``: DeepFool, a minimum-norm attack of a different kind (l2 only);
-* ``"cw"``: Carlini-Wagner l2 (minimum-norm, slow; l2 only).
+  classes in turn;
+* ``"fab-t"``: targeted FAB, a minimum-norm attack, towards the same classes;
+* ``"square"``: the Square attack, score-based and gradient-free (``50 * iterations`` queries),
+  which catches gradient masking.
+Two minimum-norm attacks of another kind come from the Adversarial Robustness Toolbox (ART):
+* ``"deepfool"``: DeepFool (l2 only);
+* ``"cw"``: Carlini-Wagner l2 (slow; l2 only).
 
-``AUTOATTACK`` is AutoAttack's standard protocol as far as ART provides it: APGD-CE, APGD-T and
-Square. Its third attack, FAB-T, is in no maintained library that installs beside lipcore's pins
-(ART has none; torchattacks pins an old ``requests`` that breaks jupyterlab-server), so it is left
-out and the results say so.
+``AUTOATTACK`` is AutoAttack's standard protocol: APGD-CE, APGD-T, FAB-T and Square, at 100
+iterations (``iterations``), 9 target classes and 5,000 Square queries.
 
 Every adversarial an attack returns is checked here, not trusted: it is projected onto the eps-ball
 around the clean input and clamped to [0, 1], and a sample counts as broken only if the model
@@ -41,12 +41,14 @@ from ..progress import bar
 from .pgd import project_l2_ball
 
 NORMS = {"l2": 2, "linf": np.inf}
-ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "square", "deepfool", "cw")
+ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square", "deepfool", "cw")
+AUTOATTACK_FAMILY = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square")   # from pyautoattack
 L2_ONLY = ("deepfool", "cw")
 DEFAULT_ATTACKS = ("apgd-ce", "apgd-dlr")
-AUTOATTACK = ("apgd-ce", "apgd-t", "square")       # AutoAttack less FAB-T (module docstring)
-TARGETS = 3                                        # APGD-T's target classes per sample
-SQUARE_MIN_SIDE = 8                                # ART's Square attack tiles images this large
+AUTOATTACK = ("apgd-ce", "apgd-t", "fab-t", "square")   # AutoAttack's standard version
+TARGETS = 9                                        # APGD-T's and FAB-T's target classes
+SQUARE_QUERIES_PER_ITERATION = 50                  # 5,000 queries at 100 iterations
+SQUARE_MIN_SIDE = 5                                # Square's l2 start tiles the image in 5 x 5
 
 
 @dataclass
@@ -102,10 +104,11 @@ def check_attack_arguments(norm: str, eps: float, attacks: Sequence[str], classe
             raise ValueError(f"unknown attack {name!r}; choose from {ATTACKS}")
         if name in L2_ONLY and norm != "l2":
             raise ValueError(f"attack {name!r} is an l2 attack; it cannot be used with norm={norm!r}")
-    for dlr in ("apgd-dlr", "apgd-t"):
-        if dlr in attacks and classes < 3:
-            raise ValueError(f"{dlr} needs at least 3 classes (DLR divides by z_1 - z_3) and this "
-                             f"model has {classes}; use attacks=('apgd-ce', 'square')")
+    for dlr, least, why in (("apgd-dlr", 3, "DLR divides by z_1 - z_3"),
+                            ("apgd-t", 4, "targeted DLR divides by z_1 - (z_3 + z_4) / 2")):
+        if dlr in attacks and classes < least:
+            raise ValueError(f"{dlr} needs at least {least} classes ({why}) and this model has "
+                             f"{classes}; use attacks=('apgd-ce', 'fab-t', 'square')")
 
 
 def _classifier(model: nn.Module, input_shape: tuple[int, ...], classes: int, device: str):
@@ -115,25 +118,36 @@ def _classifier(model: nn.Module, input_shape: tuple[int, ...], classes: int, de
                              device_type="gpu" if str(device).startswith("cuda") else "cpu")
 
 
-def _art_attack(name: str, classifier, norm: str, eps: float, iterations: int, restarts: int,
-                batch_size: int):
-    from art.attacks.evasion import (AutoProjectedGradientDescent, CarliniL2Method, DeepFool,
-                                     SquareAttack)
-    if name.startswith("apgd"):
-        return AutoProjectedGradientDescent(
-            classifier, norm=NORMS[norm], eps=eps, eps_step=2 * eps,     # AutoAttack's first step
-            max_iter=iterations, targeted=name == "apgd-t", nb_random_init=restarts,
-            batch_size=batch_size,
-            loss_type="cross_entropy" if name == "apgd-ce" else "difference_logits_ratio",
-            verbose=False)
-    if name == "square":
-        return SquareAttack(classifier, norm=NORMS[norm], eps=eps, max_iter=10 * iterations,
-                            nb_restarts=restarts, batch_size=batch_size, verbose=False)
+def _art_attack(name: str, classifier, iterations: int, batch_size: int):
+    from art.attacks.evasion import CarliniL2Method, DeepFool
     if name == "deepfool":
         return DeepFool(classifier, max_iter=iterations, epsilon=0.02, nb_grads=10,
                         batch_size=batch_size, verbose=False)
     return CarliniL2Method(classifier, confidence=0.0, learning_rate=0.01, binary_search_steps=5,
                            max_iter=iterations, batch_size=batch_size, verbose=False)
+
+
+def _autoattack(name: str, model: nn.Module, norm: str, eps: float, iterations: int,
+                restarts: int, classes: int, seed: int, device: str):
+    """One attack of AutoAttack's reference implementation, with its standard version's settings
+    (``iterations`` steps, ``TARGETS`` target classes, 50 Square queries per iteration)."""
+    from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
+    from pyautoattack.fab_pt import FABAttack_PT
+    from pyautoattack.square import SquareAttack
+    common = dict(norm={"l2": "L2", "linf": "Linf"}[norm], eps=eps, seed=seed, device=device,
+                  verbose=False)
+    targets = min(TARGETS, classes - 1)
+    if name in ("apgd-ce", "apgd-dlr"):
+        return APGDAttack(model, n_iter=iterations, n_restarts=restarts, eot_iter=1, rho=0.75,
+                          loss="ce" if name == "apgd-ce" else "dlr", **common)
+    if name == "apgd-t":
+        return APGDAttack_targeted(model, n_iter=iterations, n_restarts=1, eot_iter=1, rho=0.75,
+                                   n_target_classes=targets, **common)
+    if name == "fab-t":
+        return FABAttack_PT(model, n_iter=iterations, n_restarts=1, targeted=True,
+                            n_target_classes=targets, **common)
+    return SquareAttack(model, n_queries=SQUARE_QUERIES_PER_ITERATION * iterations, p_init=0.8,
+                        n_restarts=1, resc_schedule=False, **common)
 
 
 def nearest_adversarial(model: nn.Module, x: torch.Tensor, iterations: int = 50,
@@ -145,7 +159,7 @@ def nearest_adversarial(model: nn.Module, x: torch.Tensor, iterations: int = 50,
     with torch.no_grad():
         classes = model(x[:1].to(device)).shape[1]
     classifier = _classifier(model, tuple(x.shape[1:]), classes, device)
-    attack = _art_attack("deepfool", classifier, "l2", 1.0, iterations, 1, len(x))
+    attack = _art_attack("deepfool", classifier, iterations, len(x))
     return torch.from_numpy(attack.generate(x.cpu().numpy())).to(x.dtype).clamp(0.0, 1.0)
 
 
@@ -176,15 +190,6 @@ def _predict(model: nn.Module, x: torch.Tensor, device: str, batch_size: int) ->
                       for i in range(0, len(x), batch_size)])
 
 
-@torch.no_grad()
-def _target(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rank: int, device: str
-            ) -> torch.Tensor:
-    """The ``rank``-th most likely class other than the label (APGD-T's target)."""
-    z = model(x.to(device)).cpu()
-    z[torch.arange(len(y)), y] = -torch.inf
-    return z.argsort(1, descending=True)[:, rank - 1]
-
-
 def robust_accuracy(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, torch.Tensor],
                     norm: str = "l2", eps: float = 2.0,
                     attacks: Sequence[str] = DEFAULT_ATTACKS, device: str = "cpu",
@@ -207,26 +212,24 @@ def robust_accuracy(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, 
     correct = _predict(model, x, device, batch_size) == y
     robust = correct.clone()
     broken_by = ["" if c else "clean" for c in correct.tolist()]
-    classifier = _classifier(model, tuple(x.shape[1:]), classes, device)
     skipped = ("square",) if "square" in attacks and not _is_image(x) else ()
     attacks = tuple(a for a in attacks if a not in skipped)
-    tools = {name: _art_attack(name, classifier, norm, eps, iterations, restarts, batch_size)
-             for name in attacks}
+    attacked = _InModelDtype(model)
+    classifier = _classifier(model, tuple(x.shape[1:]), classes, device) \
+        if any(a not in AUTOATTACK_FAMILY for a in attacks) else None
+    tools = {name: _autoattack(name, attacked, norm, eps, iterations, restarts, classes,
+                               seed + 7919 * k, device) if name in AUTOATTACK_FAMILY
+             else _art_attack(name, classifier, iterations, batch_size)
+             for k, name in enumerate(attacks)}
     chunks = range(0, len(x), batch_size)
     with bar(len(chunks) * len(attacks), f"{'+'.join(attacks)} ({norm}, eps {eps:g})",
              progress) as pbar:
         for i in chunks:
             for k, name in enumerate(attacks):
-                for target_rank in range(1, TARGETS + 1 if name == "apgd-t" else 2):
-                    idx = torch.nonzero(robust[i:i + batch_size]).flatten() + i
-                    if not len(idx) or target_rank >= classes:
-                        break
-                    aim = _target(model, x[idx], y[idx], target_rank, device) \
-                        if name == "apgd-t" else y[idx]
-                    with _numpy_seed(seed + 7919 * k + 104729 * target_rank + i), \
-                            np.errstate(divide="ignore", invalid="ignore"):   # ART's Square
-                        found = tools[name].generate(x=x[idx].numpy(), y=aim.numpy())
-                    candidate = torch.from_numpy(found).to(x.dtype)
+                idx = torch.nonzero(robust[i:i + batch_size]).flatten() + i
+                if len(idx):
+                    candidate = _attack(tools[name], name, x[idx], y[idx], seed + 7919 * k + i,
+                                        device)
                     failed = ~torch.isfinite(candidate).flatten(1).all(1)   # NaN: no candidate
                     candidate[failed] = x[idx][failed]
                     checked = clip_to_threat_model(candidate, x[idx], norm, eps)
@@ -236,16 +239,50 @@ def robust_accuracy(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, 
                         broken_by[j] = name
                 pbar.update(1)
     model.eval()
+    libraries = sorted({"pyautoattack" if a in AUTOATTACK_FAMILY else
+                        "adversarial-robustness-toolbox" for a in attacks})
     return RobustAccuracy(accuracy=100.0 * int(robust.sum()) / len(robust),
                           clean_accuracy=100.0 * int(correct.sum()) / len(correct), robust=robust,
                           broken_by=broken_by, norm=norm, eps=float(eps), attacks=attacks,
                           seconds=time.perf_counter() - start,
                           settings=dict(iterations=iterations, restarts=restarts, seed=seed,
-                                        library="adversarial-robustness-toolbox",
-                                        skipped={a: "ART's Square attack needs images of side "
-                                                 f">= {SQUARE_MIN_SIDE}" for a in skipped}))
+                                        targets=min(TARGETS, classes - 1),
+                                        square_queries=SQUARE_QUERIES_PER_ITERATION * iterations,
+                                        library=", ".join(libraries),
+                                        skipped={a: "the Square attack perturbs square windows "
+                                                 "of images (N, C, H, W) of side >= "
+                                                 f"{SQUARE_MIN_SIDE}; these inputs are not"
+                                                 for a in skipped}))
+
+
+class _InModelDtype(nn.Module):
+    """The model with float32 inputs and outputs, whatever its own dtype: AutoAttack's
+    implementation computes in float32 (the checked adversarials are then judged by the model as
+    the user runs it)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.dtype = next((p.dtype for p in model.parameters()), torch.float32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.to(self.dtype)).float()
+
+
+def _attack(tool, name: str, x: torch.Tensor, y: torch.Tensor, seed: int, device: str
+            ) -> torch.Tensor:
+    """One attack's candidates for (x, y), on the CPU in x's dtype. AutoAttack's attacks reseed
+    torch's global generator: fork it, so the caller's stream is left as it was."""
+    if name in AUTOATTACK_FAMILY:
+        cuda = [torch.cuda.current_device()] if str(device).startswith("cuda") else []
+        with torch.random.fork_rng(devices=cuda):
+            tool.seed = seed
+            found = tool.perturb(x.to(device, torch.float32), y.to(device))
+        return found.detach().cpu().to(x.dtype)
+    with _numpy_seed(seed), np.errstate(divide="ignore", invalid="ignore"):
+        return torch.from_numpy(tool.generate(x=x.numpy(), y=y.numpy())).to(x.dtype)
 
 
 def _is_image(x: torch.Tensor) -> bool:
-    """ART's Square attack takes images (N, C, H, W) of side at least SQUARE_MIN_SIDE only."""
+    """The Square attack takes images (N, C, H, W) of side at least SQUARE_MIN_SIDE only."""
     return x.dim() == 4 and min(x.shape[2:]) >= SQUARE_MIN_SIDE
