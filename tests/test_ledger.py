@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 
 from lipcore import ledger
-from lipcore.ablations import budgets, not_run
+from lipcore.ablations import budgets, crm, not_run
 from lipcore.experiments import clip as cx
+from lipcore.experiments import crm_liplt as cx_crm
 from lipcore.experiments import lipschitz_loss as ll
 from lipcore.experiments import pauli_admm as pa
 from lipcore.ledger import Variant, build_ledger, outcome_rows, verdict
@@ -166,3 +167,14 @@ def test_each_variant_changes_only_what_it_names():
         assert differs and differs <= {"pretrain_epochs", "epochs"}
     with pytest.raises(ValueError, match="unknown variant"):
         ab_pauli.variant_settings(Variant("x", "budget", ""), "paper")
+
+
+def test_the_crm_length_study_shortens_the_paper_setting_and_checks_its_arguments():
+    paper = cx_crm.crm_settings("paper")["MNIST"]
+    s = crm.setting(20)
+    assert (s.train.epochs, s.train.decay_epoch, s.train.robust_start) == (20, 10, 5)
+    assert s.n_train is None and s.eps == paper.eps and s.train.lam == paper.train.lam
+    with pytest.raises(ValueError, match="at least 1"):
+        crm.setting(0)
+    with pytest.raises(SystemExit):
+        crm.main(["train", "--methods", "Standard,CRM"])       # only GloRo and CRM are compared

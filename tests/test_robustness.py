@@ -122,7 +122,14 @@ def test_inputs_outside_the_box_and_two_class_dlr_are_rejected():
         certified_radii(model, (x + 1, y), 1.0)
     binary, xb, yb, _, _ = linear_problem(n=10, classes=2)
     with pytest.raises(ValueError, match="at least 3 classes"):
-        robust_accuracy(binary, (xb, yb), progress=False)
+        robust_accuracy(binary, (xb, yb), attacks=("apgd-ce", "apgd-dlr"), progress=False)
+    with pytest.raises(ValueError, match="none of the attacks applies"):
+        robust_accuracy(binary, (xb, yb), attacks=("apgd-t",), progress=False)
+    # the default protocol runs what applies and says why the rest did not
+    protocol = robust_accuracy(binary, (xb, yb), eps=0.01, iterations=5, progress=False)
+    assert protocol.attacks == ("apgd-ce", "fab-t")
+    assert "4 classes" in protocol.settings["skipped"]["apgd-t"]
+    assert "images" in protocol.settings["skipped"]["square"]
     result = robust_accuracy(binary, (xb, yb), attacks=("apgd-ce", "deepfool"), eps=0.01,
                              progress=False)
     assert result.attacks == ("apgd-ce", "deepfool")

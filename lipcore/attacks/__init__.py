@@ -11,8 +11,9 @@ only the code its training imports.
 import lazy_loader
 
 __getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submod_attrs={
-    "ensemble": ["ATTACKS", "AUTOATTACK", "DEFAULT_ATTACKS", "RobustAccuracy", "as_tensors",
-            "clip_to_threat_model", "nearest_adversarial", "robust_accuracy"],
+    "ensemble": ["APGD", "ATTACKS", "AUTOATTACK", "DEFAULT_ATTACKS", "RobustAccuracy",
+                 "as_tensors", "clip_to_threat_model", "describe_attacks", "nearest_adversarial",
+                 "robust_accuracy"],
     "noise": ["NOISES", "noise_accuracy_curve"],
     "pgd": ["pgd_accuracy", "pgd_l2", "project_l2_ball", "scale_to_sphere"],
     "sweep": ["SWEEP_ATTACKS", "breaking_radii"],

@@ -44,8 +44,9 @@ NORMS = {"l2": 2, "linf": np.inf}
 ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square", "deepfool", "cw")
 AUTOATTACK_FAMILY = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square")   # from pyautoattack
 L2_ONLY = ("deepfool", "cw")
-DEFAULT_ATTACKS = ("apgd-ce", "apgd-dlr")
 AUTOATTACK = ("apgd-ce", "apgd-t", "fab-t", "square")   # AutoAttack's standard version
+DEFAULT_ATTACKS = AUTOATTACK                       # every robust accuracy lipcore reports
+APGD = ("apgd-ce", "apgd-dlr")     # its two white-box APGD runs: the lessons' minute-long budget
 TARGETS = 9                                        # APGD-T's and FAB-T's target classes
 SQUARE_QUERIES_PER_ITERATION = 50                  # 5,000 queries at 100 iterations
 SQUARE_MIN_SIDE = 5                                # Square's l2 start tiles the image in 5 x 5
@@ -72,6 +73,18 @@ class RobustAccuracy:
         """How many samples each attack broke first (and how many were wrong to begin with)."""
         return {name: self.broken_by.count(name) for name in ("clean", *self.attacks)}
 
+
+NAMES = {"apgd-ce": "APGD-CE", "apgd-dlr": "APGD-DLR", "apgd-t": "APGD-T", "fab-t": "FAB-T",
+         "square": "Square", "deepfool": "DeepFool", "cw": "CW"}
+
+
+def describe_attacks(attacks: Sequence[str] = DEFAULT_ATTACKS) -> str:
+    """How a robust-accuracy column names its attack: "AutoAttack (APGD-CE, APGD-T, FAB-T,
+    Square; reference implementation)" for the standard protocol, else the worst of the list."""
+    names = ", ".join(NAMES[a] for a in attacks)
+    if tuple(attacks) == AUTOATTACK:
+        return f"AutoAttack ({names}; reference implementation)"
+    return f"worst of {names}"
 
 def as_tensors(data: TensorDataset | tuple[torch.Tensor, torch.Tensor]
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,11 +117,23 @@ def check_attack_arguments(norm: str, eps: float, attacks: Sequence[str], classe
             raise ValueError(f"unknown attack {name!r}; choose from {ATTACKS}")
         if name in L2_ONLY and norm != "l2":
             raise ValueError(f"attack {name!r} is an l2 attack; it cannot be used with norm={norm!r}")
-    for dlr, least, why in (("apgd-dlr", 3, "DLR divides by z_1 - z_3"),
-                            ("apgd-t", 4, "targeted DLR divides by z_1 - (z_3 + z_4) / 2")):
-        if dlr in attacks and classes < least:
-            raise ValueError(f"{dlr} needs at least {least} classes ({why}) and this model has "
-                             f"{classes}; use attacks=('apgd-ce', 'fab-t', 'square')")
+    if "apgd-dlr" in attacks and classes < 3:
+        raise ValueError(f"apgd-dlr needs at least 3 classes (DLR divides by z_1 - z_3) and this "
+                         f"model has {classes}; use attacks=('apgd-ce', 'fab-t', 'square')")
+
+
+def inapplicable(attacks: Sequence[str], x: torch.Tensor, classes: int) -> dict[str, str]:
+    """{attack: why it cannot run on these inputs or this model}, for the attacks the ensemble
+    skips (with the reason recorded) rather than refuses: Square on inputs that are not images,
+    APGD-T with fewer than 4 classes. The protocol's other attacks still run."""
+    out = {}
+    if "square" in attacks and not _is_image(x):
+        out["square"] = (f"the Square attack perturbs square windows of images (N, C, H, W) of "
+                         f"side >= {SQUARE_MIN_SIDE}; these inputs are not")
+    if "apgd-t" in attacks and classes < 4:
+        out["apgd-t"] = (f"targeted DLR divides by z_1 - (z_3 + z_4) / 2, so APGD-T needs at "
+                         f"least 4 classes; this model has {classes}")
+    return out
 
 
 def _classifier(model: nn.Module, input_shape: tuple[int, ...], classes: int, device: str):
@@ -212,8 +237,10 @@ def robust_accuracy(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, 
     correct = _predict(model, x, device, batch_size) == y
     robust = correct.clone()
     broken_by = ["" if c else "clean" for c in correct.tolist()]
-    skipped = ("square",) if "square" in attacks and not _is_image(x) else ()
+    skipped = inapplicable(attacks, x, classes)
     attacks = tuple(a for a in attacks if a not in skipped)
+    if not attacks:
+        raise ValueError(f"none of the attacks applies here: {skipped}")
     attacked = _InModelDtype(model)
     classifier = _classifier(model, tuple(x.shape[1:]), classes, device) \
         if any(a not in AUTOATTACK_FAMILY for a in attacks) else None
@@ -249,10 +276,7 @@ def robust_accuracy(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, 
                                         targets=min(TARGETS, classes - 1),
                                         square_queries=SQUARE_QUERIES_PER_ITERATION * iterations,
                                         library=", ".join(libraries),
-                                        skipped={a: "the Square attack perturbs square windows "
-                                                 "of images (N, C, H, W) of side >= "
-                                                 f"{SQUARE_MIN_SIDE}; these inputs are not"
-                                                 for a in skipped}))
+                                        skipped=skipped))
 
 
 class _InModelDtype(nn.Module):

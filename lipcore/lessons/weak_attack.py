@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from ..attacks import breaking_radii
+from ..attacks import APGD, breaking_radii
 from ..certify import certified_radii, lipschitz_bound
 from ..progress import quiet
 from .mnist import mnist_subset, small_mnist_net
@@ -33,7 +33,8 @@ def weak_attack_sweep(method: str = "standard") -> dict[str, torch.Tensor]:
     with quiet():
         bound = lipschitz_bound(net, "lipsdp")
     return dict(images=x, paper=breaking_radii(net, (x, y), EPS_GRID, "paper pgd"),
-                strong=breaking_radii(net, (x, y), EPS_GRID, "strong", iterations=50),
+                strong=breaking_radii(net, (x, y), EPS_GRID, "strong", iterations=50,
+                                       attacks=APGD),
                 certified=certified_radii(net, (x, y), bound.value), L=torch.tensor(bound.value),
                 sign_efficiency=sign_efficiency(net, x, y))
 
