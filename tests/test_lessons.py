@@ -129,6 +129,15 @@ def test_the_weak_attack_misses_what_the_strong_attacks_break_and_never_a_certif
     assert lessons.image_status(lessons.weak_attack_sweep("standard"), 3.0).count("wrong") > 0
 
 
+@needs_mnist
+def test_the_shares_lesson_4_quotes_for_the_standard_net():
+    from lipcore.lessons.steepest import accuracy
+    sweep = lessons.weak_attack_sweep("standard")
+    quoted = {0.25: (90, 85), 1.0: (79, 36), 2.0: (63, 3)}       # (eq. (13), strong) in %
+    for eps, shares in quoted.items():
+        assert (accuracy(sweep["paper"], eps), accuracy(sweep["strong"], eps)) == shares
+
+
 def test_crm_shrinks_the_constant_and_pairwise_constants_certify_more(ax):
     plain = lessons.draw_margins(ax, 0.0)
     crm = lessons.draw_margins(ax, 10.0)
