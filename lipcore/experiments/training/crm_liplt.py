@@ -67,11 +67,11 @@ def crm_settings(profile: str, cifar_arch: str = "6C2F", cifar_eps: str = "paper
                  augment: bool = True) -> dict[str, CRMSetting]:
     """MNIST 4C3F, CIFAR-10 6C2F (``cifar_arch``: the code's "6C2F" or "6C2F-LocalLip") and
     Tiny-ImageNet 8C2F; ``augment`` trains CIFAR-10 and Tiny-ImageNet with the code's
-    augmentation (module docstring). ``paper``: the official settings. ``cpu``: MNIST 4C3F for 8 epochs on
-    30,000 images (robust term from epoch 3, attacks on 500 test images), the other two for a
-    few epochs on small stand-ins unless their data is present (attacks on fewer images, with
-    fewer iterations). ``smoke`` materialises nothing (the certificate uses DFT bounds and
-    splits only, still sound)."""
+    augmentation (module docstring). ``paper``: the official settings. ``cpu``: MNIST 4C3F for
+    8 epochs on 30,000 images (robust term from epoch 3, attacks on 500 test images), the other
+    two for a few epochs on small stand-ins unless their data is present (attacks on fewer
+    images, with fewer iterations). ``smoke`` materialises nothing (the certificate uses DFT
+    bounds and splits only, still sound)."""
     if cifar_eps not in CIFAR_EPS:
         raise ValueError(f"cifar_eps must be one of {sorted(CIFAR_EPS)}, got {cifar_eps!r}")
     mnist = CRMConfig(epochs=400, batch_size=512, lr=1e-3, smallest_lr=1e-6, decay_epoch=25,
@@ -133,7 +133,8 @@ def load_split(s: CRMSetting, data_dir=None, seed: int = 1) -> Split:
     keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:int(0.9 * len(x))]
     if s.n_train is not None:
         keep = keep[:s.n_train]
-    test = data.test if s.n_test is None else TensorDataset(*(t[:s.n_test] for t in data.test.tensors))
+    test = data.test if s.n_test is None else \
+        TensorDataset(*(t[:s.n_test] for t in data.test.tensors))
     return Split(TensorDataset(x[keep], y[keep]), test,
                  f"{data.fingerprint}-{len(keep)}-{len(test.tensors[0])}", data.source, data.origin)
 
