@@ -9,7 +9,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from lipcore.attacks import AUTOATTACK, breaking_radii, pgd_accuracy, robust_accuracy
+from lipcore.attacks import (APGD, AUTOATTACK, DEFAULT_ATTACKS, breaking_radii, describe_attacks,
+                             pgd_accuracy, robust_accuracy)
 from lipcore.certify import (LOGIT_ERROR_ULPS, certified_accuracy, certified_fraction_curve, certified_radii,
                              lipschitz_bound)
 from lipcore.data import load_dataset
@@ -292,3 +293,10 @@ def test_a_plain_dense_sequential_gets_the_bounds_of_its_fully_connected_twin():
     # the layer-wise product reads each activation's own slope (1/4 for the sigmoid)
     assert lipschitz_bound(mixed, "naive").value == pytest.approx(
         lipschitz_bound(relu, "naive").value / 4, rel=1e-9)
+
+
+def test_the_default_is_autoattacks_standard_protocol_and_columns_name_it():
+    assert DEFAULT_ATTACKS == AUTOATTACK == ("apgd-ce", "apgd-t", "fab-t", "square")
+    assert describe_attacks() == ("AutoAttack (APGD-CE, APGD-T, FAB-T, Square; reference "
+                                  "implementation)")
+    assert describe_attacks(APGD) == "worst of APGD-CE, APGD-DLR"
