@@ -9,8 +9,9 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from lipcore.attacks import (APGD, AUTOATTACK, DEFAULT_ATTACKS, breaking_radii, describe_attacks,
-                             pgd_accuracy, robust_accuracy)
+from lipcore.attacks import (AUTOATTACK, DEFAULT_ATTACKS, breaking_radii, pgd_accuracy,
+                             robust_accuracy)
+from lipcore.attacks.ensemble import APGD, describe_attacks
 from lipcore.certify import (LOGIT_ERROR_ULPS, certified_accuracy, certified_fraction_curve, certified_radii,
                              lipschitz_bound)
 from lipcore.data import load_dataset

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from matplotlib.lines import Line2D
 
-from ..attacks import APGD, breaking_radii, pgd_l2, project_l2_ball
+from ..attacks import breaking_radii, pgd_l2, project_l2_ball
+from ..attacks.ensemble import APGD
 from ..progress import quiet
 from .mnist import mnist_subset, small_mnist_net
 from .show import clear_axes

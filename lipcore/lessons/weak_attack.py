@@ -9,7 +9,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from ..attacks import APGD, breaking_radii
+from ..attacks import breaking_radii
+from ..attacks.ensemble import APGD
 from ..certify import certified_radii, lipschitz_bound
 from ..progress import quiet
 from .mnist import mnist_subset, small_mnist_net
