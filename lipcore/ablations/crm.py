@@ -16,7 +16,6 @@ import argparse
 import pandas as pd
 
 from ..certify import certified_accuracy, certified_radii
-from ..estimators import liplt_ops as lo
 from ..experiments import crm_liplt as cx
 from ..trainers.standard import evaluate
 
@@ -53,9 +52,8 @@ def rows(epochs: tuple[int, ...] = EPOCHS, seeds: tuple[int, ...] = (0,), device
             row = dict(epochs=e, seed=seed)
             for method in METHODS:
                 net = cx.fit(s, split, method, seed, device)
-                pairwise = lo.liplt_bounds(net.chain, lo.sound_norms(net.chain, s.gram_limit),
-                                           sound=True).pairwise
-                radii = certified_radii(net.model, split.test, pairwise, device)
+                radii = certified_radii(net.model, split.test, cx.sound_liplt(s, net).pairwise,
+                                        device)
                 row[f"{method} clean"] = evaluate(net.model, split.test, device)[1]
                 row[f"{method} certified"] = certified_accuracy(radii, s.eps)
                 row[f"{method} train (s)"] = net.seconds

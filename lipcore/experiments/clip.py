@@ -66,9 +66,10 @@ def evaluate_row(setting: TableSetting, split: Split, net: TrainedRow, device: s
     Columns: accuracy (%) on the training and test sets, under Gaussian noise N(0, 1) clamped to
     [0, 1], under l2 PGD as in eq. (13) (``pgd``) and under AutoAttack's standard protocol
     (``robust``, :data:`lipcore.attacks.DEFAULT_ATTACKS`), both at eps 2 on the first
-    ``n_test_pgd`` test images; ``certified``: the test images whose certified radius from the
-    tightest sound bound exceeds 2 (``certified_naive`` from the naive bound); the final mu or lambda (``param``, as in
-    the paper's Table 1) and its value at the kept epoch. Raises if an attack breaks a certified
+    ``n_test_pgd`` test images (``robust`` on the first STRONG_IMAGES of them); ``certified``:
+    the test images whose certified radius from the tightest sound bound exceeds 2
+    (``certified_naive`` from the naive bound); the final mu or lambda (``param``, as in the
+    paper's Table 1) and its value at the kept epoch. Raises if an attack breaks a certified
     image, which would mean an unsound bound. ``strong_attacks=False`` (the quick check) leaves
     ``robust`` NaN and makes no such check (the full run it re-derives made it): the ensemble is
     most of the evaluation's cost."""

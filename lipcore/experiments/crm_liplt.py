@@ -66,11 +66,16 @@ class Bounds:
     seconds: dict
 
 
+def sound_liplt(s: CRMSetting, net: TrainedNet) -> lo.LipLTBounds:
+    """LipLT's global and pairwise bounds of ``net`` from sound layer norms (the certificate)."""
+    return lo.liplt_bounds(net.chain, lo.sound_norms(net.chain, s.gram_limit), sound=True)
+
+
 def bounds(s: CRMSetting, net: TrainedNet, estimate_iterations: int = 100) -> Bounds:
     """Sound LipLT, the power-iteration estimate from the trained vectors, and the naive bound."""
     chain = net.chain
     start = time.perf_counter()
-    sound = lo.liplt_bounds(chain, lo.sound_norms(chain, s.gram_limit), sound=True)
+    sound = sound_liplt(s, net)
     t_sound = time.perf_counter() - start
     start = time.perf_counter()
     with torch.no_grad():

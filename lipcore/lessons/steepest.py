@@ -8,9 +8,10 @@ against the gradient's angle. :func:`draw_attacks_against_eps`: on a small MNIST
 (:func:`lipcore.lessons.mnist.small_mnist_net`), accuracy against eps under lipcore's PGD with
 sign steps (``pgd_l2(variant="paper")``, Bungert et al. eq. (13)), with l2 steps
 (``variant="l2"``), with l2 steps from a random start, and under the strong ensemble
-(:func:`lipcore.attacks.breaking_radii`, APGD-CE + APGD-DLR from AutoAttack's implementation). The steps and the
-projection are lipcore's (:func:`lipcore.attacks.pgd_l2`, :func:`lipcore.attacks.project_l2_ball`);
-the lesson's test checks that one iteration of ``pgd_l2`` takes exactly :func:`steepest_step`.
+(:func:`lipcore.attacks.breaking_radii`, APGD-CE + APGD-DLR from AutoAttack's implementation).
+The steps and the projection are lipcore's (:func:`lipcore.attacks.pgd_l2`,
+:func:`lipcore.attacks.project_l2_ball`); the lesson's test checks that one iteration of
+``pgd_l2`` takes exactly :func:`steepest_step`.
 """
 from __future__ import annotations
 

@@ -101,6 +101,7 @@ def crm_settings(profile: str, cifar_arch: str = "6C2F", cifar_eps: str = "paper
                                        stand_in=(200, 50), n_attack=20, pgd_iterations=20,
                                        strong_iterations=10)}
 
+
 def shortened(s: CRMSetting, epochs: int, **more) -> CRMSetting:
     """``s`` trained for ``epochs`` only: the learning rate decays from half way and the robust
     term starts after a quarter (the paper's proportions are 25 and 10 of 400 epochs on MNIST,
