@@ -39,7 +39,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$ROOT"
 TORCH_SPEC="${LIPCORE_TORCH:-torch==2.14.1 torchvision==0.29.1}"
 RUN_MODULES="torch torchvision cvxpy scs clarabel numpy scipy threadpoolctl pandas matplotlib tqdm papermill ipykernel tabulate art distributed latex2mathml lazy_loader pyautoattack"
-TEST_MODULES="$RUN_MODULES pytest nbval yaml eclipse_nn hypothesis"
+TEST_MODULES="$RUN_MODULES pytest nbval yaml eclipse_nn hypothesis deel.torchlip"
 REQUIRED_MODULES="$RUN_MODULES"   # the test command asks for TEST_MODULES
 
 die() { echo "reproduce.sh: $*" >&2; exit 1; }

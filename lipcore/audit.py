@@ -14,6 +14,10 @@ against eps, and one page to paste into a paper's appendix.
   per-sample worst case of :data:`lipcore.attacks.AUTOATTACK` (AutoAttack's standard version:
   APGD-CE, APGD-T, FAB-T, Square), and the audit stops with an error if an attack breaks a
   certified point.
+* ``report.claims``: for a net built from deel-torchlip's 1-Lipschitz layers, one row per layer
+  that claims a Lipschitz constant, checked against lipcore's own bounds (:func:`lipcore.onelip.
+  claims`); its bounds read the net's checked export (:func:`lipcore.onelip.export`). Empty for
+  other nets.
 * ``report.save(path)``: an HTML page (figure and tables, nothing fetched from the network).
 
 ``python -m lipcore.audit`` does the same from the command line (see ``--help``).
@@ -26,7 +30,7 @@ import html
 import io
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -42,6 +46,7 @@ from .certify import (BOUND_METHODS, certified_accuracy, certified_radii, check_
 from .estimators import empirical_lower_bound
 from .estimators.lipsdp import LipSDPError
 from .estimators.liplt_ops import PowerIteration, liplt_bounds, operator_chain, sound_norms
+from . import onelip
 from .cache import safe_load
 from .io import write_text
 
@@ -58,6 +63,7 @@ class AuditReport:
     attacks: tuple[str, ...]
     samples: int
     seconds: float
+    claims: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def figure(self):
         """Accuracy against eps: clean, certified (sound) and robust (attacked)."""
@@ -93,7 +99,10 @@ class AuditReport:
                 f"<img alt='accuracy against eps' src='data:image/png;base64,{image}'>"
                 f"<h2>Lipschitz bounds</h2>{self.bounds.to_html(index=False, na_rep='-')}"
                 f"<h2>Accuracy against eps</h2>{self.curves.to_html(index=False, na_rep='-')}"
-                "</body></html>")
+                + (f"<h2>Lipschitz claims of the net's layers</h2><p>lower: power iteration on "
+                   f"the layer's Jacobian; upper: lipcore's sound bound.</p>"
+                   f"{self.claims.to_html(index=False, na_rep='-')}" if len(self.claims) else "")
+                + "</body></html>")
         path = Path(path)
         write_text(path, page)
         return path
@@ -155,7 +164,10 @@ def audit(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, torch.Tens
     grid = sorted(float(e) for e in eps)
     input_shape = tuple(input_shape or x.shape[1:])
     model.eval()
-    rows, pairwise = _bound_rows(model, input_shape, x)
+    claims, analysed = pd.DataFrame(), model
+    if onelip.uses_library(model):
+        claims, analysed = onelip.claims(model, input_shape), onelip.export(model, input_shape)
+    rows, pairwise = _bound_rows(analysed, input_shape, x)
     bounds = pd.DataFrame(rows)
     sound = bounds[bounds.sound & bounds.value.notna()]
     radii = certified_radii(model, (x, y), float(sound.value.min())) if len(sound) else None
@@ -173,7 +185,7 @@ def audit(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, torch.Tens
             row[column] = certified_accuracy(r, e) if r is not None else np.nan
         curves.append(row)
     return AuditReport(name or type(model).__name__, bounds, pd.DataFrame(curves),
-                       tuple(attacks), len(x), time.perf_counter() - start)
+                       tuple(attacks), len(x), time.perf_counter() - start, claims)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -82,8 +82,9 @@ def dense_core(chain: Chain) -> tuple[list[np.ndarray], float, float, float, flo
         elif op.kind == "activation" and len(weights) == len(acts) + 1:
             acts.append(op)
         else:
-            raise ValueError("LipSDP and LipLT (dense) need exactly one activation between "
-                             "consecutive dense layers, and no pooling inside the dense part")
+            raise ValueError("LipSDP and LipLT (dense) need exactly one elementwise, slope-"
+                             "restricted activation between consecutive dense layers (GroupSort "
+                             "is not elementwise), and no pooling inside the dense part")
     pre = math.prod(op_bound(op) for op in ops[:first])
     post = math.prod(op_bound(op) for op in ops[last + 1:])
     alpha = min((op.alpha for op in acts), default=0.0)

@@ -1,9 +1,10 @@
 """Nets with skip connections as a graph of operators, with a sound layer-wise bound through it.
 
-lipcore's own residual nets (``CifarResNet``, its ``BasicBlock`` and option-A shortcut) are read
-by ``torch.fx``: their ``forward`` becomes a graph whose nodes are the exact layer types of
-:data:`lipcore.trace.LEAVES` (``call_module``) and a few functions, each with a known Lipschitz
-factor (:data:`FUNCTIONS`); anything else refuses the model. The bound follows the graph:
+Residual nets (:func:`lipcore.trace.is_residual`: lipcore's ``CifarResNet``, its ``BasicBlock``
+and option-A shortcut, torchvision's ``ResNet``, ``BasicBlock`` and ``Bottleneck``) are read by
+``torch.fx``: their ``forward`` becomes a graph whose nodes are the exact layer types
+:func:`lipcore.trace.leaf_of` knows (``call_module``) and a few functions, each with a known
+Lipschitz factor (:data:`FUNCTIONS`); anything else refuses the model. The bound follows the graph:
 
     L(input) = 1,   L(f(u)) = lip(f) L(u),   L(u + v) = L(u) + L(v),
 
@@ -25,7 +26,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn import functional as F
 
-from .trace import LEAVES, Float64View, NotAnalysable, Op
+from .trace import Float64View, NotAnalysable, Op, leaf_of
 
 
 def _slices_only(args: tuple, shape: tuple[int, ...], kwargs: dict) -> bool:
@@ -106,7 +107,7 @@ class Graph:
 
 class _LeafTracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, name: str) -> bool:
-        return type(m) in LEAVES
+        return leaf_of(m) is not None
 
 
 def trace_graph(model: nn.Module, input_shape: tuple[int, ...]) -> Graph:
@@ -131,7 +132,7 @@ def trace_graph(model: nn.Module, input_shape: tuple[int, ...]) -> Graph:
             continue
         elif n.op == "call_module":
             m = module.get_submodule(n.target)
-            leaf = LEAVES[type(m)]
+            leaf = leaf_of(m)
             alpha, beta = leaf.slopes(m) if leaf.slopes else (0.0, 1.0)
             in_shape = tuple(n.args[0].meta["tensor_meta"].shape[1:])
             op = Op(m, leaf.kind, in_shape, shape, alpha, beta)

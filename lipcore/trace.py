@@ -6,18 +6,24 @@ pooling, reshape) and refuses anything it cannot prove:
 
 * **Exact types only.** A container is analysed only if it is exactly ``nn.Sequential`` or one of
   lipcore's own plain chains (``FullyConnected``, ``PooledMLP``); a leaf only if its type is
-  exactly one of :data:`LEAVES`. A subclass (even one that changes nothing), a module with its own
+  exactly one of :data:`LEAVES` (torch's layers) or :data:`LIBRARY_LEAVES` (deel-torchlip's
+  GroupSort activations and scaled average pooling, the class that library defines). A subclass (even one that changes nothing), a module with its own
   ``forward`` set on the instance, a module with forward hooks (or a global forward hook), and a
   module owning a parameter or buffer its type does not have are refused: any of them can change
   the function without changing what the bounds see. So are modules whose weights
-  ``torch.nn.utils.parametrize`` computes (``parametrizations.spectral_norm``): bake them first.
+  ``torch.nn.utils.parametrize`` computes (``parametrizations.spectral_norm``): bake them first
+  (for deel-torchlip's layers, :func:`lipcore.onelip.export`).
 * **BatchNorm** (1d, 2d) is analysed in eval mode, as the per-channel affine map it then is
   (running statistics required).
+* **Skip connections** only inside the residual modules of :func:`is_residual`: lipcore's own
+  (:mod:`lipcore.resnets`) and torchvision's ``ResNet``, ``BasicBlock`` and ``Bottleneck``, whose
+  ``forward`` ``torch.fx`` reads into a graph (:mod:`lipcore.graph`).
 * **Every parameter that changes the function is checked** by the leaf's entry in
   :data:`LEAVES`: an activation's parameters give its slope bounds (ELU's alpha, LeakyReLU's
   slope, Softplus's beta) or refuse it (Softplus with a threshold below 20 jumps where it switches
-  to the identity, so it is not Lipschitz); pooling must be unpadded, undilated, without
-  ``ceil_mode``, and an average pool must divide by its window (no ``divisor_override``); a
+  to the identity, so it is not Lipschitz); pooling must be undilated, without ``ceil_mode``,
+  and an average pool must divide by its whole window (no ``divisor_override``; padding counted,
+  ``count_include_pad``); adaptive average pooling must be global (``output_size=1``); a
   convolution must be zero-padded, ungrouped and undilated with integer padding; a flatten must
   flatten everything but the batch axis. Weights must be finite.
 * **The chain is checked against the model.** The extracted chain is evaluated from its own
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
@@ -44,8 +51,6 @@ from .models import FullyConnected, PooledMLP
 from .resnets import BasicBlock, CifarResNet, _Shortcut
 
 CONTAINERS = (nn.Sequential, FullyConnected, PooledMLP)   # forward = children in order
-TRACED = (CifarResNet, BasicBlock, _Shortcut)   # lipcore's own residual modules: torch.fx reads
-                                               # their forward (lipcore.graph)
 CHECK_POINTS = 4                                          # random inputs of the chain check
 
 
@@ -67,11 +72,12 @@ class Leaf:
     given instance cannot be analysed (None if it can), its slope bounds (activations) and its
     function written from its parameters."""
 
-    kind: str                          # affine, scale (BatchNorm), activation, pool, reshape, identity
+    kind: str          # affine, scale (BatchNorm), activation, sort, pool, reshape, identity
     params: frozenset[str]
     refuse: Callable[[nn.Module], str | None]
     apply: Callable[[nn.Module, torch.Tensor], torch.Tensor]
     slopes: Callable[[nn.Module], tuple[float, float]] | None = None
+    gain: Callable[[nn.Module], float] | None = None     # a constant the output is multiplied by
 
 
 def _conv_refusal(m: nn.Conv2d) -> str | None:
@@ -87,8 +93,11 @@ def _conv_refusal(m: nn.Conv2d) -> str | None:
 
 
 def _pool_refusal(m: nn.Module) -> str | None:
-    if _pair(m.padding) != (0, 0):
-        return f"padding={m.padding}: only unpadded pooling is bounded"
+    padded = _pair(m.padding) != (0, 0)
+    if padded and isinstance(m, nn.AvgPool2d) and not m.count_include_pad:
+        return (f"padding={m.padding} with count_include_pad=False: a window at the border is "
+                "divided by fewer than kh kw inputs; only padded averages over the whole window "
+                "(count_include_pad=True) are bounded")
     if m.ceil_mode:
         return "ceil_mode=True: only floor-mode pooling is bounded"
     if getattr(m, "dilation", 1) not in (1, (1, 1)):
@@ -98,6 +107,13 @@ def _pool_refusal(m: nn.Module) -> str | None:
     if getattr(m, "divisor_override", None) is not None:
         return (f"divisor_override={m.divisor_override}: the window is summed, not averaged; "
                 "only plain average pooling is bounded")
+    return None
+
+
+def _global_pool_refusal(m: nn.AdaptiveAvgPool2d) -> str | None:
+    if m.output_size not in (1, (1, 1)):
+        return (f"output_size={m.output_size}: only global average pooling (output_size=1) is "
+                "bounded")
     return None
 
 
@@ -120,7 +136,9 @@ def _range(name: str, value: float, low: float, high: float) -> str | None:
 
 
 def _pooling(pool: Callable) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
-    return lambda m, x: pool(x, _pair(m.kernel_size), _pair(m.stride or m.kernel_size))
+    """Max pooling pads with -inf and average pooling (count_include_pad) with zeros."""
+    return lambda m, x: pool(x, _pair(m.kernel_size), _pair(m.stride or m.kernel_size),
+                             _pair(m.padding))
 
 
 BATCH_NORM = frozenset({"weight", "bias", "running_mean", "running_var", "num_batches_tracked"})
@@ -166,6 +184,8 @@ LEAVES: dict[type, Leaf] = {
                       lambda m, x: F.softplus(x, m.beta, m.threshold), lambda m: (0.0, 1.0)),
     nn.MaxPool2d: Leaf("pool", frozenset(), _pool_refusal, _pooling(F.max_pool2d)),
     nn.AvgPool2d: Leaf("pool", frozenset(), _pool_refusal, _pooling(F.avg_pool2d)),
+    nn.AdaptiveAvgPool2d: Leaf("pool", frozenset(), _global_pool_refusal,
+                               lambda m, x: F.adaptive_avg_pool2d(x, 1)),
     nn.BatchNorm1d: Leaf("scale", BATCH_NORM, _batch_norm_refusal, _batch_norm),
     nn.BatchNorm2d: Leaf("scale", BATCH_NORM, _batch_norm_refusal, _batch_norm),
     nn.Flatten: Leaf("reshape", frozenset(),
@@ -175,6 +195,55 @@ LEAVES: dict[type, Leaf] = {
     nn.Identity: Leaf("identity", frozenset(), _none, lambda m, x: x),
     nn.Dropout: Leaf("identity", frozenset(), _none, lambda m, x: x),    # eval mode
 }
+
+
+def _group_sort(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """deel-torchlip's GroupSort: sort each group of ``group_size`` channels (all of them if
+    None), times its Lipschitz coefficient."""
+    size = x.shape[1] if m.group_size is None or m.group_size > x.shape[1] else m.group_size
+    grouped = x.reshape(x.shape[0], x.shape[1] // size, size, *x.shape[2:])
+    return grouped.sort(dim=2).values.reshape(x.shape) * m._coefficient_lip
+
+
+def _coefficient(m: nn.Module) -> float:
+    return float(m._coefficient_lip)
+
+
+_SORT = Leaf("sort", frozenset(), _none, _group_sort, gain=_coefficient)
+_DEEL = "deel.torchlip.modules."
+# Layers of maintained libraries, by (module, class name): they count only if that exact class is
+# the one the library defines (:func:`leaf_of`). Sorting within groups is 1-Lipschitz (a sorted
+# vector moves no more than its input), but not elementwise: only the layer-wise bound reads it.
+LIBRARY_LEAVES: dict[tuple[str, str], Leaf] = {
+    (_DEEL + "activation", "GroupSort"): _SORT,
+    (_DEEL + "activation", "GroupSort2"): _SORT,
+    (_DEEL + "activation", "FullSort"): _SORT,
+    (_DEEL + "pooling", "ScaledAvgPool2d"): Leaf(
+        "pool", frozenset(), _pool_refusal,
+        lambda m, x: _pooling(F.avg_pool2d)(m, x) * m._coefficient_lip * m.scalingFactor,
+        gain=lambda m: float(m._coefficient_lip * m.scalingFactor)),
+}
+LIBRARY_RESIDUAL = {("torchvision.models.resnet", n) for n in ("ResNet", "BasicBlock", "Bottleneck")}
+
+
+def _library_class(m: nn.Module, names) -> bool:
+    """Whether ``m``'s exact type is the class a library defines under one of ``names``."""
+    key = (type(m).__module__, type(m).__qualname__)
+    return key in names and getattr(sys.modules.get(key[0]), key[1], None) is type(m)
+
+
+def leaf_of(m: nn.Module) -> Leaf | None:
+    """What lipcore knows of ``m``'s exact type as a leaf layer (None: not a leaf it knows)."""
+    leaf = LEAVES.get(type(m))
+    if leaf is None and _library_class(m, LIBRARY_LEAVES):
+        leaf = LIBRARY_LEAVES[(type(m).__module__, type(m).__qualname__)]
+    return leaf
+
+
+def is_residual(m: nn.Module) -> bool:
+    """Whether ``m`` is a residual module whose forward lipcore reads with torch.fx: its own
+    (:mod:`lipcore.resnets`) or torchvision's ResNet, BasicBlock and Bottleneck."""
+    return type(m) in (CifarResNet, BasicBlock, _Shortcut) or _library_class(m, LIBRARY_RESIDUAL)
 
 
 @dataclass(frozen=True)
@@ -191,7 +260,7 @@ class Op:
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """The op's function, written from its parameters (not the module's forward)."""
-        return LEAVES[_base_type(self.module)].apply(self.module, x)
+        return leaf_of(self.module).apply(self.module, x)
 
 
 @dataclass(frozen=True)
@@ -212,7 +281,7 @@ class Chain:
 
     def float64(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """The chain's function in float64 on the CPU, from its own parameters."""
-        apply = [LEAVES[_base_type(op.module)].apply for op in self.ops]
+        apply = [leaf_of(op.module).apply for op in self.ops]
         mods = [Float64View(op.module) for op in self.ops]
 
         def f(x: torch.Tensor) -> torch.Tensor:
@@ -220,10 +289,6 @@ class Chain:
                 x = fn(m, x)
             return x
         return f
-
-
-def _base_type(m: nn.Module) -> type:
-    return type(m)
 
 
 def _name(path: str, m: nn.Module) -> str:
@@ -237,15 +302,20 @@ def _refusal(path: str, m: nn.Module) -> str | None:
                 "torch.nn.utils.remove_spectral_norm undoes spectral_norm)")
     if "forward" in vars(m):
         return f"{_name(path, m)} has its own forward set on the instance"
+    if type(m).__module__.startswith("deel.torchlip") and hasattr(m, "vanilla_export") \
+            and leaf_of(m) is None:
+        return (f"{_name(path, m)} is a deel-torchlip layer whose weights it computes as it runs; "
+                "analyse its exported model (lipcore.onelip.export(model), which calls "
+                "vanilla_export and checks that the outputs agree; lipcore.audit does this)")
     if parametrize.is_parametrized(m):
         return (f"{_name(path, m)} computes its weights through torch.nn.utils.parametrize; bake "
                 "them first (parametrize.remove_parametrizations(module, name, "
                 "leave_parametrized=True) on a copy), so that the weights bounded are the weights "
                 "run")
-    kind = _base_type(m)
-    if kind in CONTAINERS or kind in TRACED:
+    if type(m) in CONTAINERS or is_residual(m):
         return None
-    if kind not in LEAVES:
+    leaf = leaf_of(m)
+    if leaf is None:
         near = next((base.__name__ for base in (*LEAVES, *CONTAINERS) if isinstance(m, base)),
                     None)
         what = (f"a subclass of {near}, whose forward may differ" if near else
@@ -254,7 +324,6 @@ def _refusal(path: str, m: nn.Module) -> str | None:
                 f"{', '.join(sorted(t.__name__ for t in LEAVES))} inside nn.Sequential "
                 "(use those layers, or bound the model another way and pass the bound to "
                 "certified_radii yourself)")
-    leaf = LEAVES[kind]
     params = {n for n, _ in m.named_parameters(recurse=False)} | \
         {n for n, _ in m.named_buffers(recurse=False)}
     extra = params - leaf.params
@@ -285,7 +354,7 @@ def leaves(model: nn.Module) -> list[tuple[str, nn.Module]]:
         why = _refusal(path, m)
         if why:
             raise NotAnalysable(why)
-        if _base_type(m) in LEAVES:
+        if leaf_of(m) is not None:
             if _children(m):
                 raise NotAnalysable(f"{_name(path, m)} has child modules of its own "
                                     f"({', '.join(_children(m))}); lipcore cannot tell what they do")
@@ -335,7 +404,7 @@ def infer_input_shape(model: nn.Module) -> tuple[int, ...]:
     (28 x 28 images); conv nets need it given."""
     if type(model) is PooledMLP:
         return (1, 28, 28)
-    first = next((m for _, m in leaves(model) if LEAVES[_base_type(m)].kind in ("affine", "pool")),
+    first = next((m for _, m in leaves(model) if leaf_of(m).kind in ("affine", "pool")),
                  None)
     if isinstance(first, nn.Linear):
         return (first.in_features,)
@@ -346,12 +415,12 @@ def infer_input_shape(model: nn.Module) -> tuple[int, ...]:
 def trace(model: nn.Module, input_shape: tuple[int, ...] | None = None):
     """The verified chain of ``model`` on inputs of ``input_shape`` (no batch axis; inferred for
     dense nets), or :class:`NotAnalysable` saying which module cannot be analysed and why. A
-    model with lipcore's residual blocks gives a :class:`lipcore.graph.Graph` instead."""
+    model with residual modules (:func:`is_residual`) gives a :class:`lipcore.graph.Graph`."""
     layers = leaves(model)
     if not layers:
         raise NotAnalysable("the model has no layers lipcore can analyse")
     shape = tuple(input_shape) if input_shape is not None else infer_input_shape(model)
-    if any(type(m) in TRACED for m in model.modules()):
+    if any(is_residual(m) for m in model.modules()):
         from .graph import trace_graph
         graph = trace_graph(model, shape)
         verify(graph, model)
@@ -373,7 +442,7 @@ def trace(model: nn.Module, input_shape: tuple[int, ...] | None = None):
                             "are registered; lipcore analyses plain feed-forward chains")
     ops = []
     for m, in_shape, out_shape in seen:
-        leaf = LEAVES[_base_type(m)]
+        leaf = leaf_of(m)
         alpha, beta = leaf.slopes(m) if leaf.slopes else (0.0, 1.0)
         ops.append(Op(m, leaf.kind, in_shape, out_shape, alpha, beta))
     chain = Chain(tuple(ops), shape)

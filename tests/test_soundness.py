@@ -59,9 +59,14 @@ def random_nets(draw):
             c, side = out, (side + 2 * pad - k) // stride + 1
             if side >= 2 and draw(st.booleans()):
                 kind = draw(st.sampled_from([nn.MaxPool2d, nn.AvgPool2d]))
-                pool_stride = draw(st.integers(1, 2))
-                layers.append(kind(2, pool_stride))
-                side = (side - 2) // pool_stride + 1
+                k, pool_stride = draw(st.integers(2, 3)), draw(st.integers(1, 2))
+                pad = draw(st.integers(0, k // 2))     # max pads -inf, average counts the zeros
+                if side + 2 * pad >= k:
+                    layers.append(kind(k, pool_stride, pad))
+                    side = (side + 2 * pad - k) // pool_stride + 1
+        if draw(st.integers(0, 3)) == 0:
+            layers.append(nn.AdaptiveAvgPool2d(1))                 # global average pooling
+            side = 1
         layers.append(nn.Flatten())
         width = c * side * side
     else:
@@ -224,7 +229,7 @@ def test_conv_subclass_and_sum_pool_are_refused():
         lipschitz_bound(sum_pool, "naive", (1, 4, 4))
     for bad in (nn.Conv2d(1, 2, 3, groups=1, dilation=2), nn.Conv2d(1, 2, 3, padding="same"),
                 nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect"),
-                nn.MaxPool2d(2, ceil_mode=True), nn.MaxPool2d(2, padding=1)):
+                nn.MaxPool2d(2, ceil_mode=True), nn.MaxPool2d(2, dilation=2)):
         with pytest.raises(NotAnalysable):
             lipschitz_bound(nn.Sequential(bad, nn.Flatten()), "naive", (1, 6, 6))
 
@@ -329,13 +334,30 @@ def test_certified_radii_refuses_bools_asymmetric_negative_diagonal_and_overflow
         certified_radii(huge, (torch.ones(1, 1), torch.zeros(1, dtype=torch.long)), 1e-300)
 
 
-@pytest.mark.parametrize("name", ["resnet20", "preresnet20"])
-def test_lipcores_residual_nets_are_bounded_through_their_skip_connections(name):
-    """A residual net is a graph (lipcore.graph): the layer-wise bound through it is at least
-    every Jacobian norm ascent finds, and no certified point falls inside its radius."""
+def lipcore_resnet(name: str) -> nn.Module:
     from lipcore.models import residual_net
+    return residual_net(name, channels=1, seed=0)
+
+
+def torchvision_resnet(block: str) -> nn.Module:
+    """torchvision's own ResNet class (stem with padded max pooling, global average pooling)."""
+    from torchvision.models import resnet
     torch.manual_seed(0)
-    net = residual_net(name, channels=1, seed=0)
+    net = resnet.ResNet(getattr(resnet, block), [1, 1, 1, 1], num_classes=3)
+    net.conv1 = nn.Conv2d(1, 64, 7, 2, 3, bias=False)                 # grey images
+    return net
+
+
+@pytest.mark.parametrize("build, name", [(lipcore_resnet, "resnet20"),
+                                         (lipcore_resnet, "preresnet20"),
+                                         (torchvision_resnet, "BasicBlock"),
+                                         (torchvision_resnet, "Bottleneck")])
+def test_residual_nets_are_bounded_through_their_skip_connections(build, name):
+    """A residual net (lipcore's, or torchvision's ResNet with basic or bottleneck blocks) is a
+    graph (lipcore.graph): the layer-wise bound through it is at least every Jacobian norm ascent
+    finds, and no certified point falls inside its radius."""
+    torch.manual_seed(0)
+    net = build(name)
     net.train()
     net(torch.rand(64, 1, 8, 8))                    # running statistics for BatchNorm
     net.eval()
@@ -354,6 +376,20 @@ def test_lipcores_residual_nets_are_bounded_through_their_skip_connections(name)
     radii = certified_radii(net, (x, y), bound)
     if (radii > 0).any():
         assert not attack_inside(net, x[radii > 0], y[radii > 0], radii[radii > 0]).any()
+
+
+def test_a_subclassed_torchvision_block_and_unbounded_pooling_are_refused_by_name():
+    from torchvision.models.resnet import BasicBlock
+
+    class MyBlock(BasicBlock):
+        pass
+    with pytest.raises(NotAnalysable, match="MyBlock"):
+        trace(nn.Sequential(MyBlock(1, 1), nn.Flatten()), (1, 4, 4))
+    for pool, why in ((nn.AvgPool2d(3, 1, 1, count_include_pad=False), "count_include_pad"),
+                      (nn.AdaptiveAvgPool2d(2), "output_size"),
+                      (nn.MaxPool2d(2, ceil_mode=True), "ceil_mode")):
+        with pytest.raises(NotAnalysable, match=why):
+            trace(nn.Sequential(nn.Conv2d(1, 1, 1), pool, nn.Flatten()), (1, 5, 5))
 
 
 def test_the_empirical_lower_bound_is_no_rounding_noise_at_tiny_scales():

@@ -146,7 +146,7 @@ def operator_chain(model: nn.Module, input_shape: tuple[int, ...]) -> OperatorCh
             raise ValueError(f"LipLT (here) handles nets of Linear/Conv2d layers with one "
                              f"slope-restricted activation after each hidden layer; got "
                              f"{op.module!r} where {'a linear layer' if expect_op else 'an activation'} "
-                             "was expected")
+                             "was expected (an elementwise one: for GroupSort use method='naive')")
     if len(ops) < 2 or expect_op:
         raise ValueError("LipLT needs at least one hidden layer and a linear output layer")
     return OperatorChain(ops, min(a for a, _ in slopes), max(b for _, b in slopes))

@@ -1,0 +1,128 @@
+"""Nets built from a 1-Lipschitz layer library (deel-torchlip): bounded as they run, their
+labels checked.
+
+A deel-torchlip layer computes its weights as it runs (spectral normalisation by power iteration,
+then Bjorck orthonormalisation), so lipcore does not read it directly. :func:`export` converts the
+net with the library's own ``vanilla_model`` into torch layers holding the weights it runs with,
+and refuses the export unless it computes the same outputs as the original on random inputs.
+Every bound then reads the export; deel-torchlip's GroupSort activations and scaled average
+pooling are layers lipcore knows (:data:`lipcore.trace.LIBRARY_LEAVES`).
+
+A layer's label ("K-Lipschitz") is a claim, not a proof: power iteration stops early, and the norm
+of a conv's reshaped kernel is not the norm of the convolution. :func:`claims` checks every layer
+that makes one, at the input shape it sees in the net: lipcore's sound upper bound of the exported
+layer, and a lower bound (power iteration on its Jacobian J at a random point: every ||J v|| / ||v||
+is one). The verdict is ``holds`` when the upper bound is at most K, ``violated``
+when the lower bound exceeds K, and ``unproved`` in between.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import pandas as pd
+import torch
+from torch import nn
+
+from .trace import NotAnalysable, eval_mode, model_dtype_device, trace
+
+LIBRARY = "deel.torchlip"
+AGREEMENT_POINTS = 8          # random inputs on which an export must match the original
+POWER_STEPS = 100             # power iterations of a layer's lower bound
+ROUNDING = 1e-9               # relative allowance the lower bound is moved down by (float error)
+
+
+def uses_library(model: nn.Module) -> bool:
+    """Whether any module of ``model`` comes from deel-torchlip."""
+    return any(type(m).__module__.startswith(LIBRARY) for m in model.modules())
+
+
+def export(model: nn.Module, input_shape: tuple[int, ...]) -> nn.Module:
+    """A copy of ``model`` in plain torch layers (deel-torchlip's ``vanilla_model``), in eval
+    mode, refused (:class:`NotAnalysable`) unless it computes the model's outputs on random
+    inputs of ``input_shape`` (no batch axis) to float32 rounding."""
+    from deel.torchlip import vanilla_model
+    plain = copy.deepcopy(model).eval()
+    if hasattr(plain, "vanilla_export"):                # deel's Sequential: vanilla_model keeps it
+        plain = plain.vanilla_export()
+    return _agreeing(model, vanilla_model(plain, in_place=True).eval(), input_shape)
+
+
+def _agreeing(model: nn.Module, plain: nn.Module, input_shape: tuple[int, ...]) -> nn.Module:
+    """``plain``, if it computes ``model``'s outputs (eval mode) on random inputs."""
+    dtype, device = model_dtype_device(model)
+    x = torch.randn(AGREEMENT_POINTS, *input_shape, generator=torch.Generator().manual_seed(0),
+                    dtype=dtype).to(device)
+    with eval_mode(model), torch.no_grad():
+        ours, theirs = plain(x), model(x)
+    scale = float(theirs.abs().max()) + 1e-30
+    if ours.shape != theirs.shape or not torch.allclose(ours, theirs, rtol=1e-4,
+                                                        atol=1e-5 * scale):
+        raise NotAnalysable(f"the vanilla export of {type(model).__name__} (deel-torchlip) "
+                            "computes different outputs from the layer itself; lipcore cannot "
+                            "bound what it runs")
+    return plain
+
+
+def _input_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[nn.Module, tuple]:
+    """The input shape (no batch axis) each layer claiming a constant sees in ``model``."""
+    seen: dict[nn.Module, tuple] = {}
+
+    def record(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        seen.setdefault(module, tuple(args[0].shape[1:]))
+    hooks = [m.register_forward_hook(record) for m in model.modules()
+             if hasattr(m, "_coefficient_lip")]
+    dtype, device = model_dtype_device(model)
+    try:
+        with eval_mode(model), torch.no_grad():
+            model(torch.zeros(1, *input_shape, dtype=dtype, device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def _power_lower_bound(layer: nn.Module, shape: tuple[int, ...]) -> float:
+    """The largest ||J v|| / ||v|| of power iteration on the layer's Jacobian J at a random point
+    (float64), moved down by ROUNDING: a lower bound on its Lipschitz constant whatever the
+    number of steps."""
+    f = copy.deepcopy(layer).double().cpu().eval().requires_grad_(False)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(1, *shape, dtype=torch.float64, generator=generator)
+    v = torch.randn(1, *shape, dtype=torch.float64, generator=generator)
+    _, transpose = torch.func.vjp(f, x)
+    best = 0.0
+    for _ in range(POWER_STEPS):
+        v = v / v.norm()
+        _, jv = torch.func.jvp(f, (x,), (v,))
+        best = max(best, float(jv.norm()))
+        v, = transpose(jv)
+    return best * (1 - ROUNDING)
+
+
+def claims(model: nn.Module, input_shape: tuple[int, ...]) -> pd.DataFrame:
+    """One row per deel-torchlip layer of ``model`` that claims a Lipschitz constant: ``layer``,
+    ``claimed`` K, ``lower`` and ``upper`` (sound) bounds at the input shape it sees, and the
+    ``verdict`` (module docstring); a layer lipcore cannot analyse gets its refusal as ``note``."""
+    from .estimators.layerwise import op_bound
+    shapes = _input_shapes(model, input_shape)
+    rows = []
+    for name, m in model.named_modules():
+        if m not in shapes:
+            continue
+        claimed = float(m._coefficient_lip)
+        row = dict(layer=f"{name or 'the whole net'} ({type(m).__name__})", claimed=claimed, lower=math.nan,
+                   upper=math.nan, verdict="unproved", note="")
+        try:
+            plain = export(m, shapes[m])
+            chain = trace(plain, shapes[m])
+            row["upper"] = math.prod(op_bound(op) for op in chain.ops)
+            row["lower"] = _power_lower_bound(plain, shapes[m])
+        except (NotAnalysable, ValueError) as refused:
+            row["note"] = str(refused)
+        if row["upper"] <= claimed:
+            row["verdict"] = "holds"
+        elif row["lower"] > claimed:
+            row["verdict"] = f"violated by {row['lower'] / claimed - 1:.1e} (relative)"
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["layer", "claimed", "lower", "upper", "verdict", "note"])

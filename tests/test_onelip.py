@@ -1,0 +1,75 @@
+"""Nets built from a 1-Lipschitz layer library (deel-torchlip, issue 31): bounded through their
+checked export with lipcore's own norms, never trusted on their label; a layer that says it is
+1-Lipschitz and is not is reported."""
+import pytest
+import torch
+from torch import nn
+
+from lipcore import onelip
+from lipcore.audit import audit
+from lipcore.certify import certified_radii, lipschitz_bound
+from lipcore.trace import NotAnalysable, float64_copy
+
+from test_soundness import attack_inside, largest_jacobian_norm
+
+tl = pytest.importorskip("deel.torchlip")
+SHAPE = (1, 8, 8)
+
+
+def lipschitz_net(seed: int = 0, **conv) -> nn.Module:
+    torch.manual_seed(seed)
+    return tl.Sequential(tl.SpectralConv2d(1, 4, 3, padding=1, **conv), tl.GroupSort2(),
+                         tl.ScaledAvgPool2d(2), nn.Flatten(), tl.SpectralLinear(64, 16),
+                         tl.FullSort(), tl.FrobeniusLinear(16, 3)).eval()
+
+
+def test_a_library_net_is_refused_until_exported_and_its_export_is_bounded_soundly():
+    net = lipschitz_net()
+    with pytest.raises(NotAnalysable, match="onelip.export"):
+        lipschitz_bound(net, "naive", SHAPE)
+    plain = onelip.export(net, SHAPE)
+    bound = lipschitz_bound(plain, "naive", SHAPE).value
+    assert bound >= largest_jacobian_norm(float64_copy(net), SHAPE, points=8, steps=5)
+    with pytest.raises(ValueError, match="GroupSort"):               # sorting is not elementwise
+        lipschitz_bound(plain, "liplt", SHAPE)
+    x = torch.rand(64, *SHAPE)
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    radii = certified_radii(net, (x, y), bound)                      # the net as it runs
+    assert (radii > 0).any()
+    assert not attack_inside(net, x[radii > 0], y[radii > 0], radii[radii > 0]).any()
+
+
+def test_an_export_that_computes_something_else_is_refused():
+    net = lipschitz_net()
+    plain = onelip.export(net, SHAPE)
+    with torch.no_grad():
+        plain[0].weight.mul_(1.01)
+    with pytest.raises(NotAnalysable, match="different outputs"):
+        onelip._agreeing(net, plain, SHAPE)
+
+
+def test_every_claim_is_checked_and_a_false_one_is_reported():
+    """deel-torchlip's defaults hold up; a conv whose normalisation stops at once (eps_spectral=1,
+    no Bjorck step) says it is 1-Lipschitz and runs at about 2.4: violated, with a lower bound."""
+    claims = onelip.claims(lipschitz_net(), SHAPE)
+    assert len(claims) == 7 and (claims.lower <= claims.upper).all()
+    sorts = claims[claims.layer.str.contains("Sort")]
+    assert (sorts.verdict == "holds").all()
+    conv = claims[claims.layer.str.contains("Conv")].iloc[0]
+    assert conv.verdict == "holds" and conv.upper <= 1
+    bad = onelip.claims(lipschitz_net(eps_spectral=1.0, eps_bjorck=None), SHAPE)
+    conv = bad[bad.layer.str.contains("Conv")].iloc[0]
+    assert conv.verdict.startswith("violated") and conv.lower > 2
+
+
+def test_the_audit_of_a_library_net_shows_its_claims(tmp_path):
+    net = lipschitz_net()
+    x = torch.rand(24, *SHAPE)
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    report = audit(net, (x, y), [0.05], iterations=5)
+    assert len(report.claims) == 7
+    naive = report.bounds[report.bounds.method.str.startswith("naive")].value.iloc[0]
+    assert naive <= 1.0 + 1e-6                               # the net is 1-Lipschitz, proved
+    assert "Lipschitz claims" in report.save(tmp_path / "a.html").read_text()
