@@ -5,8 +5,9 @@
     python benchmarks/run.py --markdown      # print the README table from results.json
 
 Also times the trainers' expensive steps: the ADMM Lipschitz step of Pauli et al., and a CLIP
-epoch against a standard epoch (the "cheap" claim of Bungert et al.), and (``--parts audit``)
-issue 31's audit of a trained MNIST 4C3F net and the sound bound of a ResNet-20.
+epoch against a standard epoch (the "cheap" claim of Bungert et al.), issue 31's audit of a
+trained MNIST 4C3F net (``--parts audit``) and the sound bounds of a ResNet-20 and torchvision's
+ResNet-18 (``--parts resnet``).
 Estimators: naive (product of spectral norms), LipSDP-neuron and -layer (lipcore, certified),
 ECLipsE-Fast (the eclipse-nn package, a published peer estimator), and the empirical lower
 bound that every upper bound must exceed. Nets are randomly initialised (PyTorch default init,
@@ -42,7 +43,7 @@ NO_SCS = {"wide1024"}                   # SCS: each iteration an eigendecomposit
 RESULTS = Path(__file__).with_name("results.json")
 PARTS = {"estimators": set(), "trainers": {"admm_step", "clip_epoch"},     # estimators: --sizes
          "crm": {"crm_step", "crm_epoch"}, "certificate": {"crm_certificate"},
-         "audit": {"audit", "resnet20_bound"}}
+         "audit": {"audit"}, "resnet": {"resnet20_bound", "resnet18_bound"}}
 AUDIT_IMAGES = 1000      # MNIST test images the timed audit runs on (the spec's 10,000: x10)
 
 
@@ -224,15 +225,12 @@ def bench_crm_certificate() -> list[dict]:
 
 
 def bench_audit() -> list[dict]:
-    """Issue 31's speed specs: the whole ``lipcore.audit`` of an MNIST 4C3F net (one epoch of
+    """Issue 31's audit spec: the whole ``lipcore.audit`` of an MNIST 4C3F net (one epoch of
     standard training on real MNIST, not timed) on AUDIT_IMAGES test images, with the default
-    AutoAttack ensemble at 100 iterations; and the sound layer-wise bound of a random CIFAR
-    ResNet-20 (0.27M parameters) through its skip connections."""
+    AutoAttack ensemble at 100 iterations."""
     from lipcore.audit import audit
-    from lipcore.certify import lipschitz_bound
     from lipcore.data import load_dataset
     from lipcore.models import crm_net
-    from lipcore.resnets import residual_net
     from lipcore.trainers import TrainConfig, train
 
     mnist = load_dataset("mnist")
@@ -249,13 +247,28 @@ def bench_audit() -> list[dict]:
                  spec=f"10,000 images in <= 5 min: measured on {AUDIT_IMAGES}, x"
                       f"{10_000 // AUDIT_IMAGES} = {10_000 / AUDIT_IMAGES * seconds / 60:.1f} min"
                       " if linear")]
-    net = residual_net("resnet20", seed=0)
-    bound = lipschitz_bound(net, "naive", (3, 32, 32))
-    rows.append(dict(size="resnet20_bound", widths="ResNet-20", activation="relu",
-                     estimator="naive (layer-wise through the skip connections), sound, random "
-                               "init", bound=bound.value, seconds=round(bound.seconds, 2),
-                     sound=True, ratio_to_lower=float("nan"),
-                     spec="a sound bound for a CIFAR ResNet-20 in <= 2 min"))
+    return rows
+
+
+def bench_resnet_bounds() -> list[dict]:
+    """Issue 31's ResNet spec: the sound layer-wise bound, through the skip connections, of a
+    random CIFAR ResNet-20 (0.27M parameters, lipcore's) and of torchvision's ResNet-18 (11M) on
+    32 x 32 images."""
+    from torchvision.models import resnet18
+
+    from lipcore.certify import lipschitz_bound
+    from lipcore.resnets import residual_net
+    rows = []
+    for size, label, net in (("resnet20_bound", "ResNet-20", residual_net("resnet20", seed=0)),
+                             ("resnet18_bound", "torchvision ResNet-18",
+                              resnet18(num_classes=10))):
+        bound = lipschitz_bound(net.eval(), "naive", (3, 32, 32))
+        rows.append(dict(size=size, widths=label, activation="relu",
+                         estimator="naive (layer-wise through the skip connections), sound, "
+                                   "random init", bound=bound.value,
+                         seconds=round(bound.seconds, 2), sound=True,
+                         ratio_to_lower=float("nan"),
+                         spec="a sound bound for a CIFAR ResNet-20 in <= 2 min"))
     return rows
 
 
@@ -290,9 +303,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs per timing (best is kept)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--markdown", action="store_true", help="print the table of --out")
-    parser.add_argument("--parts", default="estimators,trainers,crm,certificate,audit",
-                        help="comma list of estimators, trainers, crm, certificate, audit; rows of parts "
-                             "not run are kept from --out")
+    parser.add_argument("--parts", default="estimators,trainers,crm,certificate,audit,resnet",
+                        help="comma list of estimators, trainers, crm, certificate, audit, resnet; "
+                             "rows of parts not run are kept from --out")
     args = parser.parse_args(argv)
     if args.markdown:
         print(markdown(json.loads(args.out.read_text())))
@@ -322,8 +335,11 @@ def main(argv: list[str] | None = None) -> None:
         print("benchmarking the sound LipLT certificate of 4C3F and 6C2F ...", file=sys.stderr)
         rows += bench_crm_certificate()
     if "audit" in parts:
-        print("benchmarking the audit of a 4C3F net and a ResNet-20 bound ...", file=sys.stderr)
+        print("benchmarking the audit of a 4C3F net ...", file=sys.stderr)
         rows += bench_audit()
+    if "resnet" in parts:
+        print("benchmarking the sound bounds of ResNet-20 and ResNet-18 ...", file=sys.stderr)
+        rows += bench_resnet_bounds()
     if parts != set(PARTS) and args.out.is_file():
         kept = [r for r in json.loads(args.out.read_text())["rows"] if r["size"] not in ran]
         rows = kept + rows

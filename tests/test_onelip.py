@@ -73,3 +73,14 @@ def test_the_audit_of_a_library_net_shows_its_claims(tmp_path):
     naive = report.bounds[report.bounds.method.str.startswith("naive")].value.iloc[0]
     assert naive <= 1.0 + 1e-6                               # the net is 1-Lipschitz, proved
     assert "Lipschitz claims" in report.save(tmp_path / "a.html").read_text()
+
+
+def test_the_lower_bound_ascent_stops_where_sorting_makes_the_jacobian_constant():
+    """GroupSort's Jacobian is a permutation: no gradient in x. The audit's lower bound used to
+    crash there; it must stop the ascent and stay below the sound bound."""
+    from lipcore.estimators import empirical_lower_bound
+    torch.manual_seed(0)
+    plain = onelip.export(tl.Sequential(tl.SpectralLinear(6, 8), tl.GroupSort2(),
+                                        tl.SpectralLinear(8, 3)).eval(), (6,))
+    lower = empirical_lower_bound(plain, 6, n_random=32, n_ascent=2, steps=5).value
+    assert 0 < lower <= lipschitz_bound(plain, "naive", (6,)).value

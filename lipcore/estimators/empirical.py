@@ -66,7 +66,10 @@ def empirical_lower_bound(model: nn.Module, input_dim: int, n_random: int = 512,
     opt = torch.optim.Adam([start], lr=step_size * scale)
     for _ in range(steps):
         opt.zero_grad()
-        (-spectral(start).sum()).backward()
+        norms = spectral(start)
+        if not norms.requires_grad:      # a Jacobian locally constant in x (sorting layers):
+            break                        # no gradient to ascend
+        (-norms.sum()).backward()
         opt.step()
     points = start.detach()
     jac = vmap(jacrev(f))(points)
