@@ -27,7 +27,10 @@ from torch import nn
 from .trace import NotAnalysable, eval_mode, model_dtype_device, trace
 
 LIBRARY = "deel.torchlip"
-AGREEMENT_POINTS = 8          # random inputs on which an export must match the original
+AGREEMENT_POINTS = 8          # random inputs on which an export must match the original ...
+AGREEMENT_ULPS = 16           # ... to this many machine epsilons of its largest output: the same
+                              # weights and operations differ by rounding only, which the
+                              # certificate's float allowance (LOGIT_ERROR_ULPS = 64) covers
 POWER_STEPS = 100             # power iterations of a layer's lower bound
 ROUNDING = 1e-9               # relative allowance the lower bound is moved down by (float error)
 
@@ -40,7 +43,7 @@ def uses_library(model: nn.Module) -> bool:
 def export(model: nn.Module, input_shape: tuple[int, ...]) -> nn.Module:
     """A copy of ``model`` in plain torch layers (deel-torchlip's ``vanilla_model``), in eval
     mode, refused (:class:`NotAnalysable`) unless it computes the model's outputs on random
-    inputs of ``input_shape`` (no batch axis) to float32 rounding."""
+    inputs of ``input_shape`` (no batch axis) to rounding (AGREEMENT_ULPS)."""
     from deel.torchlip import vanilla_model
     plain = copy.deepcopy(model).eval()
     if hasattr(plain, "vanilla_export"):                # deel's Sequential: vanilla_model keeps it
@@ -55,9 +58,8 @@ def _agreeing(model: nn.Module, plain: nn.Module, input_shape: tuple[int, ...]) 
                     dtype=dtype).to(device)
     with eval_mode(model), torch.no_grad():
         ours, theirs = plain(x), model(x)
-    scale = float(theirs.abs().max()) + 1e-30
-    if ours.shape != theirs.shape or not torch.allclose(ours, theirs, rtol=1e-4,
-                                                        atol=1e-5 * scale):
+    tolerance = AGREEMENT_ULPS * torch.finfo(dtype).eps * (float(theirs.abs().max()) + 1e-30)
+    if ours.shape != theirs.shape or float((ours - theirs).abs().max()) > tolerance:
         raise NotAnalysable(f"the vanilla export of {type(model).__name__} (deel-torchlip) "
                             "computes different outputs from the layer itself; lipcore cannot "
                             "bound what it runs")
