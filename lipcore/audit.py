@@ -195,8 +195,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "\n\n")[0])
     parser.add_argument("model_file", help="a state dict saved with torch.save(model.state_dict()) "
                         "(read with weights_only=True: it cannot run code)")
-    parser.add_argument("--arch", help="lipcore architecture of the state dict: a CRM name "
-                        "(4C3F, 6C2F, ...) or dense widths like 784-256-10[:relu]")
+    parser.add_argument("--arch", help="architecture of the state dict: a CRM name (4C3F, "
+                        "6C2F, ...), dense widths like 784-256-10[:relu], resnet20, preresnet20, "
+                        "preresnet32, or torchvision:NAME (e.g. torchvision:resnet18)")
     parser.add_argument("--allow-pickle", action="store_true", help="read MODEL_FILE as a whole "
                         "pickled nn.Module (torch.save(model)) with weights_only=False. This RUNS "
                         "ANY CODE THE FILE CONTAINS: use it only for a file you made yourself")
@@ -205,36 +206,51 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "$LIPCORE_DATA)")
     parser.add_argument("--eps", default="0.1,0.5,1.0", help="comma-separated l2 radii")
     parser.add_argument("--samples", type=int, default=1000, help="test points (default 1000)")
+    parser.add_argument("--iterations", type=int, default=100, help="attack iterations "
+                        "(default 100, AutoAttack's)")
     parser.add_argument("--out", default="audit.html", help="the page to write")
     args = parser.parse_args(argv)
+    if args.arch is None and not args.allow_pickle:
+        parser.error("give --arch for a state dict (or --allow-pickle for a file you made)")
+    dataset = load_dataset(args.data, args.data_dir)
+    data = tuple(t[:args.samples] for t in dataset.test.tensors)
     if args.allow_pickle:
         model = torch.load(args.model_file, map_location="cpu", weights_only=False)
-    elif args.arch is None:
-        parser.error("give --arch for a state dict (or --allow-pickle for a file you made)")
     else:
-        model = architecture(args.arch)
+        model = architecture(args.arch, data[0].shape[1], dataset.num_classes)
         model.load_state_dict(safe_load(Path(args.model_file)))
-    test = load_dataset(args.data, args.data_dir).test.tensors
-    data = tuple(t[:args.samples] for t in test)
     report = audit(model, data, [float(e) for e in args.eps.split(",")],
-                   name=args.arch or Path(args.model_file).stem)
+                   iterations=args.iterations, name=args.arch or Path(args.model_file).stem)
     print(report.bounds.to_string(index=False))
     print(report.curves.to_string(index=False))
     print(f"wrote {report.save(args.out)}")
 
 
-def architecture(spec: str) -> nn.Module:
-    """A lipcore architecture by name: a CRM net (``4C3F``) or dense widths (``784-256-10``,
-    optionally ``:tanh``)."""
+def architecture(spec: str, channels: int = 1, classes: int = 10) -> nn.Module:
+    """A named architecture for a state dict: a CRM net (``4C3F``), dense widths (``784-256-10``,
+    optionally ``:tanh``), lipcore's residual nets (``resnet20``, ``preresnet20``,
+    ``preresnet32``) or a torchvision classifier (``torchvision:resnet18``, any name of
+    ``torchvision.models.list_models``); the residual nets take ``channels`` and ``classes``."""
     from .models import CRM_ARCHITECTURES, crm_net, fully_connected
+    from .resnets import DEPTHS, residual_net
     if spec in CRM_ARCHITECTURES:
         return crm_net(spec)
+    if spec in DEPTHS:
+        return residual_net(spec, classes, channels)
+    if spec.startswith("torchvision:"):
+        import torchvision
+        name = spec.partition(":")[2]
+        if name not in torchvision.models.list_models(module=torchvision.models):
+            raise ValueError(f"torchvision has no classifier {name!r}; choose one of "
+                             "torchvision.models.list_models(module=torchvision.models)")
+        return torchvision.models.get_model(name, num_classes=classes)
     widths, _, act = spec.partition(":")
     try:
         return fully_connected([int(w) for w in widths.split("-")], act or "relu")
     except ValueError as bad:
-        raise ValueError(f"unknown architecture {spec!r}: give one of {sorted(CRM_ARCHITECTURES)} "
-                         f"or dense widths like 784-256-10[:relu] ({bad})") from None
+        raise ValueError(f"unknown architecture {spec!r}: give one of {sorted(CRM_ARCHITECTURES)}"
+                         f", {sorted(DEPTHS)}, torchvision:NAME or dense widths like "
+                         f"784-256-10[:relu] ({bad})") from None
 
 
 if __name__ == "__main__":

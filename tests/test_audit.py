@@ -81,3 +81,26 @@ def test_the_audit_command_reads_a_state_dict_safely_and_writes_the_page(mnist_n
     main([str(tmp_path / "net.pt"), "--arch", "784-32-10", "--data", "mnist", "--data-dir", DATA,
           "--eps", "0.5", "--samples", "40", "--out", str(tmp_path / "page.html")])
     assert (tmp_path / "page.html").exists() and "LipSDP-neuron" in capsys.readouterr().out
+
+
+def test_the_audit_command_reads_a_residual_net_and_names_torchvision_classifiers(tmp_path,
+                                                                                capsys):
+    """On a labelled synthetic stand-in of CIFAR-10 (the real one is not on this machine): the
+    state dict of lipcore's ResNet-20 is bounded through its skip connections, and LipSDP and
+    LipLT say why they do not apply; torchvision's classifiers are built by name."""
+    import numpy as np
+    from torchvision.models.resnet import ResNet
+    from lipcore.audit import architecture
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    np.savez(tmp_path / "cifar10.npz", x_train=x, y_train=np.arange(8), x_test=x,
+             y_test=np.arange(8))
+    torch.save(architecture("resnet20", 3, 10).state_dict(), tmp_path / "net.pt")
+    main([str(tmp_path / "net.pt"), "--arch", "resnet20", "--data", "cifar10", "--data-dir",
+          str(tmp_path), "--eps", "0.1", "--samples", "4", "--iterations", "2",
+          "--out", str(tmp_path / "page.html")])
+    out = capsys.readouterr().out
+    assert (tmp_path / "page.html").exists() and "skip connections" in out
+    assert type(architecture("torchvision:resnet18", 3, 7)) is ResNet
+    with pytest.raises(ValueError, match="torchvision has no classifier"):
+        architecture("torchvision:resnet-9000")
