@@ -259,6 +259,7 @@ def bench_resnet_bounds() -> list[dict]:
     from lipcore.certify import lipschitz_bound
     from lipcore.resnets import residual_net
     rows = []
+    torch.manual_seed(0)                                     # torchvision's init, as lipcore's
     for size, label, net in (("resnet20_bound", "ResNet-20", residual_net("resnet20", seed=0)),
                              ("resnet18_bound", "torchvision ResNet-18",
                               resnet18(num_classes=10))):
