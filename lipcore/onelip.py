@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .trace import NotAnalysable, eval_mode, model_dtype_device, trace
+from .trace import NotAnalysable, eval_mode, model_dtype_device
 
 LIBRARY = "deel.torchlip"
 AGREEMENT_POINTS = 8          # random inputs on which an export must match the original ...
@@ -106,19 +106,18 @@ def claims(model: nn.Module, input_shape: tuple[int, ...]) -> pd.DataFrame:
     """One row per deel-torchlip layer of ``model`` that claims a Lipschitz constant: ``layer``,
     ``claimed`` K, ``lower`` and ``upper`` (sound) bounds at the input shape it sees, and the
     ``verdict`` (module docstring); a layer lipcore cannot analyse gets its refusal as ``note``."""
-    from .estimators.layerwise import op_bound
+    from .estimators.layerwise import layerwise_bound
     shapes = _input_shapes(model, input_shape)
     rows = []
     for name, m in model.named_modules():
         if m not in shapes:
             continue
         claimed = float(m._coefficient_lip)
-        row = dict(layer=f"{name or 'the whole net'} ({type(m).__name__})", claimed=claimed, lower=math.nan,
-                   upper=math.nan, verdict="unproved", note="")
+        row = dict(layer=f"{name or 'the whole net'} ({type(m).__name__})", claimed=claimed,
+                   lower=math.nan, upper=math.nan, verdict="unproved", note="")
         try:
             plain = export(m, shapes[m])
-            chain = trace(plain, shapes[m])
-            row["upper"] = math.prod(op_bound(op) for op in chain.ops)
+            row["upper"] = layerwise_bound(plain, shapes[m])
             row["lower"] = _power_lower_bound(plain, shapes[m])
         except (NotAnalysable, ValueError) as refused:
             row["note"] = str(refused)
