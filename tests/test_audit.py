@@ -104,3 +104,30 @@ def test_the_audit_command_reads_a_residual_net_and_names_torchvision_classifier
     assert type(architecture("torchvision:resnet18", 3, 7)) is ResNet
     with pytest.raises(ValueError, match="torchvision has no classifier"):
         architecture("torchvision:resnet-9000")
+
+
+def test_a_sampled_audit_certifies_every_point_and_attacks_a_seeded_sample(mnist_net, monkeypatch):
+    """``attack_samples`` leaves the certificates on every point and attacks n points drawn at
+    random, with an exact 95% interval around the sample's robust accuracy; the run-time check
+    still covers the sample (radii made deliberately unsound must raise)."""
+    import lipcore.audit as audit_module
+    from lipcore.audit import attack_sample, robust_interval
+    net, test = mnist_net
+    full = audit(net, test, [0.3, 1.0], iterations=5)
+    sampled = audit(net, test, [0.3, 1.0], iterations=5, attack_samples=30, seed=1)
+    assert full.attacked is None and sampled.attacked == 30 and sampled.samples == len(test[0])
+    assert list(sampled.curves.certified) == list(full.curves.certified)
+    c = sampled.curves
+    assert ((0 <= c.robust_low) & (c.robust_low <= c.robust) & (c.robust <= c.robust_high)
+            & (c.robust_high <= 100)).all() and (c.robust_high - c.robust_low > 5).all()
+    assert (full.curves.robust_low == full.curves.robust).all()
+    assert torch.equal(attack_sample(120, 30, 1), attack_sample(120, 30, 1))
+    assert not torch.equal(attack_sample(120, 30, 1), attack_sample(120, 30, 2))
+    assert len(attack_sample(120, 30, 1).unique()) == 30
+    assert robust_interval(30, 30, 120)[0] > 88 and robust_interval(0, 30, 120)[1] < 12
+    with pytest.raises(ValueError, match="attack_samples"):
+        attack_sample(120, 0, 0)
+    unsound = lambda model, data, bound: torch.full((len(data[0]),), 1e9, dtype=torch.float64)
+    monkeypatch.setattr(audit_module, "certified_radii", unsound)
+    with pytest.raises(RuntimeError, match="not sound"):
+        audit(net, test, [3.0], iterations=5, attack_samples=30)

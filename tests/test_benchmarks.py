@@ -26,6 +26,13 @@ def test_benchmark_rows_and_markdown(tmp_path, monkeypatch, capsys):
     table = capsys.readouterr().out
     assert "| 12-10-8-3 tanh | LipSDP-neuron (SCS) |" in table
     assert "| 12-10-8-3 tanh | LipSDP-neuron (first-order) |" in table and "% |" in table
+    # a partial run keeps the other parts' rows, each with the commit that measured it
+    results["rows"].append({**rows["naive"], "size": "old", "commit": "0ld", "date": "2020-01-01"})
+    out.write_text(json.dumps(results))
+    bench.main(["--sizes", "tiny", "--out", str(out), "--parts", "estimators"])
+    again = json.loads(out.read_text())["rows"]
+    assert [r["commit"] for r in again if r["size"] == "old"] == ["0ld"]
+    assert all(r["commit"] == results["commit"] for r in again if r["size"] == "tiny")
 
 
 def test_clip_epoch_benchmark_reports_a_cost_ratio():
