@@ -246,8 +246,7 @@ def bench_audit() -> list[dict]:
     widest = float((report.curves.robust_high - report.curves.robust_low).max())
     return [dict(size="audit", widths="4C3F", activation="relu",
                  estimator=f"lipcore.audit: every bound, certificates on {len(images)} MNIST "
-                           f"test "
-                           f"images, AutoAttack at 3 radii on {AUDIT_ATTACKED} of them (clean "
+                           f"test images, AutoAttack at 3 radii on {AUDIT_ATTACKED} of them (clean "
                            f"{report.curves.clean.iloc[0]:.1f}%)",
                  bound=float(report.bounds[report.bounds.sound].value.min()),
                  seconds=round(seconds, 1), sound=True, ratio_to_lower=float("nan"),
