@@ -178,3 +178,19 @@ def test_the_crm_length_study_shortens_the_paper_setting_and_checks_its_argument
         crm.setting(0)
     with pytest.raises(SystemExit):
         crm.main(["train", "--methods", "Standard,CRM"])       # only GloRo and CRM are compared
+
+
+def test_the_clip_ablation_names_the_attack_its_strong_row_ran():
+    """The strong row of CLIP's noise and PGD table is labelled with the attacks robust_accuracy
+    actually ran (AutoAttack's standard protocol), not a hand-written list."""
+    import torch
+    from torch.utils.data import TensorDataset
+    from lipcore.ablations.clip import noise_and_pgd
+    from lipcore.attacks.ensemble import describe_attacks
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)).eval()
+    test = TensorDataset(torch.rand(6, 1, 28, 28), torch.arange(6))
+    table = noise_and_pgd({"net": net}, test, n_attacked=3, iterations=2)
+    strong = table[table.evaluation.str.startswith("AutoAttack")]
+    assert list(strong.evaluation) == [describe_attacks() + ", eps 2"]
+    assert 0 <= float(strong.accuracy.iloc[0]) <= 100

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from ..attacks import noise_accuracy_curve, pgd_accuracy, robust_accuracy
+from ..attacks.ensemble import describe_attacks
 from ..experiments import clip as cx
 from ..ledger import Variant, outcome_rows
 
@@ -142,6 +143,6 @@ def noise_and_pgd(nets: dict[str, torch.nn.Module], test: TensorDataset, n_attac
             rows.append(dict(net=name, column="PGD", evaluation=label, accuracy=acc))
         strong = robust_accuracy(net, attacked, eps=2.0, device=device, seed=seed,
                                  iterations=iterations)
-        rows.append(dict(net=name, column="PGD", evaluation="the strong ensemble (APGD-CE + "
-                         "APGD-DLR), eps 2", accuracy=strong.accuracy))
+        rows.append(dict(net=name, column="PGD", evaluation=describe_attacks(strong.attacks)
+                         + ", eps 2", accuracy=strong.accuracy))
     return pd.DataFrame(rows)
