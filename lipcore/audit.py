@@ -13,11 +13,13 @@ against eps, and one page to paste into a paper's appendix.
   LipLT's pairwise constants where they apply) and robust accuracy (%). Robust accuracy is the
   per-sample worst case of :data:`lipcore.attacks.AUTOATTACK` (AutoAttack's standard version:
   APGD-CE, APGD-T, FAB-T, Square), and the audit stops with an error if an attack breaks a
-  certified point. Certificates are cheap and cover every point; the attacks cost thousands of
-  gradient steps per point (about 3.7 s per point on a 4C3F net at three radii on 2 CPU cores),
-  so ``attack_samples=n`` attacks a seeded random sample of n points instead: ``robust`` is then
-  the sample's accuracy and ``robust_low``/``robust_high`` its exact (Clopper-Pearson) 95%
-  interval for all the points (equal to ``robust`` when every point is attacked).
+  certified point (among the points it attacks). Certificates are cheap and cover every point;
+  the attacks cost thousands of gradient steps per point, so ``attack_samples=n`` attacks n
+  points drawn at random (with ``seed``, which also seeds the attacks): ``robust`` is then the
+  sample's accuracy under the attacks and ``robust_low``/``robust_high`` a 95% interval, per
+  radius, for that accuracy on all the points (:func:`robust_interval`). Like ``robust``
+  itself, the interval is about the attacks: it bounds the true robust accuracy from above
+  only, while ``certified`` bounds it from below.
 * ``report.claims``: for a net built from deel-torchlip's 1-Lipschitz layers, one row per layer
   that claims a Lipschitz constant, checked against lipcore's own bounds (:func:`lipcore.onelip.
   claims`); its bounds read the net's checked export (:func:`lipcore.onelip.export`). Empty for
@@ -76,16 +78,18 @@ class AuditReport:
         import matplotlib.pyplot as plt
         fig, ax = plt.subplots(figsize=(6, 4))
         c = self.curves
-        ax.plot(c.eps, c.robust, "o-", label=f"robust ({'+'.join(self.attacks)}): upper bound")
+        attacked = self.attacked or self.samples
+        ax.plot(c.eps, c.robust, "o-", label=f"robust ({'+'.join(self.attacks)}, {attacked} "
+                f"points attacked): upper bound")
         if self.attacked is not None:
             ax.fill_between(c.eps, c.robust_low, c.robust_high, alpha=0.2,
-                            label=f"95% interval ({self.attacked} points attacked)")
+                            label=f"its 95% interval for all {self.samples} points")
         for column, style in (("certified", "s-"), ("certified_pairwise", "^--")):
             if column in c and c[column].notna().any():
                 ax.plot(c.eps, c[column], style, label=column.replace("_", " ") + ": lower bound")
         ax.axhline(float(c.clean.iloc[0]), color="grey", lw=0.8, label="clean")
         ax.set(xlabel="l2 radius eps", ylabel=f"accuracy (%) of {self.samples} points",
-               ylim=(-2, 102), title=f"{self.name}: the true robust accuracy lies in the band")
+               ylim=(-2, 102), title=f"{self.name}: certified <= true robust <= attacked")
         ax.legend(fontsize=8)
         fig.tight_layout()
         return fig
@@ -196,14 +200,16 @@ def audit(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, torch.Tens
     curves = []
     for e in grid:
         robust = broken_at > e
-        low, high = robust_interval(int(robust.sum()), len(robust), len(x))
-        row = dict(eps=e, clean=clean, robust=100.0 * float(robust.double().mean()),
-                   robust_low=low, robust_high=high)
+        row = dict(eps=e, clean=clean, robust=100.0 * float(robust.double().mean()))
         for column, r in (("certified", radii), ("certified_pairwise", pair_radii)):
             if r is not None:
                 check_certificates(r[attacked], robust, e,
                                    f"audit of {name or type(model).__name__}")
             row[column] = certified_accuracy(r, e) if r is not None else np.nan
+        known = max((row[c] for c in ("certified", "certified_pairwise") if c in row
+                     and not math.isnan(row[c])), default=0.0)
+        row["robust_low"], row["robust_high"] = robust_interval(
+            int(robust.sum()), len(robust), len(x), known, clean)
         curves.append(row)
     return AuditReport(name or type(model).__name__, bounds, pd.DataFrame(curves),
                        tuple(attacks), len(x), time.perf_counter() - start, claims,
@@ -211,8 +217,8 @@ def audit(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, torch.Tens
 
 
 def attack_sample(points: int, size: int | None, seed: int) -> torch.Tensor:
-    """Sorted indices of the points to attack: all of them (``size`` None or >= ``points``),
-    else ``size`` drawn without replacement by a generator seeded with ``seed``."""
+    """Sorted indices of the points to attack: all of them when ``size`` is None or at least
+    ``points``, else ``size`` drawn without replacement by a generator seeded with ``seed``."""
     if size is None or size >= points:
         return torch.arange(points)
     if size < 1:
@@ -221,15 +227,23 @@ def attack_sample(points: int, size: int | None, seed: int) -> torch.Tensor:
     return torch.randperm(points, generator=generator)[:size].sort().values
 
 
-def robust_interval(robust: int, attacked: int, points: int) -> tuple[float, float]:
-    """An exact (Clopper-Pearson) 95% interval, in %, for the robust accuracy of all ``points``
-    when ``robust`` of ``attacked`` points drawn at random survived. Drawing without replacement
-    makes it conservative; with every point attacked there is nothing to estimate."""
-    if attacked == points:
-        return (100.0 * robust / attacked,) * 2
-    from scipy.stats import binomtest
-    ci = binomtest(robust, attacked).proportion_ci(confidence_level=0.95, method="exact")
-    return 100.0 * ci.low, 100.0 * ci.high
+def robust_interval(robust: int, attacked: int, points: int, certified: float = 0.0,
+                    clean: float = 100.0) -> tuple[float, float]:
+    """A 95% interval, in %, for how many of all ``points`` survive the attacks when ``robust``
+    of ``attacked`` points drawn at random without replacement did: the exact hypergeometric
+    interval (every count of survivors K whose probability of a result at least as extreme,
+    on each side, exceeds 2.5%), so attacking every point leaves nothing to estimate and
+    attacking all but one leaves one point of doubt. It is cut to [``certified``, ``clean``],
+    the accuracies (%) known on all the points: a certified point survives every attack and a
+    misclassified one none. The level holds per radius, not jointly over a grid."""
+    from scipy.stats import hypergeom
+    survivors = np.arange(points + 1)
+    below = hypergeom.cdf(robust, points, survivors, attacked)          # P(X <= robust | K)
+    above = hypergeom.sf(robust - 1, points, survivors, attacked)       # P(X >= robust | K)
+    possible = survivors[(below > 0.025) & (above > 0.025)]
+    low, high = 100.0 * possible.min() / points, 100.0 * possible.max() / points
+    low = min(max(low, certified), clean)
+    return float(low), float(max(min(high, clean), low))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -249,7 +263,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--data-dir", default=None, help="folder of the .npz files (else "
                         "$LIPCORE_DATA)")
     parser.add_argument("--eps", default="0.1,0.5,1.0", help="comma-separated l2 radii")
-    parser.add_argument("--samples", type=int, default=1000, help="test points (default 1000)")
+    parser.add_argument("--samples", type=int, default=1000, help="test points, the first of "
+                        "the test set (default 1000)")
     parser.add_argument("--iterations", type=int, default=100, help="attack iterations "
                         "(default 100, AutoAttack's)")
     parser.add_argument("--attack-samples", type=int, default=None, help="attack only this "
@@ -257,6 +272,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the attacks and the sample")
     parser.add_argument("--out", default="audit.html", help="the page to write")
     args = parser.parse_args(argv)
+    for option, value in (("--samples", args.samples), ("--attack-samples", args.attack_samples)):
+        if value is not None and value < 1:
+            parser.error(f"{option} must be a positive number of test points, got {value}")
     if args.arch is None and not args.allow_pickle:
         parser.error("give --arch for a state dict (or --allow-pickle for a file you made)")
     dataset = load_dataset(args.data, args.data_dir)

@@ -118,16 +118,36 @@ def test_a_sampled_audit_certifies_every_point_and_attacks_a_seeded_sample(mnist
     assert full.attacked is None and sampled.attacked == 30 and sampled.samples == len(test[0])
     assert list(sampled.curves.certified) == list(full.curves.certified)
     c = sampled.curves
-    assert ((0 <= c.robust_low) & (c.robust_low <= c.robust) & (c.robust <= c.robust_high)
-            & (c.robust_high <= 100)).all() and (c.robust_high - c.robust_low > 5).all()
+    assert ((c.certified <= c.robust_low) & (c.robust_low <= c.robust_high)
+            & (c.robust_high <= c.clean)).all() and (c.robust_high - c.robust_low > 5).all()
     assert (full.curves.robust_low == full.curves.robust).all()
+    assert (full.curves.robust_high == full.curves.robust).all()
     assert torch.equal(attack_sample(120, 30, 1), attack_sample(120, 30, 1))
     assert not torch.equal(attack_sample(120, 30, 1), attack_sample(120, 30, 2))
     assert len(attack_sample(120, 30, 1).unique()) == 30
     assert robust_interval(30, 30, 120)[0] > 88 and robust_interval(0, 30, 120)[1] < 12
+    assert robust_interval(80, 120, 121)[1] - robust_interval(80, 120, 121)[0] < 1  # one unknown
     with pytest.raises(ValueError, match="attack_samples"):
         attack_sample(120, 0, 0)
+    for option in ("--samples", "--attack-samples"):
+        with pytest.raises(SystemExit):
+            main(["net.pt", "--arch", "4C3F", option, "0"])
     unsound = lambda model, data, bound: torch.full((len(data[0]),), 1e9, dtype=torch.float64)
     monkeypatch.setattr(audit_module, "certified_radii", unsound)
     with pytest.raises(RuntimeError, match="not sound"):
         audit(net, test, [3.0], iterations=5, attack_samples=30)
+
+
+def test_the_attack_interval_covers_the_population_at_its_stated_level():
+    """Drawing 30 of 200 points (120 of which survive the attacks) again and again, the 95%
+    interval holds the population's 60% at least 95% of the time."""
+    from lipcore.audit import robust_interval
+    survives = torch.zeros(200, dtype=torch.bool)
+    survives[:120] = True
+    generator = torch.Generator().manual_seed(0)
+    covered = 0
+    for _ in range(400):
+        k = int(survives[torch.randperm(200, generator=generator)[:30]].sum())
+        low, high = robust_interval(k, 30, 200)
+        covered += low <= 60.0 <= high
+    assert covered >= 0.95 * 400
