@@ -47,6 +47,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from .attacks import AUTOATTACK, as_tensors, breaking_radii
+from .attacks.ensemble import _predict
 from .certify import (BOUND_METHODS, certified_accuracy, certified_radii, check_certificates,
                       lipschitz_bound, round_up)
 from .estimators import empirical_lower_bound
@@ -194,9 +195,7 @@ def audit(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, torch.Tens
     broken_at, attack_seconds = _timed(lambda: breaking_radii(
         model, (x[attacked], y[attacked]), grid, iterations=iterations, attacks=tuple(attacks),
         seed=seed))
-    with torch.no_grad():
-        predicted = torch.cat([model(x[i:i + 1000]).argmax(1) for i in range(0, len(x), 1000)])
-    clean = 100.0 * float((predicted == y).double().mean())
+    clean = 100.0 * float((_predict(model, x, str(x.device), 1000) == y).double().mean())
     curves = []
     for e in grid:
         robust = broken_at > e
@@ -206,8 +205,7 @@ def audit(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, torch.Tens
                 check_certificates(r[attacked], robust, e,
                                    f"audit of {name or type(model).__name__}")
             row[column] = certified_accuracy(r, e) if r is not None else np.nan
-        known = max((row[c] for c in ("certified", "certified_pairwise") if c in row
-                     and not math.isnan(row[c])), default=0.0)
+        known = float(np.nanmax([row["certified"], row["certified_pairwise"], 0.0]))
         row["robust_low"], row["robust_high"] = robust_interval(
             int(robust.sum()), len(robust), len(x), known, clean)
         curves.append(row)
