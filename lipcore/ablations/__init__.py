@@ -40,13 +40,12 @@ class Budgets:
     attack_iterations: int                      # of every attack on those columns
     usama: str                                  # lipschitz_loss.mnist_setting profile
     fractions: tuple[float, ...]
-    lambda_seeds: tuple[int, ...]               # CLIP's MNIST rows cost ~25 min per seed here
 
     def describe(self) -> str:
         return (f"Pauli et al. at the `{self.pauli}` settings ({len(self.pauli_variants)} "
                 f"variants); CLIP regression at `{self.regression}`, Table 1 rows at "
                 f"`{self.clip_table}`; Usama & Chang at `{self.usama}`, fractions "
-                f"{list(self.fractions)}; CLIP's lambda rows on seeds {list(self.lambda_seeds)}.")
+                f"{list(self.fractions)}.")
 
     def record(self) -> dict:
         return dict(seeds=list(self.seeds), pauli=self.pauli,
@@ -55,7 +54,7 @@ class Budgets:
                     regression_variants=[v.name for v in self.regression_variants],
                     clip_table=self.clip_table, attacked=self.attacked,
                     attack_iterations=self.attack_iterations, usama=self.usama,
-                    fractions=list(self.fractions), lambda_seeds=list(self.lambda_seeds))
+                    fractions=list(self.fractions))
 
 
 def budgets(profile: str, first_seed: int = 0, n_seeds: int = 3) -> Budgets:
@@ -64,19 +63,17 @@ def budgets(profile: str, first_seed: int = 0, n_seeds: int = 3) -> Budgets:
     committed lengths, CLIP's MNIST rows at the paper's 100 epochs, Usama & Chang's fractions
     1-5% at the paper profile, every part over ``n_seeds`` seeds. ``cpu`` (what one session on
     2 cores affords): the same settings, but Pauli et al.'s first two variants only (committed,
-    W-step x4) and CLIP's MNIST lambda rows on the first seed only (about 25 min per seed)."""
+    W-step x4)."""
     if n_seeds < 1:
         raise ValueError(f"need at least one seed, got {n_seeds}")
     if profile == "smoke":
         return Budgets((first_seed,), "smoke", pauli.VARIANTS[:2], (100, 200), "smoke",
-                       clip.REGRESSION_VARIANTS[:1], "smoke", 64, 5, "smoke", (0.5,),
-                       (first_seed,))
+                       clip.REGRESSION_VARIANTS[:1], "smoke", 64, 5, "smoke", (0.5,))
     seeds = tuple(range(first_seed, first_seed + n_seeds))
     full = profile == "paper"
     return Budgets(seeds, "paper", pauli.VARIANTS if full else pauli.VARIANTS[:2],
                    (2500, 5000, 10_000, 20_000, 40_000), "cpu", clip.REGRESSION_VARIANTS,
-                   "paper", 1000, 100, "paper", lipschitz_loss.FRACTIONS,
-                   seeds if full else seeds[:1])
+                   "paper", 1000, 100, "paper", lipschitz_loss.FRACTIONS)
 
 
 def not_run(figures_dir: Path) -> dict[tuple[str, str], str]:
