@@ -204,7 +204,7 @@ def bench_crm(repeat: int, n_images: int = 10_000) -> list[dict]:
 def bench_crm_certificate() -> list[dict]:
     """The sound LipLT certificate of random 4C3F and 6C2F nets (one-off per trained net, CPU):
     its global L over the power-iteration estimate (300 iterations, from below)."""
-    from lipcore.estimators import liplt_ops
+    from lipcore.estimators import liplt_ops, liplt_sound
     from lipcore.models import crm_net
 
     rows = []
@@ -214,7 +214,7 @@ def bench_crm_certificate() -> list[dict]:
             estimate = liplt_ops.liplt_bounds(
                 chain, liplt_ops.PowerIteration(chain).norms(chain, 300), sound=False)
         bound, seconds = timed(lambda: liplt_ops.liplt_bounds(
-            chain, liplt_ops.sound_norms(chain), sound=True), 1)
+            chain, liplt_sound.sound_norms(chain), sound=True), 1)
         rows.append(dict(size="crm_certificate", widths=arch, activation="relu",
                          estimator="sound LipLT (one sweep per start, Gram matrices <= 8192 "
                                    "dims, DFT, splits), CPU",

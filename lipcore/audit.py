@@ -47,12 +47,13 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from .attacks import AUTOATTACK, as_tensors, breaking_radii
-from .attacks.ensemble import _predict
+from .attacks.ensemble import predict
 from .certify import (BOUND_METHODS, certified_accuracy, certified_radii, check_certificates,
                       lipschitz_bound, round_up)
 from .estimators import empirical_lower_bound
 from .estimators.lipsdp import LipSDPError
-from .estimators.liplt_ops import PowerIteration, liplt_bounds, operator_chain, sound_norms
+from .estimators.liplt_ops import PowerIteration, liplt_bounds, operator_chain
+from .estimators.liplt_sound import sound_norms
 from . import onelip
 from .cache import safe_load
 from .io import write_text
@@ -195,7 +196,7 @@ def audit(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, torch.Tens
     broken_at, attack_seconds = _timed(lambda: breaking_radii(
         model, (x[attacked], y[attacked]), grid, iterations=iterations, attacks=tuple(attacks),
         seed=seed))
-    clean = 100.0 * float((_predict(model, x, str(x.device), 1000) == y).double().mean())
+    clean = 100.0 * float((predict(model, x, str(x.device), 1000) == y).double().mean())
     curves = []
     for e in grid:
         robust = broken_at > e

@@ -6,7 +6,8 @@ code that trained it: every lipcore file that the module asking for the key impo
 not (:mod:`lipcore.deps`), with the versions of the libraries that can change the weights (torch,
 numpy, cvxpy and its solvers, ...). Changing any of them trains a new model; re-running a
 notebook with the same settings and code loads the stored one. Each stored net records how it was
-made (``_made``: its *recipe*, the key without the code, the code fingerprint and the commit).
+made (``_made``: its *recipe*, the key without the code, the code fingerprint, the commit and
+the machine, :func:`lipcore.run.machine`).
 
 The quick check (``LIPCORE_NO_TRAIN=1``, ``./reproduce.sh --quick``) never trains: a net that is
 neither cached nor shipped under its key is looked up by recipe (the same config, data and seed
@@ -48,7 +49,7 @@ from numpy._core import multiarray
 
 from . import deps
 from .io import atomic_path, write_text
-from .run import COMMITTED_OUT, REPO_ROOT, git_commit, quick_check
+from .run import COMMITTED_OUT, REPO_ROOT, git_commit, machine, quick_check
 
 SHIPPED = COMMITTED_OUT / "trained"               # committed nets of long runs' finished cells
 DIGESTS = "SHA256SUMS"                            # in SHIPPED: the digest of every shipped net
@@ -118,7 +119,8 @@ def _digest(payload: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def cache_key(config: dict[str, Any], data_fingerprint: str, seed: int, trainer: Callable) -> CacheKey:
+def cache_key(config: dict[str, Any], data_fingerprint: str, seed: int, trainer: Callable
+              ) -> CacheKey:
     """Hash of (config, data, seed, trainer, code). The code is that of the trainer's module and
     of the module calling ``cache_key`` (whose ``build`` makes the model), each with everything
     it imports. ``config`` must be JSON-serialisable."""
@@ -166,7 +168,8 @@ def _read(path: Path, pinned: bool) -> dict[str, Any] | None:
         return None
     if pinned and pinned_digests(path.parent).get(path.name) != sha256(path):
         warnings.warn(f"{path} is not listed with its SHA-256 in {path.parent / DIGESTS}; "
-                      "refused (python -m lipcore.cache ship lists the nets it ships)", stacklevel=4)
+                      "refused (python -m lipcore.cache ship lists the nets it ships)",
+                      stacklevel=4)
         return None
     try:
         return safe_load(path)
@@ -242,7 +245,8 @@ def missing(entries: list[dict[str, Any]]) -> list[str]:
 
 
 def _made(key: str) -> dict[str, str]:
-    return {"recipe": getattr(key, "recipe", ""), "key": str(key), "commit": git_commit()}
+    return {"recipe": getattr(key, "recipe", ""), "key": str(key), "commit": git_commit(),
+            "made_on": machine()}
 
 
 def cached(key: str, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -298,7 +302,8 @@ def ship(source: Path, target: Path = SHIPPED, max_bytes: int = 5 * 2 ** 20,
         [Path(source) / f"{key}.pt" for key in keys]
     for path in paths:
         if not path.is_file():
-            raise FileNotFoundError(f"no net {path.name} in {source}: nothing to ship under that key")
+            raise FileNotFoundError(f"no net {path.name} in {source}: nothing to ship under "
+                                    "that key")
         size = path.stat().st_size
         if size > max_bytes and keys is not None:           # asked for by key: never dropped
             raise ValueError(f"{path.name} is {size / 2**20:.1f} MB, over the "

@@ -31,7 +31,8 @@ from .attacks.ensemble import as_tensors
 from .estimators import liplt, lipsdp
 from .estimators.compositional import compositional_bound
 from .estimators.layerwise import op_bound
-from .estimators.liplt_ops import liplt_bounds, operator_chain, sound_norms
+from .estimators.liplt_ops import liplt_bounds, operator_chain
+from .estimators.liplt_sound import sound_norms
 from .graph import Graph
 from .margins import margin_radii
 from .trace import Chain, batch_norm_scale, eval_mode, float64_copy, model_dtype_device, trace
@@ -104,10 +105,11 @@ def lipschitz_bound(model: nn.Module, method: str = "lipsdp",
     operators (:func:`lipcore.trace.trace`, which refuses any layer, container or parameter it
     cannot prove): ``"lipsdp"`` (LipSDP-neuron), ``"compositional"`` (ECLipsE-Fast's closed-form
     multipliers with their best common scale, certified: LipSDP's start) or ``"liplt"`` (LipLT,
-    Theorem 3.3) on the fully connected core times the sound factors of the layers before and after it; ``"liplt"`` on a
-    conv net uses the sound operator version (:mod:`lipcore.estimators.liplt_ops`); ``"naive"``
-    is the product of sound layer bounds. Conv nets need ``input_shape`` (no batch axis). The
-    value is rounded up (:func:`round_up`); the model's train/eval mode is left as it was."""
+    Theorem 3.3) on the fully connected core times the sound factors of the layers before and
+    after it; ``"liplt"`` on a conv net uses the sound operator version
+    (:mod:`lipcore.estimators.liplt_sound`); ``"naive"`` is the product of sound layer bounds.
+    Conv nets need ``input_shape`` (no batch axis). The value is rounded up (:func:`round_up`);
+    the model's train/eval mode is left as it was."""
     if method not in BOUND_METHODS:
         raise ValueError(f"unknown bound method {method!r}; choose one of {sorted(BOUND_METHODS)}")
     start = time.perf_counter()
@@ -156,7 +158,8 @@ def validated_bound(lipschitz: float | np.ndarray | torch.Tensor, classes: int) 
     C classes, symmetric (L_ij bounds z_i - z_j and so z_j - z_i) with finite, positive entries
     off the diagonal and a finite, non-negative diagonal (z_i - z_i = 0, not used)."""
     if isinstance(lipschitz, (bool, np.bool_)) or (
-            isinstance(lipschitz, (np.ndarray, torch.Tensor)) and lipschitz.dtype in (np.bool_, torch.bool)):
+            isinstance(lipschitz, (np.ndarray, torch.Tensor))
+            and lipschitz.dtype in (np.bool_, torch.bool)):
         raise ValueError("the Lipschitz bound must be a number or a (C, C) matrix of numbers, "
                          "not a bool")
     try:
@@ -228,7 +231,8 @@ def certified_radii(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, 
             labels = y[i:i + batch_size]
             if labels.min() < 0 or labels.max() >= z.shape[1]:
                 raise ValueError(f"labels must lie in 0..{z.shape[1] - 1} for a model with "
-                                 f"{z.shape[1]} classes, got {int(labels.min())}..{int(labels.max())}")
+                                 f"{z.shape[1]} classes, got "
+                                 f"{int(labels.min())}..{int(labels.max())}")
             error = (LOGIT_ERROR_FACTOR * (z_user - z).abs().amax(1)
                      + LOGIT_ERROR_ULPS * unit * z.abs().amax(1).clamp_min(1.0))
             user_right = margin_radii(z_user, labels, torch.tensor(1.0)).min(1).values > 0
@@ -247,7 +251,8 @@ def _validated_radii(radii: torch.Tensor) -> torch.Tensor:
                          f"{tuple(radii.shape)}")
     if torch.isnan(radii).any() or (radii < 0).any():
         raise ValueError("radii must be non-negative numbers (certified_radii's output); found "
-                         f"{int(torch.isnan(radii).sum())} NaN and {int((radii < 0).sum())} negative")
+                         f"{int(torch.isnan(radii).sum())} NaN and "
+                         f"{int((radii < 0).sum())} negative")
     return radii
 
 
@@ -266,7 +271,8 @@ def check_certificates(radii: torch.Tensor, robust: torch.Tensor, eps: float, wh
     robust = torch.as_tensor(robust)
     if robust.dim() != 1 or robust.dtype != torch.bool or len(robust) > len(radii):
         raise ValueError(f"robust must be a 1-D bool tensor over the first samples of radii "
-                         f"(at most {len(radii)}), got {robust.dtype} of shape {tuple(robust.shape)}")
+                         f"(at most {len(radii)}), got {robust.dtype} of shape "
+                         f"{tuple(robust.shape)}")
     certified = radii[:len(robust)] > eps
     broken = int((certified & ~robust.to(certified.device)).sum())
     if broken:

@@ -24,9 +24,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .trace import NotAnalysable, eval_mode, model_dtype_device
+from .trace import DEEL_TORCHLIP, NotAnalysable, eval_mode, layer_shapes, model_dtype_device
 
-LIBRARY = "deel.torchlip"
 AGREEMENT_POINTS = 8          # random inputs on which an export must match the original ...
 AGREEMENT_ULPS = 16           # ... to this many machine epsilons of its largest output: the same
                               # weights and operations differ by rounding only, which the
@@ -37,7 +36,7 @@ ROUNDING = 1e-9               # relative allowance the lower bound is moved down
 
 def uses_library(model: nn.Module) -> bool:
     """Whether any module of ``model`` comes from deel-torchlip."""
-    return any(type(m).__module__.startswith(LIBRARY) for m in model.modules())
+    return any(type(m).__module__.startswith(DEEL_TORCHLIP) for m in model.modules())
 
 
 def export(model: nn.Module, input_shape: tuple[int, ...]) -> nn.Module:
@@ -67,20 +66,12 @@ def _agreeing(model: nn.Module, plain: nn.Module, input_shape: tuple[int, ...]) 
 
 
 def _input_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[nn.Module, tuple]:
-    """The input shape (no batch axis) each layer claiming a constant sees in ``model``."""
+    """The input shape (no batch axis) each layer claiming a constant sees in ``model`` (its
+    first call's)."""
+    claiming = [m for m in model.modules() if hasattr(m, "_coefficient_lip")]
     seen: dict[nn.Module, tuple] = {}
-
-    def record(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-        seen.setdefault(module, tuple(args[0].shape[1:]))
-    hooks = [m.register_forward_hook(record) for m in model.modules()
-             if hasattr(m, "_coefficient_lip")]
-    dtype, device = model_dtype_device(model)
-    try:
-        with eval_mode(model), torch.no_grad():
-            model(torch.zeros(1, *input_shape, dtype=dtype, device=device))
-    finally:
-        for h in hooks:
-            h.remove()
+    for m, shape, _ in layer_shapes(model, claiming, input_shape):
+        seen.setdefault(m, shape)
     return seen
 
 

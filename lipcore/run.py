@@ -1,10 +1,10 @@
 """The run context every notebook opens: validated parameters and staged, atomic outputs.
 
 ``start_run`` checks the papermill parameters (profile, device, seed, data_dir, out_dir) and
-returns a :class:`NotebookRun`. Figures, tables and the comparison go to a hidden staging folder
-``out_dir/.<notebook>.partial``; ``finish()`` writes ``comparison.csv`` and ``results.json`` and only
-then swaps the staging folder into ``out_dir/<notebook>``. A run that fails half way therefore
-leaves the previous complete output untouched.
+returns a :class:`NotebookRun`. Figures, tables and the comparison go to a hidden staging
+folder ``out_dir/.<notebook>.partial``; ``finish()`` writes ``comparison.csv`` and
+``results.json`` and only then swaps the staging folder into ``out_dir/<notebook>``. A run that
+fails half way therefore leaves the previous complete output untouched.
 """
 from __future__ import annotations
 
@@ -119,9 +119,17 @@ def cpu_model() -> str:
 
 
 def device_description(device: str) -> str:
+    """What a run computed on: the GPU, or the CPU model with its cores and torch's thread
+    count (both change float results, and so trained nets: docs/crm_liplt.md)."""
     if device == "cuda":
         return f"cuda ({torch.cuda.get_device_name(0)})"
-    return f"cpu ({cpu_model()}, {os.cpu_count()} cores)"
+    return f"cpu ({cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def machine() -> str:
+    """The CPU (model, cores, torch's threads) and the GPU if one is visible."""
+    gpu = f", {device_description('cuda')}" if torch.cuda.is_available() else ""
+    return device_description("cpu") + gpu
 
 
 class NotebookRun:
@@ -221,7 +229,8 @@ class NotebookRun:
         write_text(self.dir / f"{stem}.md", table.to_markdown(index=False) + "\n")
 
     def save_model(self, model: torch.nn.Module, name: str) -> None:
-        """Save ``model``'s state dict as ``models/<name>.pt`` (small nets, for independent checks)."""
+        """Save ``model``'s state dict as ``models/<name>.pt`` (small nets, for independent
+        checks)."""
         (self.dir / "models").mkdir(exist_ok=True)
         with atomic_path(self.dir / "models" / f"{name}.pt") as tmp:
             torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)

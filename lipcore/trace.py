@@ -7,10 +7,11 @@ pooling, reshape) and refuses anything it cannot prove:
 * **Exact types only.** A container is analysed only if it is exactly ``nn.Sequential`` or one of
   lipcore's own plain chains (``FullyConnected``, ``PooledMLP``); a leaf only if its type is
   exactly one of :data:`LEAVES` (torch's layers) or :data:`LIBRARY_LEAVES` (deel-torchlip's
-  GroupSort activations and scaled average pooling, the class that library defines). A subclass (even one that changes nothing), a module with its own
-  ``forward`` set on the instance, a module with forward hooks (or a global forward hook), and a
-  module owning a parameter or buffer its type does not have are refused: any of them can change
-  the function without changing what the bounds see. So are modules whose weights
+  GroupSort activations and scaled average pooling, the class that library defines). A subclass
+  (even one that changes nothing), a module with its own ``forward`` set on the instance, a
+  module with forward hooks (or a global forward hook), and a module owning a parameter or
+  buffer its type does not have are refused: any of them can change the function without
+  changing what the bounds see. So are modules whose weights
   ``torch.nn.utils.parametrize`` computes (``parametrizations.spectral_norm``): bake them first
   (for deel-torchlip's layers, :func:`lipcore.onelip.export`).
 * **BatchNorm** (1d, 2d) is analysed in eval mode, as the per-channel affine map it then is
@@ -77,7 +78,8 @@ class Leaf:
     refuse: Callable[[nn.Module], str | None]
     apply: Callable[[nn.Module, torch.Tensor], torch.Tensor]
     slopes: Callable[[nn.Module], tuple[float, float]] | None = None
-    gain: Callable[[nn.Module], float] | None = None     # a constant the output is multiplied by
+    # the constant the output is multiplied by, given the layer and its input shape
+    gain: Callable[[nn.Module, tuple[int, ...]], float] | None = None
 
 
 def _conv_refusal(m: nn.Conv2d) -> str | None:
@@ -190,7 +192,8 @@ LEAVES: dict[type, Leaf] = {
     nn.BatchNorm2d: Leaf("scale", BATCH_NORM, _batch_norm_refusal, _batch_norm),
     nn.Flatten: Leaf("reshape", frozenset(),
                      lambda m: None if (m.start_dim, m.end_dim) == (1, -1) else
-                     f"start_dim={m.start_dim}, end_dim={m.end_dim}: only Flatten(1, -1) is analysed",
+                     f"start_dim={m.start_dim}, end_dim={m.end_dim}: only Flatten(1, -1) is "
+                     "analysed",
                      lambda m, x: x.flatten(1)),
     nn.Identity: Leaf("identity", frozenset(), _none, lambda m, x: x),
     nn.Dropout: Leaf("identity", frozenset(), _none, lambda m, x: x),    # eval mode
@@ -205,12 +208,19 @@ def _group_sort(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return grouped.sort(dim=2).values.reshape(x.shape) * m._coefficient_lip
 
 
-def _coefficient(m: nn.Module) -> float:
+def _coefficient(m: nn.Module, in_shape: tuple[int, ...]) -> float:
     return float(m._coefficient_lip)
 
 
+def _global_mean_gain(m: nn.Module, in_shape: tuple[int, ...]) -> float:
+    """deel-torchlip's ScaledAdaptiveAvgPool2d multiplies the global mean of h w inputs by
+    sqrt(h w) times its coefficient (computed as the layer computes it)."""
+    return math.sqrt(in_shape[-2] * in_shape[-1]) * m._coefficient_lip
+
+
+DEEL_TORCHLIP = "deel.torchlip"                 # the 1-Lipschitz layer library lipcore reads
+_DEEL = DEEL_TORCHLIP + ".modules."
 _SORT = Leaf("sort", frozenset(), _none, _group_sort, gain=_coefficient)
-_DEEL = "deel.torchlip.modules."
 # Layers of maintained libraries, by (module, class name): they count only if that exact class is
 # the one the library defines (:func:`leaf_of`). Sorting within groups is 1-Lipschitz (a sorted
 # vector moves no more than its input), but not elementwise: only the layer-wise bound reads it.
@@ -221,29 +231,39 @@ LIBRARY_LEAVES: dict[tuple[str, str], Leaf] = {
     (_DEEL + "pooling", "ScaledAvgPool2d"): Leaf(
         "pool", frozenset(), _pool_refusal,
         lambda m, x: _pooling(F.avg_pool2d)(m, x) * m._coefficient_lip * m.scalingFactor,
-        gain=lambda m: float(m._coefficient_lip * m.scalingFactor)),
+        gain=lambda m, in_shape: float(m._coefficient_lip * m.scalingFactor)),
+    (_DEEL + "pooling", "ScaledAdaptiveAvgPool2d"): Leaf(
+        "pool", frozenset(), _global_pool_refusal,
+        lambda m, x: F.adaptive_avg_pool2d(x, 1) * _global_mean_gain(m, x.shape),
+        gain=_global_mean_gain),
 }
-LIBRARY_RESIDUAL = {("torchvision.models.resnet", n) for n in ("ResNet", "BasicBlock", "Bottleneck")}
+LIBRARY_RESIDUAL = {("torchvision.models.resnet", n)
+                    for n in ("ResNet", "BasicBlock", "Bottleneck")}
 
 
-def _library_class(m: nn.Module, names) -> bool:
-    """Whether ``m``'s exact type is the class a library defines under one of ``names``."""
+def _library_key(m: nn.Module, names) -> tuple[str, str] | None:
+    """``m``'s (module, class name) if its exact type is the class a library defines under one
+    of ``names``, else None."""
     key = (type(m).__module__, type(m).__qualname__)
-    return key in names and getattr(sys.modules.get(key[0]), key[1], None) is type(m)
+    if key in names and getattr(sys.modules.get(key[0]), key[1], None) is type(m):
+        return key
+    return None
 
 
 def leaf_of(m: nn.Module) -> Leaf | None:
     """What lipcore knows of ``m``'s exact type as a leaf layer (None: not a leaf it knows)."""
     leaf = LEAVES.get(type(m))
-    if leaf is None and _library_class(m, LIBRARY_LEAVES):
-        leaf = LIBRARY_LEAVES[(type(m).__module__, type(m).__qualname__)]
+    if leaf is None:
+        key = _library_key(m, LIBRARY_LEAVES)
+        leaf = LIBRARY_LEAVES[key] if key else None
     return leaf
 
 
 def is_residual(m: nn.Module) -> bool:
     """Whether ``m`` is a residual module whose forward lipcore reads with torch.fx: its own
     (:mod:`lipcore.resnets`) or torchvision's ResNet, BasicBlock and Bottleneck."""
-    return type(m) in (CifarResNet, BasicBlock, _Shortcut) or _library_class(m, LIBRARY_RESIDUAL)
+    return (type(m) in (CifarResNet, BasicBlock, _Shortcut)
+            or _library_key(m, LIBRARY_RESIDUAL) is not None)
 
 
 @dataclass(frozen=True)
@@ -302,11 +322,15 @@ def _refusal(path: str, m: nn.Module) -> str | None:
                 "torch.nn.utils.remove_spectral_norm undoes spectral_norm)")
     if "forward" in vars(m):
         return f"{_name(path, m)} has its own forward set on the instance"
-    if type(m).__module__.startswith("deel.torchlip") and hasattr(m, "vanilla_export") \
-            and leaf_of(m) is None:
-        return (f"{_name(path, m)} is a deel-torchlip layer whose weights it computes as it runs; "
-                "analyse its exported model (lipcore.onelip.export(model), which calls "
-                "vanilla_export and checks that the outputs agree; lipcore.audit does this)")
+    if type(m).__module__.startswith(DEEL_TORCHLIP) and leaf_of(m) is None:
+        if not _children(m) and not any(True for _ in m.parameters(recurse=False)):
+            return (f"{_name(path, m)} is a deel-torchlip layer lipcore does not know; of that "
+                    f"library it analyses {_known_library_layers()} (and the plain torch layers "
+                    "of its exported models)")
+        if hasattr(m, "vanilla_export"):
+            return (f"{_name(path, m)} is a deel-torchlip layer whose weights it computes as it "
+                    "runs; analyse its exported model (lipcore.onelip.export(model), which calls "
+                    "vanilla_export and checks that the outputs agree; lipcore.audit does this)")
     if parametrize.is_parametrized(m):
         return (f"{_name(path, m)} computes its weights through torch.nn.utils.parametrize; bake "
                 "them first (parametrize.remove_parametrizations(module, name, "
@@ -321,9 +345,9 @@ def _refusal(path: str, m: nn.Module) -> str | None:
         what = (f"a subclass of {near}, whose forward may differ" if near else
                 "not a layer lipcore can bound")
         return (f"{_name(path, m)} is {what}; lipcore analyses exactly these types: "
-                f"{', '.join(sorted(t.__name__ for t in LEAVES))} inside nn.Sequential "
-                "(use those layers, or bound the model another way and pass the bound to "
-                "certified_radii yourself)")
+                f"{', '.join(sorted(t.__name__ for t in LEAVES))} inside nn.Sequential, and "
+                f"deel-torchlip's {_known_library_layers()} (use those layers, or bound the "
+                "model another way and pass the bound to certified_radii yourself)")
     params = {n for n, _ in m.named_parameters(recurse=False)} | \
         {n for n, _ in m.named_buffers(recurse=False)}
     extra = params - leaf.params
@@ -338,6 +362,10 @@ def _refusal(path: str, m: nn.Module) -> str | None:
         if value is not None and not torch.isfinite(value.detach()).all():
             return f"{_name(path, m)} has non-finite values (NaN or inf) in {n}"
     return None
+
+
+def _known_library_layers() -> str:
+    return ", ".join(sorted(name for _, name in LIBRARY_LEAVES))
 
 
 def leaves(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -357,7 +385,8 @@ def leaves(model: nn.Module) -> list[tuple[str, nn.Module]]:
         if leaf_of(m) is not None:
             if _children(m):
                 raise NotAnalysable(f"{_name(path, m)} has child modules of its own "
-                                    f"({', '.join(_children(m))}); lipcore cannot tell what they do")
+                                    f"({', '.join(_children(m))}); lipcore cannot tell what "
+                                    "they do")
             found.append((path, m))
     return found
 
@@ -412,6 +441,27 @@ def infer_input_shape(model: nn.Module) -> tuple[int, ...]:
                      f"is {type(first).__name__}, whose input size lipcore cannot infer")
 
 
+def layer_shapes(model: nn.Module, layers: list[nn.Module], input_shape: tuple[int, ...]
+                 ) -> list[tuple[nn.Module, tuple[int, ...], tuple[int, ...]]]:
+    """(layer, input shape, output shape), no batch axis, of every call of one of ``layers`` in
+    one eval-mode forward pass of ``model`` on zeros of ``input_shape``, in call order;
+    :class:`InputShapeMismatch` if the model does not run on that shape."""
+    dtype, device = model_dtype_device(model)
+    seen: list[tuple[nn.Module, tuple[int, ...], tuple[int, ...]]] = []
+    handles = [m.register_forward_hook(lambda mod, args, out: seen.append(
+        (mod, tuple(args[0].shape[1:]), tuple(out.shape[1:])))) for m in layers]
+    try:
+        with eval_mode(model), torch.no_grad():
+            model(torch.zeros(1, *input_shape, dtype=dtype, device=device))
+    except RuntimeError as exc:
+        raise InputShapeMismatch(f"the model does not run on inputs of shape {input_shape}: "
+                                 f"{exc}") from exc
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
 def trace(model: nn.Module, input_shape: tuple[int, ...] | None = None):
     """The verified chain of ``model`` on inputs of ``input_shape`` (no batch axis; inferred for
     dense nets), or :class:`NotAnalysable` saying which module cannot be analysed and why. A
@@ -425,18 +475,7 @@ def trace(model: nn.Module, input_shape: tuple[int, ...] | None = None):
         graph = trace_graph(model, shape)
         verify(graph, model)
         return graph
-    dtype, device = model_dtype_device(model)
-    seen: list[tuple[nn.Module, tuple[int, ...], tuple[int, ...]]] = []
-    handles = [m.register_forward_hook(lambda mod, args, out: seen.append(
-        (mod, tuple(args[0].shape[1:]), tuple(out.shape[1:])))) for _, m in layers]
-    try:
-        with eval_mode(model), torch.no_grad():
-            model(torch.zeros(1, *shape, dtype=dtype, device=device))
-    except RuntimeError as exc:
-        raise InputShapeMismatch(f"the model does not run on inputs of shape {shape}: {exc}") from exc
-    finally:
-        for h in handles:
-            h.remove()
+    seen = layer_shapes(model, [m for _, m in layers], shape)
     if [id(m) for m, _, _ in seen] != [id(m) for _, m in layers]:
         raise NotAnalysable("the model does not apply its layers once each, in the order they "
                             "are registered; lipcore analyses plain feed-forward chains")

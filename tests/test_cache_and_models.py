@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from lipcore.cache import cache_key, cached
+from lipcore.run import machine
 from lipcore.models import (ACTIVATIONS, activation, fully_connected, from_weights,
                             madry_cnn, pauli_mnist_net)
 
@@ -38,6 +39,8 @@ def test_cached_builds_once_then_loads(tmp_path, monkeypatch):
     second = cached("k1", build)
     assert len(calls) == 1 and torch.equal(first["w"], second["w"])
     assert (tmp_path / "k1.pt").is_file() and not list(tmp_path.glob(".*tmp"))
+    made = torch.load(tmp_path / "k1.pt", weights_only=True)["_made"]   # the machine changes nets
+    assert made["made_on"] == machine() and f"{torch.get_num_threads()} threads" in machine()
 
 
 def test_fully_connected_exposes_weights_in_lipsdp_order():

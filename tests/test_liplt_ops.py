@@ -14,6 +14,7 @@ from lipcore.attacks import robust_accuracy
 from lipcore.certify import certified_radii, margin_radii
 from lipcore.estimators import empirical_lower_bound, liplt
 from lipcore.estimators import liplt_ops as lo
+from lipcore.estimators import liplt_sound as ls
 from lipcore.models import crm_net
 from lipcore.trainers.crm import (CRMConfig, crm_term, crm_train, gloro_logits, learning_rate,
                                   soft_radius)
@@ -39,8 +40,8 @@ def test_each_operator_adjoint_is_its_transpose():
 def test_power_iteration_agrees_with_the_exact_norm_and_the_sound_bound_is_above_it():
     chain = lo.operator_chain(small_conv(), (1, 8, 8))
     estimate = lo.PowerIteration(chain).norms(chain, 200)
-    exact = lo.sound_norms(chain, gram_limit=10**6)          # exact (tests/test_product_norms.py)
-    split = lo.sound_norms(chain, gram_limit=20)             # splits and DFT bounds where wide
+    exact = ls.sound_norms(chain, gram_limit=10**6)          # exact (tests/test_product_norms.py)
+    split = ls.sound_norms(chain, gram_limit=20)             # splits and DFT bounds where wide
     for p in lo.hidden_pairs(chain):
         assert float(estimate[p].detach()) == pytest.approx(exact[p], rel=1e-4)
         assert float(estimate[p].detach()) <= exact[p] * (1 + 1e-6)
@@ -110,8 +111,8 @@ def test_warm_started_vectors_survive_a_round_trip_through_their_dict():
 def test_the_conv_lipschitz_bounds_are_ordered_and_above_the_empirical_lower_bound():
     net = small_conv(1)
     chain = lo.operator_chain(net, (1, 8, 8))
-    sound = lo.liplt_bounds(chain, lo.sound_norms(chain, gram_limit=20), sound=True)
-    naive_L, naive_pairs, _ = lo.naive_pairwise_ops(chain)
+    sound = lo.liplt_bounds(chain, ls.sound_norms(chain, gram_limit=20), sound=True)
+    naive_L, naive_pairs, _ = ls.naive_pairwise_ops(chain)
     assert sound.sound and float(sound.L) <= naive_L
     assert (sound.pairwise <= naive_pairs + 1e-9).all()
     lower = empirical_lower_bound(nn.Sequential(nn.Unflatten(1, (1, 8, 8)), net), 64, seed=0).value
@@ -134,7 +135,7 @@ def test_a_dense_chain_reproduces_the_dense_liplt():
     net = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 7), nn.Tanh(), nn.Linear(7, 3))
     chain = lo.operator_chain(net, (6,))
     dense = liplt([net[0].weight, net[2].weight, net[4].weight])
-    ops = lo.liplt_bounds(chain, lo.sound_norms(chain), sound=True)
+    ops = lo.liplt_bounds(chain, ls.sound_norms(chain), sound=True)
     assert float(ops.L) == pytest.approx(float(dense.L.detach()), rel=1e-6)
     assert torch.allclose(ops.pairwise.float(), dense.pairwise, rtol=1e-5, atol=1e-7)
 
@@ -198,7 +199,7 @@ def test_crm_training_raises_the_sound_certified_radius_over_standard_training()
                         robust_start=3, R0=0.5, lam=3.0, power_iterations=3)
         out = crm_train(net, data, cfg)
         chain = lo.operator_chain(net, (1, 8, 8))
-        sound = lo.liplt_bounds(chain, lo.sound_norms(chain), sound=True)
+        sound = lo.liplt_bounds(chain, ls.sound_norms(chain), sound=True)
         estimate = lo.liplt_bounds(chain, out["power"].norms(chain, 0), sound=False)
         assert (estimate.pairwise.detach() <= sound.pairwise.float() * (1 + 1e-4) + 1e-7).all()
         radius = certified_radii(net, data, sound.pairwise)
@@ -218,7 +219,7 @@ def test_certify_uses_the_sound_operator_liplt_for_conv_nets():
     net = small_conv(2)
     bound = lipschitz_bound(net, "liplt", (1, 8, 8))
     chain = lo.operator_chain(net, (1, 8, 8))
-    assert bound.value == pytest.approx(float(lo.liplt_bounds(chain, lo.sound_norms(chain), True).L))
+    assert bound.value == pytest.approx(float(lo.liplt_bounds(chain, ls.sound_norms(chain), True).L))
     assert bound.value <= lipschitz_bound(net, "naive", (1, 8, 8)).value
     with pytest.raises(ValueError, match="input_shape"):
         lipschitz_bound(net, "liplt")
@@ -239,10 +240,10 @@ def test_the_crm_pgd_protocol_stays_on_its_sphere_inside_the_box():
 def test_the_sound_over_estimate_table_reads_the_mean_the_worst_pair_and_the_global_bound():
     from lipcore.experiments.crm_liplt import Bounds, sound_vs_estimate
     chain = lo.operator_chain(small_conv(4), (1, 8, 8))
-    sound = lo.liplt_bounds(chain, lo.sound_norms(chain), sound=True)
+    sound = lo.liplt_bounds(chain, ls.sound_norms(chain), sound=True)
     with torch.no_grad():
         estimate = lo.liplt_bounds(chain, lo.PowerIteration(chain).norms(chain, 3), sound=False)
-    b = Bounds(sound, estimate, *lo.naive_pairwise_ops(chain), dict(sound=1.5))
+    b = Bounds(sound, estimate, *ls.naive_pairwise_ops(chain), dict(sound=1.5))
     [row] = sound_vs_estimate({("toy", "CRM"): b})
     off = ~torch.eye(5, dtype=torch.bool)
     assert row["worst_L_ij_ratio"] == pytest.approx(float(

@@ -84,3 +84,23 @@ def test_the_lower_bound_ascent_stops_where_sorting_makes_the_jacobian_constant(
                                         tl.SpectralLinear(8, 3)).eval(), (6,))
     lower = empirical_lower_bound(plain, 6, n_random=32, n_ascent=2, steps=5).value
     assert 0 < lower <= lipschitz_bound(plain, "naive", (6,)).value
+
+
+def test_global_scaled_pooling_is_bounded_as_one_lipschitz_and_an_unknown_layer_is_named():
+    """ScaledAdaptiveAvgPool2d multiplies the global mean of h w inputs by sqrt(h w): exactly
+    1-Lipschitz, and bounded so on whatever grid it sees. A weightless deel-torchlip layer that
+    lipcore does not know is refused as unknown, not sent to an export that cannot help."""
+    from lipcore.estimators.layerwise import layer_bound
+    pool = tl.ScaledAdaptiveAvgPool2d((1, 1))
+    for grid in ((4, 8, 8), (2, 5, 3)):
+        assert 1.0 <= layer_bound(pool, grid) <= 1.0 + 1e-12
+    torch.manual_seed(0)
+    net = tl.Sequential(tl.SpectralConv2d(1, 4, 3, padding=1), tl.GroupSort2(),
+                        tl.ScaledAdaptiveAvgPool2d((1, 1)), nn.Flatten(),
+                        tl.SpectralLinear(4, 3)).eval()
+    plain = onelip.export(net, SHAPE)
+    bound = lipschitz_bound(plain, "naive", SHAPE).value
+    assert bound >= largest_jacobian_norm(float64_copy(plain), SHAPE, points=8, steps=5)
+    with pytest.raises(NotAnalysable, match="ScaledL2NormPool2d.*does not know.*ScaledAvgPool2d"):
+        lipschitz_bound(nn.Sequential(nn.Conv2d(1, 2, 3), tl.ScaledL2NormPool2d(2)), "naive",
+                        SHAPE)

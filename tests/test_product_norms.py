@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from lipcore.estimators import liplt_ops as lo
+from lipcore.estimators import liplt_sound as ls
 from lipcore.estimators.product_norms import banded_gram, lambda_max_bound, sweep_norms
 
 
@@ -66,13 +67,13 @@ def test_every_product_is_exact_when_its_narrowest_point_fits_and_bounded_above_
     ops = [op.detached_double() for op in chain.ops]
     exact = {p: exact_norm(ops[p[1]:p[0] + 1]) for p in lo.hidden_pairs(chain)}
     for gram_limit in (10**6, 30, 8):
-        bound = lo.sound_norms(chain, gram_limit=gram_limit)
+        bound = ls.sound_norms(chain, gram_limit=gram_limit)
         for (K, s), value in bound.items():
             narrowest = min(op.in_dim for op in ops[s:K + 2])
             assert value >= exact[(K, s)] * (1 - 1e-12)
             if narrowest <= gram_limit:               # input 195, outputs 780, 168, 27, 6
                 assert value == pytest.approx(exact[(K, s)], rel=1e-6)
-    assert lo.sound_norms(chain, gram_limit=8)[(1, 0)] > 1.5 * exact[(1, 0)]   # a split
+    assert ls.sound_norms(chain, gram_limit=8)[(1, 0)] > 1.5 * exact[(1, 0)]   # a split
 
 
 def test_a_sweep_applies_each_operator_once_for_all_its_ends(monkeypatch):
@@ -93,12 +94,12 @@ def test_a_sweep_applies_each_operator_once_for_all_its_ends(monkeypatch):
 def test_a_spent_time_budget_falls_back_to_splits_soundly_and_says_so():
     chain = lo.operator_chain(conv_net(2, [(1, 4, (3, 3), (1, 1), (1, 1)),
                                            (4, 4, (4, 4), (2, 2), (1, 1))], (10, 10)), (1, 10, 10))
-    tight = lo.sound_norms(chain)
+    tight = ls.sound_norms(chain)
     with pytest.warns(UserWarning, match="time budget"):
-        rushed = lo.sound_norms(chain, time_budget_s=0.0)
+        rushed = ls.sound_norms(chain, time_budget_s=0.0)
     assert all(rushed[p] >= tight[p] * (1 - 1e-12) for p in tight)
     assert any(rushed[p] > tight[p] * 1.01 for p in tight)
-    assert lo.sound_norms(chain, time_budget_s=600.0) == tight
+    assert ls.sound_norms(chain, time_budget_s=600.0) == tight
 
 
 def test_the_cholesky_proved_top_eigenvalue_is_tight_and_never_below_eigvalsh():

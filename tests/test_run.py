@@ -206,7 +206,8 @@ def test_results_record_the_cpu_and_libraries_and_the_summary_names_a_change(tmp
     recorded = json.loads((new / "results.json").read_text())
     assert recorded["libraries"]["torch"] == importlib.metadata.version("torch")
     assert set(recorded["libraries"]) >= {"torch", "torchvision", "numpy", "cvxpy", "scs"}
-    assert recorded["device"] == f"cpu ({cpu_model()}, {os.cpu_count()} cores)"
+    assert recorded["device"] == (f"cpu ({cpu_model()}, {os.cpu_count()} cores, "
+                                  f"{torch.get_num_threads()} threads)")
     assert compare(old, new)["environment_changes"] == []
     edited = json.loads((old / "results.json").read_text())
     edited["device"] = "cpu (Other CPU, 2 cores)"

@@ -86,6 +86,7 @@ def describe_attacks(attacks: Sequence[str] = DEFAULT_ATTACKS) -> str:
         return f"AutoAttack ({names}; reference implementation)"
     return f"worst of {names}"
 
+
 def as_tensors(data: TensorDataset | tuple[torch.Tensor, torch.Tensor]
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs, labels) of a TensorDataset or a pair of tensors, checked: inputs in [0, 1]."""
@@ -98,8 +99,9 @@ def as_tensors(data: TensorDataset | tuple[torch.Tensor, torch.Tensor]
         raise ValueError(f"inputs must be floating point images in [0, 1], got dtype {x.dtype}")
     lo, hi = float(x.min()), float(x.max())
     if lo < 0.0 or hi > 1.0:
-        raise ValueError(f"inputs must lie in [0, 1] (the attacks clamp to that box); found values "
-                         f"in [{lo:.3g}, {hi:.3g}]. Undo any normalisation and put it in the model.")
+        raise ValueError(f"inputs must lie in [0, 1] (the attacks clamp to that box); found "
+                         f"values in [{lo:.3g}, {hi:.3g}]. Undo any normalisation and put it in "
+                         "the model.")
     return x, y.long()
 
 
@@ -116,7 +118,8 @@ def check_attack_arguments(norm: str, eps: float, attacks: Sequence[str], classe
         if name not in ATTACKS:
             raise ValueError(f"unknown attack {name!r}; choose from {ATTACKS}")
         if name in L2_ONLY and norm != "l2":
-            raise ValueError(f"attack {name!r} is an l2 attack; it cannot be used with norm={norm!r}")
+            raise ValueError(f"attack {name!r} is an l2 attack; it cannot be used with "
+                             f"norm={norm!r}")
     if "apgd-dlr" in attacks and classes < 3:
         raise ValueError(f"apgd-dlr needs at least 3 classes (DLR divides by z_1 - z_3) and this "
                          f"model has {classes}; use attacks=('apgd-ce', 'fab-t', 'square')")
@@ -210,7 +213,9 @@ def _numpy_seed(seed: int) -> Iterator[None]:
 
 
 @torch.no_grad()
-def _predict(model: nn.Module, x: torch.Tensor, device: str, batch_size: int) -> torch.Tensor:
+def predict(model: nn.Module, x: torch.Tensor, device: str, batch_size: int) -> torch.Tensor:
+    """The model's predicted classes for ``x``, ``batch_size`` inputs at a time on ``device``
+    (returned on the CPU)."""
     return torch.cat([model(x[i:i + batch_size].to(device)).argmax(1).cpu()
                       for i in range(0, len(x), batch_size)])
 
@@ -234,7 +239,7 @@ def robust_accuracy(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, 
         raise ValueError(f"need iterations, restarts and batch_size >= 1; got {iterations}, "
                          f"{restarts}, {batch_size}")
     start = time.perf_counter()
-    correct = _predict(model, x, device, batch_size) == y
+    correct = predict(model, x, device, batch_size) == y
     robust = correct.clone()
     broken_by = ["" if c else "clean" for c in correct.tolist()]
     skipped = inapplicable(attacks, x, classes)
@@ -260,7 +265,7 @@ def robust_accuracy(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, 
                     failed = ~torch.isfinite(candidate).flatten(1).all(1)   # NaN: no candidate
                     candidate[failed] = x[idx][failed]
                     checked = clip_to_threat_model(candidate, x[idx], norm, eps)
-                    wrong = _predict(model, checked, device, batch_size) != y[idx]
+                    wrong = predict(model, checked, device, batch_size) != y[idx]
                     for j in idx[wrong].tolist():
                         robust[j] = False
                         broken_by[j] = name

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from .ensemble import DEFAULT_ATTACKS, _predict, as_tensors, robust_accuracy
+from .ensemble import DEFAULT_ATTACKS, predict, as_tensors, robust_accuracy
 from .pgd import pgd_l2
 
 SWEEP_ATTACKS = ("strong", "paper pgd")
@@ -35,7 +35,7 @@ def breaking_radii(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, t
     x, y = as_tensors(data)
     model.eval()
     device = str(x.device)
-    correct = _predict(model, x, device, BATCH) == y
+    correct = predict(model, x, device, BATCH) == y
     radii = torch.where(correct, math.inf, 0.0).double()
     for eps in grid:
         alive = torch.nonzero(torch.isinf(radii)).flatten()
@@ -48,6 +48,6 @@ def breaking_radii(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, t
         else:
             adv = pgd_l2(model, x[alive], y[alive], eps=eps, iterations=iterations,
                          **{"step": 0.25, **(pgd or {})})
-            robust = _predict(model, adv, device, BATCH) == y[alive]
+            robust = predict(model, adv, device, BATCH) == y[alive]
         radii[alive[~robust]] = eps
     return radii

@@ -127,7 +127,7 @@ def _windows_per_input(kernel: int, stride: int) -> int:
 def op_bound(op: Op) -> float:
     """Sound l2 Lipschitz bound of one traced op (:mod:`lipcore.trace`) on its input shape."""
     gain = leaf_of(op.module).gain
-    return _unscaled_bound(op) * (abs(gain(op.module)) if gain else 1.0)
+    return _unscaled_bound(op) * (abs(gain(op.module, op.in_shape)) if gain else 1.0)
 
 
 def _unscaled_bound(op: Op) -> float:

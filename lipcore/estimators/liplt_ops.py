@@ -20,21 +20,14 @@ Two ways to get the inner norms ||A_{K,s}||:
   operators (vectors of every start s join the batch at layer s and leave it at their K). The
   result is differentiable in the weights. Power iteration approaches a norm from *below*, so
   these bounds are **estimates**, not certificates (the official code certifies with them).
-* :func:`sound_norms` (certificates): an upper bound on every ||A_{K,s}|| by construction. A
-  product whose narrowest point (its input, its output or any layer between) has at most
-  ``gram_limit`` dimensions gets its exact norm from a Gram matrix of that size in float64, one
-  forward sweep per start s for all its ends K (:mod:`.product_norms`: the top eigenvalue is
-  proved by a Cholesky factorisation); a single convolution also gets the DFT bound of
-  :mod:`.layerwise`; any other product is bounded by the best split ||A_{K,t}|| ||A_{t-1,s}||
-  into pieces already bounded (submultiplicativity). Each norm is inflated by SAFETY for
-  rounding.
+* :func:`lipcore.estimators.liplt_sound.sound_norms` (certificates): an upper bound on every
+  ||A_{K,s}|| by construction. It lives in a module of its own, which training does not import,
+  so that making certificates faster never changes a trained net's cache key.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-import time
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -42,8 +35,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..trace import trace
-from .layerwise import conv2d_norm_bound
-from .product_norms import sweep_norms
 
 SAFETY = 1e-8
 ROUNDING_SLACK = 1e-9       # of G_ii + G_jj, for the cancellation in G_ii + G_jj - 2 G_ij
@@ -143,10 +134,11 @@ def operator_chain(model: nn.Module, input_shape: tuple[int, ...]) -> OperatorCh
             slopes.append((op.alpha, op.beta))
             expect_op = True
         else:
+            wanted = "a linear layer" if expect_op else "an activation"
             raise ValueError(f"LipLT (here) handles nets of Linear/Conv2d layers with one "
                              f"slope-restricted activation after each hidden layer; got "
-                             f"{op.module!r} where {'a linear layer' if expect_op else 'an activation'} "
-                             "was expected (an elementwise one: for GroupSort use method='naive')")
+                             f"{op.module!r} where {wanted} was expected (an elementwise one: "
+                             "for GroupSort use method='naive')")
     if len(ops) < 2 or expect_op:
         raise ValueError("LipLT needs at least one hidden layer and a linear output layer")
     return OperatorChain(ops, min(a for a, _ in slopes), max(b for _, b in slopes))
@@ -298,51 +290,6 @@ def logit_bounds(chain: OperatorChain, hidden: torch.Tensor, slack: float = 0.0
     return w @ whole, torch.maximum(pairwise, pairwise.T), w @ classes   # symmetric up to rounding
 
 
-def _double_ops(chain: OperatorChain, pair: Pair) -> list[LinearOp]:
-    """W_s ... W_K of ``pair`` = (K, s), detached, in float64."""
-    K, s = pair
-    return [op.detached_double() for op in chain.ops[s:K + 1]]
-
-
-def single_norm(op: LinearOp) -> float:
-    """A sound bound on one operator's norm: exact for dense layers, the DFT bound for convs."""
-    if not op.is_conv:
-        return float(torch.linalg.matrix_norm(op.weight.detach().double(), ord=2)) * (1 + SAFETY)
-    return conv2d_norm_bound(op.weight, op.in_shape[-2:], op.stride, op.padding)
-
-
-def sound_norms(chain: OperatorChain, gram_limit: int = 8192, pairs: list[Pair] | None = None,
-                time_budget_s: float | None = None) -> dict[Pair, float]:
-    """An upper bound on ||A_{K,s}|| for every pair (module docstring): exact where the product's
-    narrowest point has at most ``gram_limit`` dimensions (cost: a Cholesky factorisation of
-    that size per pair, and one sweep of Gram-size batches through the layers per start), else
-    the best split into bounded pieces. With ``time_budget_s``, the sweeps (the cheap late
-    starts first) stop once it is spent, checked between steps; the products they did not reach
-    are bounded by splits, still soundly, and a warning says so."""
-    pairs = hidden_pairs(chain) if pairs is None else pairs
-    last = max(K for K, _ in pairs)
-    deadline = math.inf if time_budget_s is None else time.monotonic() + time_budget_s
-    bound: dict[Pair, float] = {}
-    exact: dict[Pair, float] = {}
-    with torch.no_grad():
-        for s in range(last, -1, -1):
-            norms, cut = sweep_norms(_double_ops(chain, (last, s)), gram_limit, deadline=deadline)
-            exact.update({(s + k, s): norm * (1 + SAFETY) for k, norm in norms.items()})
-            if cut:
-                warnings.warn(f"sound_norms: the time budget of {time_budget_s:g} s ran out; "
-                              "the products not reached are bounded by splits (sound, looser); "
-                              "raise time_budget_s for a tighter bound", stacklevel=2)
-                break
-        for length in range(max(K - s for K, s in pairs) + 1):
-            for K in range(length, last + 1):
-                s = K - length
-                best = single_norm(chain.ops[K]) if length == 0 else math.inf
-                for t in range(s + 1, K + 1):               # split W_K..W_t | W_{t-1}..W_s
-                    best = min(best, bound[(K, t)] * bound[(t - 1, s)])
-                bound[(K, s)] = min(best, exact.get((K, s), math.inf))
-    return {p: bound[p] for p in pairs}
-
-
 @dataclass
 class LipLTBounds:
     """LipLT bounds of one net: ``L`` (whole logit map), ``pairwise[i, j]`` (z_i - z_j),
@@ -359,7 +306,8 @@ class LipLTBounds:
 def liplt_bounds(chain: OperatorChain, norms: dict[Pair, torch.Tensor | float], sound: bool
                  ) -> LipLTBounds:
     """The LipLT recursion with the inner norms ``norms``: from :class:`PowerIteration` (an
-    estimate, differentiable) or from :func:`sound_norms` (then pass ``sound=True``)."""
+    estimate, differentiable) or from :func:`lipcore.estimators.liplt_sound.sound_norms` (then
+    pass ``sound=True``)."""
     hidden = recursion(chain, norms)
     if sound:
         with torch.no_grad():
@@ -380,12 +328,3 @@ def naive_pairwise_estimate(chain: OperatorChain, power: PowerIteration, iterati
     body = math.prod(norms[(k, k)] for k in range(chain.depth)) * chain.beta ** chain.depth
     W = chain.ops[-1].weight
     return body * (W[:, None] - W[None]).norm(dim=2)
-
-
-def naive_pairwise_ops(chain: OperatorChain) -> tuple[float, torch.Tensor, torch.Tensor]:
-    """The naive counterparts, sound: L = prod_k ||W_k|| beta^L, L_ij = B ||w_i - w_j|| and
-    L_i = B ||w_i|| with B = prod_{k<L} ||W_k|| beta^L (exact dense norms, DFT conv bounds)."""
-    body = math.prod(single_norm(op) for op in chain.ops[:-1]) * chain.beta ** chain.depth
-    W = chain.ops[-1].weight.detach().double()
-    return (body * single_norm(chain.ops[-1]), body * (W[:, None] - W[None]).norm(dim=2),
-            body * W.norm(dim=1))

@@ -6,7 +6,7 @@ The nets, their settings (the official code's, with the paper's text as options 
 differ) and their training are in :mod:`lipcore.experiments.training.crm_liplt`
 (re-exported here); this module bounds, certifies and attacks them. Certificates: the code
 certifies with power-iteration estimates; lipcore certifies only with the sound LipLT bounds of
-:func:`lipcore.estimators.liplt_ops.sound_norms` and reports the estimate's count beside it
+:func:`lipcore.estimators.liplt_sound.sound_norms` and reports the estimate's count beside it
 (``certified_estimate``).
 """
 from __future__ import annotations
@@ -23,6 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..attacks import DEFAULT_ATTACKS, pgd_accuracy, robust_accuracy
 from ..certify import certified_accuracy, certified_radii, check_certificates
 from ..estimators import liplt_ops as lo
+from ..estimators import liplt_sound as ls
 from ..models import crm_net
 from ..trainers.standard import evaluate
 from .training.crm_liplt import (CIFAR_EPS, METHODS, CRMSetting, Split,  # noqa: F401 (re-exported)
@@ -68,7 +69,7 @@ class Bounds:
 
 def sound_liplt(s: CRMSetting, net: TrainedNet) -> lo.LipLTBounds:
     """LipLT's global and pairwise bounds of ``net`` from sound layer norms (the certificate)."""
-    return lo.liplt_bounds(net.chain, lo.sound_norms(net.chain, s.gram_limit), sound=True)
+    return lo.liplt_bounds(net.chain, ls.sound_norms(net.chain, s.gram_limit), sound=True)
 
 
 def bounds(s: CRMSetting, net: TrainedNet, estimate_iterations: int = 100) -> Bounds:
@@ -81,7 +82,7 @@ def bounds(s: CRMSetting, net: TrainedNet, estimate_iterations: int = 100) -> Bo
     with torch.no_grad():
         estimate = lo.liplt_bounds(chain, net.power.norms(chain, estimate_iterations), sound=False)
     t_estimate = time.perf_counter() - start
-    return Bounds(sound, estimate, *lo.naive_pairwise_ops(chain),
+    return Bounds(sound, estimate, *ls.naive_pairwise_ops(chain),
                   dict(sound=t_sound, estimate=t_estimate))
 
 
@@ -179,7 +180,7 @@ def dense_ordering(widths: tuple[int, ...] = (20, 30, 30, 5), seeds: tuple[int, 
         chain = lo.operator_chain(net, (widths[0],))
         rows.append(dict(seed=seed, widths="-".join(map(str, widths)),
                          lipsdp=lipsdp(net.weights(), 0.0, 1.0, coupling="neuron").bound,
-                         liplt=float(lo.liplt_bounds(chain, lo.sound_norms(chain), True).L),
+                         liplt=float(lo.liplt_bounds(chain, ls.sound_norms(chain), True).L),
                          naive=naive_bound(net.weights(), 1.0)))
     return rows
 

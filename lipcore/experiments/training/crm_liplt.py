@@ -7,7 +7,7 @@ Settings are the official code's (configs.md 3.3); what differs is an option:
   which is 18/255 in [0, 1] pixel units. lipcore's inputs are in [0, 1]: ``cifar_eps="paper"``
   (default) certifies 36/255 in pixel units, ``cifar_eps="code"`` 18/255.
 * certificates: the code certifies with power-iteration estimates; lipcore certifies only with
-  the sound LipLT bounds of :func:`lipcore.estimators.liplt_ops.sound_norms` and reports the
+  the sound LipLT bounds of :func:`lipcore.estimators.liplt_sound.sound_norms` and reports the
   estimate's count beside it (``certified_estimate``).
 * the paper does not name a training augmentation; the code's (CIFAR-10: flip + random affine
   10 degrees / 10%, Tiny-ImageNet: 20 degrees / 20%) is applied, ``augment=False`` drops it.
