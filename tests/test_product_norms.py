@@ -102,6 +102,15 @@ def test_a_spent_time_budget_falls_back_to_splits_soundly_and_says_so():
     assert ls.sound_norms(chain, time_budget_s=600.0) == tight
 
 
+def test_sweeps_run_cheapest_first_so_a_budget_cuts_the_dearest():
+    from lipcore.models import crm_net
+    chain = lo.operator_chain(crm_net("6C2F", 0), (3, 32, 32))
+    order = ls.sweep_order(chain, 6)
+    assert order == [6, 5, 0, 4, 3, 2, 1]        # the input's 3,072 rows before 8,192-row sweeps
+    first_gram = [min(chain.ops[s].in_dim, chain.ops[s].out_dim) for s in order]
+    assert first_gram == sorted(first_gram)
+
+
 def test_the_cholesky_proved_top_eigenvalue_is_tight_and_never_below_eigvalsh():
     gen = torch.Generator().manual_seed(0)
     for n in (10, 300):
