@@ -177,12 +177,16 @@ def audit(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, torch.Tens
           name: str | None = None, attack_samples: int | None = None,
           seed: int = 0) -> AuditReport:
     """Bounds, certified and robust accuracy of ``model`` on ``data`` (inputs in [0, 1]) at each
-    radius of ``eps`` (module docstring). ``input_shape`` (no batch axis) defaults to the data's.
+    radius of ``eps`` (module docstring). ``input_shape`` (no batch axis), if given,
+    must be the data's.
     ``attack_samples``: attack only that many points, drawn at random with ``seed`` (None: all)."""
     start = time.perf_counter()
     x, y = as_tensors(data)
     grid = sorted(float(e) for e in eps)
     input_shape = tuple(input_shape or x.shape[1:])
+    if input_shape != tuple(x.shape[1:]):     # a bound at one shape certifies nothing at another
+        raise ValueError(f"audit: input_shape {input_shape} is not the data's shape "
+                         f"{tuple(x.shape[1:])}; pass the shape the images have, or reshape them")
     attacked = attack_sample(len(x), attack_samples, seed)
     model.eval()
     claims, analysed = pd.DataFrame(), model

@@ -151,3 +151,12 @@ def test_the_attack_interval_covers_the_population_at_its_stated_level():
         low, high = robust_interval(k, 30, 200)
         covered += low <= 60.0 <= high
     assert covered >= 0.95 * 400
+
+
+def test_an_input_shape_other_than_the_datas_is_refused():
+    """A net that runs at two shapes (flatten then dense) must not be bounded at one and
+    certified at the other (a hostile review found the audit did)."""
+    model = nn.Sequential(nn.Conv2d(1, 1, (1, 3), padding=(0, 1)), nn.Flatten(), nn.Linear(16, 2))
+    x, y = torch.rand(1, 1, 4, 4), torch.tensor([0])
+    with pytest.raises(ValueError, match="not the data's shape"):
+        audit(model, (x, y), eps=[0.2], input_shape=(1, 16, 1))
