@@ -10,6 +10,7 @@ from torch import nn
 from lipcore.estimators import liplt_ops as lo
 from lipcore.estimators import liplt_sound as ls
 from lipcore.estimators.product_norms import banded_gram, lambda_max_bound, sweep_norms
+from lipcore.models import crm_net
 
 
 def dense_matrix(ops):
@@ -103,7 +104,6 @@ def test_a_spent_time_budget_falls_back_to_splits_soundly_and_says_so():
 
 
 def test_sweeps_run_cheapest_first_so_a_budget_cuts_the_dearest():
-    from lipcore.models import crm_net
     chain = lo.operator_chain(crm_net("6C2F", 0), (3, 32, 32))
     order = ls.sweep_order(chain, 6)
     assert order == [6, 5, 0, 4, 3, 2, 1]        # the input's 3,072 rows before 8,192-row sweeps
