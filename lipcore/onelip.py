@@ -13,7 +13,10 @@ of a conv's reshaped kernel is not the norm of the convolution. :func:`claims` c
 that makes one, at the input shape it sees in the net: lipcore's sound upper bound of the exported
 layer, and a lower bound (power iteration on its Jacobian J at a random point: every ||J v|| / ||v||
 is one). The verdict is ``holds`` when the upper bound is at most K, ``violated``
-when the lower bound exceeds K, and ``unproved`` in between.
+when the lower bound exceeds K, and ``unproved`` in between. Both bounds carry a float allowance
+(the upper one rounds up, the lower one is moved down by ROUNDING), so a layer that is exactly
+K-Lipschitz (a scaled global average pool, an orthogonal matrix) may have its upper bound a few
+ulps above K: within ROUNDING of K counts as ``holds``, and the verdict says so.
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ AGREEMENT_ULPS = 16           # ... to this many machine epsilons of its largest
                               # weights and operations differ by rounding only, which the
                               # certificate's float allowance (LOGIT_ERROR_ULPS = 64) covers
 POWER_STEPS = 100             # power iterations of a layer's lower bound
-ROUNDING = 1e-9               # relative allowance the lower bound is moved down by (float error)
+ROUNDING = 1e-9               # relative float allowance of both bounds in a verdict
 
 
 def uses_library(model: nn.Module) -> bool:
@@ -93,6 +96,16 @@ def _power_lower_bound(layer: nn.Module, shape: tuple[int, ...]) -> float:
     return best * (1 - ROUNDING)
 
 
+def _claimed_constant(coefficient) -> float:
+    """A layer's claimed constant as one float, NaN unless it is one finite positive number (a
+    per-channel tensor, a NaN or a sign error are not claims lipcore can check)."""
+    try:
+        value = float(coefficient)
+    except (TypeError, ValueError, RuntimeError):
+        return math.nan
+    return value if math.isfinite(value) and value > 0 else math.nan
+
+
 def claims(model: nn.Module, input_shape: tuple[int, ...]) -> pd.DataFrame:
     """One row per deel-torchlip layer of ``model`` that claims a Lipschitz constant: ``layer``,
     ``claimed`` K, ``lower`` and ``upper`` (sound) bounds at the input shape it sees, and the
@@ -103,9 +116,14 @@ def claims(model: nn.Module, input_shape: tuple[int, ...]) -> pd.DataFrame:
     for name, m in model.named_modules():
         if m not in shapes:
             continue
-        claimed = float(m._coefficient_lip)
+        claimed = _claimed_constant(m._coefficient_lip)
         row = dict(layer=f"{name or 'the whole net'} ({type(m).__name__})", claimed=claimed,
                    lower=math.nan, upper=math.nan, verdict="unproved", note="")
+        if math.isnan(claimed):
+            row["note"] = (f"its claimed constant ({m._coefficient_lip!r}) is not one finite "
+                           "positive number; lipcore checks only a single constant per layer")
+            rows.append(row)
+            continue
         try:
             plain = export(m, shapes[m])
             row["upper"] = layerwise_bound(plain, shapes[m])
@@ -114,6 +132,8 @@ def claims(model: nn.Module, input_shape: tuple[int, ...]) -> pd.DataFrame:
             row["note"] = str(refused)
         if row["upper"] <= claimed:
             row["verdict"] = "holds"
+        elif row["upper"] <= claimed * (1 + ROUNDING):
+            row["verdict"] = f"holds (to rounding: upper bound within {ROUNDING:.0e} of K)"
         elif row["lower"] > claimed:
             row["verdict"] = f"violated by {row['lower'] / claimed - 1:.1e} (relative)"
         rows.append(row)

@@ -104,3 +104,16 @@ def test_global_scaled_pooling_is_bounded_as_one_lipschitz_and_an_unknown_layer_
     with pytest.raises(NotAnalysable, match="ScaledL2NormPool2d.*does not know.*ScaledAvgPool2d"):
         lipschitz_bound(nn.Sequential(nn.Conv2d(1, 2, 3), tl.ScaledL2NormPool2d(2)), "naive",
                         SHAPE)
+
+
+def test_an_exactly_one_lipschitz_pool_holds_to_rounding_and_a_tensor_claim_is_named():
+    """A scaled global average pool over 4 x 4 is exactly 1-Lipschitz; its sound bound rounds up
+    past 1 by an ulp, which must not leave the claim 'unproved'. A per-channel coefficient is
+    not one constant: the row names it instead of failing."""
+    net = tl.Sequential(tl.ScaledAdaptiveAvgPool2d((1, 1)), nn.Flatten()).eval()
+    pool = onelip.claims(net, (2, 4, 4)).iloc[0]
+    assert pool.verdict.startswith("holds") and 1.0 <= pool.upper <= 1.0 + onelip.ROUNDING
+    net = tl.Sequential(tl.GroupSort2()).eval()
+    net[0]._coefficient_lip = torch.ones(4, 1, 1)           # deel's Sequential sets it at init
+    row = onelip.claims(net, (4, 2, 2)).iloc[1]
+    assert row.verdict == "unproved" and "not one finite positive number" in row.note
