@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -37,7 +36,7 @@ from lipcore.data import synthetic_dataset  # noqa: E402
 from lipcore.estimators import liplt_ops as lo  # noqa: E402
 from lipcore.models import crm_net, fully_connected, madry_cnn, pauli_mnist_net  # noqa: E402
 from lipcore.resnets import residual_net  # noqa: E402
-from lipcore.run import git_commit  # noqa: E402
+from lipcore.run import cpu_model, git_commit  # noqa: E402
 from lipcore.trainers import TrainConfig, train  # noqa: E402
 from lipcore.trainers.clip import CLIPConfig, LipschitzSet, clip_train  # noqa: E402
 from lipcore.trainers.crm import CRMConfig, crm_term, crm_train  # noqa: E402
@@ -221,7 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
     print("gpu_check: one epoch of every paper setting ...", file=sys.stderr, flush=True)
     epochs = epoch_rows(args.device, args.scale)
     name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else \
-        f"cpu ({platform.processor() or platform.machine()})"
+        f"cpu ({cpu_model()})"
     results = dict(device=name, torch=torch.__version__, commit=git_commit(),
                    date=time.strftime("%Y-%m-%d"), scale=args.scale, crm_steps=steps,
                    epochs=epochs, predicted_hours=predicted_per_notebook(epochs),

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import platform
 import time
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from threadpoolctl import threadpool_info  # noqa: E402
 from lipcore.estimators import compositional_bound, lipsdp  # noqa: E402
 from lipcore.estimators.chain import lmi_holds  # noqa: E402
 from lipcore.models import fully_connected  # noqa: E402
-from lipcore.run import git_commit  # noqa: E402
+from lipcore.run import cpu_model, git_commit  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -146,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     for widths in nets:
         big = len(widths) - 2 >= 100 or widths[1] >= 1024
         rows.append(run_net(widths, args.budget * (3 if big else 1), args.eclipse_cap))
-    meta = dict(commit=git_commit(), machine=platform.processor() or platform.machine(),
+    meta = dict(commit=git_commit(), machine=cpu_model(),
                 cores=mp.cpu_count(),
                 blas_threads=[i.get("num_threads") for i in threadpool_info()],
                 seconds=time.perf_counter() - start, net="fully_connected(widths, 'relu', seed=0)")
