@@ -218,7 +218,7 @@ def bench_crm_certificate() -> list[dict]:
         budgets = (None, CERTIFICATE_BUDGET_S) if arch == "6C2F" else (None,)
         for budget in budgets:
             with warnings.catch_warnings():     # the budgeted run warns that it cut sweeps
-                warnings.simplefilter("ignore")
+                warnings.filterwarnings("ignore", message="sound_norms: the time budget")
                 bound, seconds = timed(lambda: liplt_ops.liplt_bounds(
                     chain, liplt_sound.sound_norms(chain, time_budget_s=budget), sound=True), 1)
             rows.append(dict(
