@@ -159,7 +159,9 @@ def test_training_step_equals_sgd_on_loss_plus_lambda_lip():
         with torch.no_grad():
             for p in reference_net.parameters():
                 p -= 0.5 * p.grad
-        assert torch.allclose(trained.u, reference.u)
+        # the trainer batches the ascent step, so float32 rounding differs from the reference's
+        assert torch.allclose(trained.u, reference.u, atol=1e-6)
+        assert torch.allclose(trained.v, reference.v, atol=1e-6)
         for p, r in zip(net.parameters(), reference_net.parameters()):
             assert torch.allclose(p, r, atol=1e-6)
 

@@ -130,7 +130,10 @@ def test_the_observations_the_lesson_states(lesson, points):
         assert admm[L_des]["L"] < start["L"]
         assert admm[L_des]["L"] >= 0.95 * L_des                            # near the bound
         assert lesson.enforced_net(L_des)["history"][-1]["gap"] <= 0.05
-    assert start["test_accuracy"] == pytest.approx(86.1, abs=0.05)
+    # the text's "about 86%" and "34": training differs across CPUs at the rounding level (this
+    # net: 86.1% at L 34.1 on one Xeon, 85.96% at 34.0 on another with AMX)
+    assert start["test_accuracy"] == pytest.approx(86, abs=0.5)
+    assert start["L"] == pytest.approx(34, abs=0.5)
     # at 10 and 5 it collapses below always answering "outside", and ADMM has not converged
     majority = lesson.majority_accuracy()
     for L_des in (10.0, 5.0):
