@@ -27,7 +27,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .trace import DEEL_TORCHLIP, NotAnalysable, eval_mode, layer_shapes, model_dtype_device
+from .trace import (DEEL_TORCHLIP, NotAnalysable, claimed_constant, eval_mode, layer_shapes,
+                    model_dtype_device)
 
 AGREEMENT_POINTS = 8          # random inputs on which an export must match the original ...
 AGREEMENT_ULPS = 16           # ... to this many machine epsilons of its largest output: the same
@@ -96,16 +97,6 @@ def _power_lower_bound(layer: nn.Module, shape: tuple[int, ...]) -> float:
     return best * (1 - ROUNDING)
 
 
-def _claimed_constant(coefficient) -> float:
-    """A layer's claimed constant as one float, NaN unless it is one finite positive number (a
-    per-channel tensor, a NaN or a sign error are not claims lipcore can check)."""
-    try:
-        value = float(coefficient)
-    except (TypeError, ValueError, RuntimeError):
-        return math.nan
-    return value if math.isfinite(value) and value > 0 else math.nan
-
-
 def claims(model: nn.Module, input_shape: tuple[int, ...]) -> pd.DataFrame:
     """One row per deel-torchlip layer of ``model`` that claims a Lipschitz constant: ``layer``,
     ``claimed`` K, ``lower`` and ``upper`` (sound) bounds at the input shape it sees, and the
@@ -116,7 +107,7 @@ def claims(model: nn.Module, input_shape: tuple[int, ...]) -> pd.DataFrame:
     for name, m in model.named_modules():
         if m not in shapes:
             continue
-        claimed = _claimed_constant(m._coefficient_lip)
+        claimed = claimed_constant(m._coefficient_lip)
         row = dict(layer=f"{name or 'the whole net'} ({type(m).__name__})", claimed=claimed,
                    lower=math.nan, upper=math.nan, verdict="unproved", note="")
         if math.isnan(claimed):

@@ -8,10 +8,11 @@ pooling, reshape) and refuses anything it cannot prove:
   lipcore's own plain chains (``FullyConnected``, ``PooledMLP``); a leaf only if its type is
   exactly one of :data:`LEAVES` (torch's layers) or :data:`LIBRARY_LEAVES` (deel-torchlip's
   GroupSort activations and scaled average pooling, the class that library defines). A subclass
-  (even one that changes nothing), a module with its own ``forward`` set on the instance, a
-  module with forward hooks (or a global forward hook), and a module owning a parameter or
-  buffer its type does not have are refused: any of them can change the function without
-  changing what the bounds see. So are modules whose weights
+  (even one that changes nothing), a module with its own ``forward`` set on the instance or a
+  class whose ``forward`` was replaced after its definition, a module with forward hooks (or a
+  global forward hook), and a module owning a parameter or buffer its type does not have are
+  refused: any of them can change the function without changing what the bounds see. So are
+  modules whose weights
   ``torch.nn.utils.parametrize`` computes (``parametrizations.spectral_norm``): bake them first
   (for deel-torchlip's layers, :func:`lipcore.onelip.export`).
 * **BatchNorm** (1d, 2d) is analysed in eval mode, as the per-channel affine map it then is
@@ -24,7 +25,7 @@ pooling, reshape) and refuses anything it cannot prove:
   slope, Softplus's beta) or refuse it (Softplus with a threshold below 20 jumps where it switches
   to the identity, so it is not Lipschitz); pooling must be undilated, without ``ceil_mode``,
   and an average pool must divide by its whole window (no ``divisor_override``; padding counted,
-  ``count_include_pad``); adaptive average pooling must be global (``output_size=1``); a
+  ``count_include_pad``); adaptive average pooling must be global (``output_size`` 1 as ints); a
   convolution must be zero-padded, ungrouped and undilated with integer padding; a flatten must
   flatten everything but the batch axis. Weights must be finite.
 * **The chain is checked against the model.** The extracted chain is evaluated from its own
@@ -113,9 +114,29 @@ def _pool_refusal(m: nn.Module) -> str | None:
 
 
 def _global_pool_refusal(m: nn.AdaptiveAvgPool2d) -> str | None:
-    if m.output_size not in (1, (1, 1)):
-        return (f"output_size={m.output_size}: only global average pooling (output_size=1) is "
-                "bounded")
+    size = m.output_size
+    sizes = [size] if not isinstance(size, (tuple, list)) else list(size)
+    if len(sizes) not in (1, 2) or any(type(v) is not int or v != 1 for v in sizes):
+        return (f"output_size={size!r}: only global average pooling (output_size=1, (1, 1) or "
+                "[1, 1]) is bounded")
+    return None
+
+
+def claimed_constant(coefficient) -> float:
+    """A layer's Lipschitz coefficient (deel-torchlip's ``_coefficient_lip``) as one float; NaN
+    unless it is one finite positive number (a per-channel tensor, a NaN or a sign error are
+    not constants lipcore can read)."""
+    try:
+        value = float(coefficient)
+    except (TypeError, ValueError, RuntimeError):
+        return math.nan
+    return value if math.isfinite(value) and value > 0 else math.nan
+
+
+def _coefficient_refusal(m: nn.Module) -> str | None:
+    if math.isnan(claimed_constant(m._coefficient_lip)):
+        return (f"its Lipschitz coefficient (_coefficient_lip = {m._coefficient_lip!r}) is not "
+                "one finite positive number; lipcore bounds only a scalar coefficient")
     return None
 
 
@@ -220,7 +241,7 @@ def _global_mean_gain(m: nn.Module, in_shape: tuple[int, ...]) -> float:
 
 DEEL_TORCHLIP = "deel.torchlip"                 # the 1-Lipschitz layer library lipcore reads
 _DEEL = DEEL_TORCHLIP + ".modules."
-_SORT = Leaf("sort", frozenset(), _none, _group_sort, gain=_coefficient)
+_SORT = Leaf("sort", frozenset(), _coefficient_refusal, _group_sort, gain=_coefficient)
 # Layers of maintained libraries, by (module, class name): they count only if that exact class is
 # the one the library defines (:func:`leaf_of`). Sorting within groups is 1-Lipschitz (a sorted
 # vector moves no more than its input), but not elementwise: only the layer-wise bound reads it.
@@ -229,11 +250,11 @@ LIBRARY_LEAVES: dict[tuple[str, str], Leaf] = {
     (_DEEL + "activation", "GroupSort2"): _SORT,
     (_DEEL + "activation", "FullSort"): _SORT,
     (_DEEL + "pooling", "ScaledAvgPool2d"): Leaf(
-        "pool", frozenset(), _pool_refusal,
+        "pool", frozenset(), lambda m: _coefficient_refusal(m) or _pool_refusal(m),
         lambda m, x: _pooling(F.avg_pool2d)(m, x) * m._coefficient_lip * m.scalingFactor,
         gain=lambda m, in_shape: float(m._coefficient_lip * m.scalingFactor)),
     (_DEEL + "pooling", "ScaledAdaptiveAvgPool2d"): Leaf(
-        "pool", frozenset(), _global_pool_refusal,
+        "pool", frozenset(), lambda m: _coefficient_refusal(m) or _global_pool_refusal(m),
         lambda m, x: F.adaptive_avg_pool2d(x, 1) * _global_mean_gain(m, x.shape),
         gain=_global_mean_gain),
 }
@@ -322,8 +343,12 @@ def _refusal(path: str, m: nn.Module) -> str | None:
                 "torch.nn.utils.remove_spectral_norm undoes spectral_norm)")
     if "forward" in vars(m):
         return f"{_name(path, m)} has its own forward set on the instance"
+    if _class_forward_replaced(m):
+        return (f"{_name(path, m)}: the forward of its class {type(m).__qualname__} is not the "
+                "one its library defines (replaced at run time?); lipcore bounds only the "
+                "library's own forward")
     if type(m).__module__.startswith(DEEL_TORCHLIP) and leaf_of(m) is None:
-        if not _children(m) and not any(True for _ in m.parameters(recurse=False)):
+        if not _children(m) and next(m.parameters(recurse=False), None) is None:
             return (f"{_name(path, m)} is a deel-torchlip layer lipcore does not know; of that "
                     f"library it analyses {_known_library_layers()} (and the plain torch layers "
                     "of its exported models)")
@@ -362,6 +387,21 @@ def _refusal(path: str, m: nn.Module) -> str | None:
         if value is not None and not torch.isfinite(value.detach()).all():
             return f"{_name(path, m)} has non-finite values (NaN or inf) in {n}"
     return None
+
+
+def _class_forward_replaced(m: nn.Module) -> bool:
+    """Whether the ``forward`` that ``m``'s class resolves to was not defined, under that name,
+    in the source file of the class in its MRO that holds it: a function assigned to the class
+    later (``nn.Linear.forward = ...``) was written elsewhere. (Code that forges its own file
+    name and qualified name is beyond any check from inside Python.)"""
+    owner = next((c for c in type(m).__mro__ if "forward" in vars(c)), None)
+    if owner is None or owner is nn.Module:
+        return False
+    forward = vars(owner)["forward"]
+    code = getattr(forward, "__code__", None)
+    source = getattr(sys.modules.get(owner.__module__), "__file__", None)
+    return (code is None or source is None or code.co_filename != source
+            or forward.__qualname__ != f"{owner.__qualname__}.forward")
 
 
 def _known_library_layers() -> str:
@@ -453,9 +493,9 @@ def layer_shapes(model: nn.Module, layers: list[nn.Module], input_shape: tuple[i
     try:
         with eval_mode(model), torch.no_grad():
             model(torch.zeros(1, *input_shape, dtype=dtype, device=device))
-    except RuntimeError as exc:
-        raise InputShapeMismatch(f"the model does not run on inputs of shape {input_shape}: "
-                                 f"{exc}") from exc
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise InputShapeMismatch(f"the model fails on zeros of shape {input_shape} "
+                                 f"({type(exc).__name__}: {exc})") from exc
     finally:
         for h in handles:
             h.remove()

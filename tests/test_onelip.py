@@ -117,3 +117,17 @@ def test_an_exactly_one_lipschitz_pool_holds_to_rounding_and_a_tensor_claim_is_n
     net[0]._coefficient_lip = torch.ones(4, 1, 1)           # deel's Sequential sets it at init
     row = onelip.claims(net, (4, 2, 2)).iloc[1]
     assert row.verdict == "unproved" and "not one finite positive number" in row.note
+
+
+def test_a_tensor_or_nan_coefficient_is_refused_by_name():
+    """The bounds read a layer's coefficient as one number: a per-channel or NaN coefficient is
+    refused with its name, not a raw error or a blame on skip connections."""
+    from lipcore.trace import LIBRARY_LEAVES, _class_forward_replaced
+    for module, name in LIBRARY_LEAVES:                     # the library's own forwards pass
+        cls = getattr(__import__(module, fromlist=[name]), name)
+        assert not _class_forward_replaced(cls.__new__(cls)), name
+    for bad in (torch.ones(4, 1, 1), float("nan")):
+        net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), tl.GroupSort2(), nn.Flatten()).eval()
+        net[1]._coefficient_lip = bad
+        with pytest.raises(NotAnalysable, match="_coefficient_lip"):
+            lipschitz_bound(net, "naive", SHAPE)

@@ -252,6 +252,26 @@ def test_hooks_instance_forwards_and_stray_parameters_are_refused():
         lipschitz_bound(nn.Sequential(shared, nn.ReLU(), shared), "naive")
 
 
+def test_a_class_forward_replaced_at_run_time_is_refused(monkeypatch):
+    """A forward assigned to torch's own class is as untrusted as one set on the instance: a
+    0.2% scale passes the float32 chain check (tolerance 10 sqrt(eps)), so the class's forward
+    must be the one its library wrote. Every layer lipcore knows passes the check unpatched."""
+    net = small(nn.ReLU())
+    bound = lipschitz_bound(net, "naive").value
+    original = nn.ReLU.forward
+    monkeypatch.setattr(nn.ReLU, "forward", lambda self, x: 1.002 * original(self, x))
+    with pytest.raises(NotAnalysable, match="forward of its class ReLU"):
+        lipschitz_bound(net, "naive")
+    monkeypatch.undo()
+    assert lipschitz_bound(net, "naive").value == bound
+    from torchvision.models import resnet
+
+    from lipcore.resnets import BasicBlock, CifarResNet
+    from lipcore.trace import CONTAINERS, LEAVES, _class_forward_replaced
+    for cls in (*LEAVES, *CONTAINERS, BasicBlock, CifarResNet, resnet.ResNet, resnet.Bottleneck):
+        assert not _class_forward_replaced(cls.__new__(cls)), cls
+
+
 def test_the_chain_check_refuses_a_chain_that_is_not_the_model():
     a, b = small(nn.ReLU()), small(nn.Tanh())
     with torch.no_grad():
@@ -387,9 +407,13 @@ def test_a_subclassed_torchvision_block_and_unbounded_pooling_are_refused_by_nam
         trace(nn.Sequential(MyBlock(1, 1), nn.Flatten()), (1, 4, 4))
     for pool, why in ((nn.AvgPool2d(3, 1, 1, count_include_pad=False), "count_include_pad"),
                       (nn.AdaptiveAvgPool2d(2), "output_size"),
+                      (nn.AdaptiveAvgPool2d(True), "output_size=True"),
                       (nn.MaxPool2d(2, ceil_mode=True), "ceil_mode")):
         with pytest.raises(NotAnalysable, match=why):
             trace(nn.Sequential(nn.Conv2d(1, 1, 1), pool, nn.Flatten()), (1, 5, 5))
+    for size in (1, (1, 1), [1, 1]):                    # global pooling, however it is written
+        trace(nn.Sequential(nn.Conv2d(1, 1, 1), nn.AdaptiveAvgPool2d(size), nn.Flatten()),
+              (1, 5, 5))
 
 
 def test_the_empirical_lower_bound_is_no_rounding_noise_at_tiny_scales():
