@@ -67,20 +67,21 @@ def test_every_product_is_exact_when_its_narrowest_point_fits_and_bounded_above_
     chain = lo.operator_chain(conv_net(0, convs, (15, 13)), (1, 15, 13))
     ops = [op.detached_double() for op in chain.ops]
     exact = {p: exact_norm(ops[p[1]:p[0] + 1]) for p in lo.hidden_pairs(chain)}
+    alone = {(0, 0)}                  # 195 -> 780 -> 168: the sweep starts at the narrow side
     for gram_limit in (10**6, 30, 8):
         bound = ls.sound_norms(chain, gram_limit=gram_limit)
         for (K, s), value in bound.items():
             narrowest = min(op.in_dim for op in ops[s:K + 2])
             assert value >= exact[(K, s)] * (1 - 1e-12)
-            if narrowest <= gram_limit:               # input 195, outputs 780, 168, 27, 6
+            if narrowest <= gram_limit and (K, s) not in alone:   # 195, 780, 168, 27, 6
                 assert value == pytest.approx(exact[(K, s)], rel=1e-6)
     assert ls.sound_norms(chain, gram_limit=8)[(1, 0)] > 1.5 * exact[(1, 0)]   # a split
 
 
 def test_a_sweep_applies_each_operator_once_for_all_its_ends(monkeypatch):
     chain = lo.operator_chain(conv_net(1, [(1, 3, (3, 3), (1, 1), (1, 1)),
-                                           (3, 3, (4, 4), (2, 2), (1, 1))], (8, 8)), (1, 8, 8))
-    ops = [op.detached_double() for op in chain.ops]
+                                           (3, 6, (4, 4), (2, 2), (1, 1))], (8, 8)), (1, 8, 8))
+    ops = [op.detached_double() for op in chain.ops]          # 64 -> 192 -> 96: no narrowing
     calls = []
     monkeypatch.setattr(lo.LinearOp, "apply", lambda op, x, call=lo.LinearOp.apply:
                         calls.append(op.out_shape) or call(op, x))
@@ -90,6 +91,22 @@ def test_a_sweep_applies_each_operator_once_for_all_its_ends(monkeypatch):
     for K, value in norms.items():
         assert value == pytest.approx(exact_norm(ops[:K + 1]), rel=1e-6)
     assert [passes.count(op.out_shape) for op in ops[1:]] == [1, 1, 1]   # rows, in one batch
+
+
+def test_a_start_that_widens_then_narrows_begins_at_the_narrow_side():
+    """W_1 W_0 with W_0 widening 100 -> 400 and W_1 narrowing to 25 < 100: the first Gram matrix
+    is taken on W_1's 36 outputs, so no row crosses the wide layer; ||W_0|| alone is left to the
+    caller (sound_norms: its DFT bound), every longer product is still exact."""
+    chain = lo.operator_chain(conv_net(3, [(1, 4, (3, 3), (1, 1), (1, 1)),
+                                           (4, 1, (4, 4), (2, 2), (1, 1))], (10, 10)), (1, 10, 10))
+    ops = [op.detached_double() for op in chain.ops]
+    assert [(op.in_dim, op.out_dim) for op in ops[:2]] == [(100, 400), (400, 25)]
+    norms, cut = sweep_norms(ops, gram_limit=10**6)
+    assert not cut and 0 not in norms and sorted(norms) == list(range(1, len(ops)))
+    for K, value in norms.items():
+        assert value == pytest.approx(exact_norm(ops[:K + 1]), rel=1e-6)
+    bound = ls.sound_norms(chain)
+    assert bound[(0, 0)] >= exact_norm(ops[:1]) * (1 - 1e-12)
 
 
 def test_a_spent_time_budget_falls_back_to_splits_soundly_and_says_so():

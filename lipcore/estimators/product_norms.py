@@ -192,21 +192,31 @@ def _compressed(G: torch.Tensor) -> torch.Tensor:
     raise FloatingPointError(f"a Gram matrix has no Cholesky factor even with tau = {tau:g}")
 
 
+def _widens_then_narrows(ops: Sequence[Operator]) -> bool:
+    """Whether ops[0] widens its input and ops[1] narrows below it: then the first Gram matrix is
+    cheaper on ops[1]'s output (fewer rows, none carried through the wide layer), at the price of
+    ops[0]'s own norm, which the caller bounds alone (exactly for a dense layer, by the DFT for a
+    convolution)."""
+    return (len(ops) > 1 and ops[0].out_dim > ops[0].in_dim
+            and ops[1].out_dim < ops[0].in_dim)
+
+
 def sweep_norms(ops: Sequence[Operator], gram_limit: int, row_limit: int = ROW_LIMIT,
                 deadline: float = float("inf")) -> tuple[dict[int, float], bool]:
     """{K: an upper bound on ||ops[K] ... ops[0]||} (module docstring), for every K whose Gram
     matrix has at most ``gram_limit`` rows, while the swept rows have at most ``row_limit``
     entries and ``time.monotonic()`` is before ``deadline`` (checked between steps); the ends
-    before the first narrow layer of a start wider than ``gram_limit`` are missing too (the
-    caller bounds them otherwise). Each value is exact up to tau and rounding. The flag says
+    before the first narrow layer of a start wider than ``gram_limit``, and ops[0] alone where
+    it widens and ops[1] narrows (:func:`_widens_then_narrows`), are missing too (the caller
+    bounds them otherwise). Each value is exact up to tau and rounding. The flag says
     whether the deadline stopped the sweep."""
     norms: dict[int, float] = {}
     if time.monotonic() >= deadline:
         return norms, True
     Z = None                            # None: the identity on ops[0]'s input, not yet written
     start = 0
-    if ops[0].in_dim > gram_limit:      # compress first at the first narrow output
-        narrow = [K for K, op in enumerate(ops) if op.out_dim <= gram_limit]
+    if ops[0].in_dim > gram_limit or _widens_then_narrows(ops):   # compress at a narrow output
+        narrow = [K for K, op in enumerate(ops) if op.out_dim <= min(gram_limit, ops[0].in_dim)]
         if not narrow:
             return norms, False
         G = banded_gram(ops[:narrow[0] + 1], "out")
