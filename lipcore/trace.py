@@ -29,9 +29,11 @@ pooling, reshape) and refuses anything it cannot prove:
   convolution must be zero-padded, ungrouped and undilated with integer padding; a flatten must
   flatten everything but the batch axis. Weights must be finite.
 * **The chain is checked against the model.** The extracted chain is evaluated from its own
-  parameters with ``torch.nn.functional`` and compared with the model's outputs and Jacobian-
-  vector products at random inputs (:func:`verify`); a model whose function differs is refused.
-  This catches what no list of types foresees.
+  parameters with ``torch.nn.functional`` and compared with the outputs and Jacobian-vector
+  products of a float64 copy of the model at random inputs, to 1e-9 (:func:`verify`); a model
+  whose function differs is refused. This catches what no list of types foresees (a patched
+  ``_conv_forward`` or ``__call__``, a container that reorders its layers). Parameters and
+  buffers must be plain tensors (a subclass can redefine every operation on it).
 
 The analysis concerns the model in eval mode (dropout off); :func:`trace` leaves the model's
 train/eval mode as it found it.
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import sys
 from dataclasses import dataclass
 from typing import Callable
@@ -54,6 +57,7 @@ from .resnets import BasicBlock, CifarResNet, _Shortcut
 
 CONTAINERS = (nn.Sequential, FullyConnected, PooledMLP)   # forward = children in order
 CHECK_POINTS = 4                                          # random inputs of the chain check
+VERIFY_TOLERANCE = 1e-9     # relative, in float64: rounding is ~1e-13 here, a real change shows
 
 
 class NotAnalysable(ValueError):
@@ -116,7 +120,8 @@ def _pool_refusal(m: nn.Module) -> str | None:
 def _global_pool_refusal(m: nn.AdaptiveAvgPool2d) -> str | None:
     size = m.output_size
     sizes = [size] if not isinstance(size, (tuple, list)) else list(size)
-    if len(sizes) not in (1, 2) or any(type(v) is not int or v != 1 for v in sizes):
+    if len(sizes) not in (1, 2) or any(isinstance(v, bool) or not isinstance(v, numbers.Integral)
+                                       or v != 1 for v in sizes):
         return (f"output_size={size!r}: only global average pooling (output_size=1, (1, 1) or "
                 "[1, 1]) is bounded")
     return None
@@ -341,8 +346,16 @@ def _refusal(path: str, m: nn.Module) -> str | None:
     if m._forward_hooks or m._forward_pre_hooks:
         return (f"{_name(path, m)} has forward hooks, which can change its output (remove them; "
                 "torch.nn.utils.remove_spectral_norm undoes spectral_norm)")
+    if type(m).__name__ == "OptimizedModule" and hasattr(m, "_orig_mod"):
+        return (f"{_name(path, m)} is a torch.compile wrapper; pass the module it compiles "
+                "(model._orig_mod)")
     if "forward" in vars(m):
         return f"{_name(path, m)} has its own forward set on the instance"
+    odd = [n for n, t in (*m.named_parameters(recurse=False), *m.named_buffers(recurse=False))
+           if type(t) not in (torch.Tensor, nn.Parameter)]
+    if odd:
+        return (f"{_name(path, m)} holds tensors of a subclass ({', '.join(odd)}), which can "
+                "change every operation on them; lipcore bounds only plain tensors")
     if _class_forward_replaced(m):
         return (f"{_name(path, m)}: the forward of its class {type(m).__qualname__} is not the "
                 "one its library defines (replaced at run time?); lipcore bounds only the "
@@ -493,7 +506,7 @@ def layer_shapes(model: nn.Module, layers: list[nn.Module], input_shape: tuple[i
     try:
         with eval_mode(model), torch.no_grad():
             model(torch.zeros(1, *input_shape, dtype=dtype, device=device))
-    except (RuntimeError, TypeError, ValueError) as exc:
+    except Exception as exc:                        # whatever the model raises, named
         raise InputShapeMismatch(f"the model fails on zeros of shape {input_shape} "
                                  f"({type(exc).__name__}: {exc})") from exc
     finally:
@@ -530,32 +543,37 @@ def trace(model: nn.Module, input_shape: tuple[int, ...] | None = None):
 
 
 def verify(chain, model: nn.Module, points: int = CHECK_POINTS, seed: int = 0) -> None:
-    """Refuse (NotAnalysable) unless the chain (or graph, :mod:`lipcore.graph`), evaluated from
-    its own parameters in float64,
-    gives the model's outputs and Jacobian-vector products at ``points`` random inputs, up to
-    the rounding of the model's dtype (relative tolerance 10 sqrt(eps))."""
-    dtype, device = model_dtype_device(model)
+    """Refuse (NotAnalysable) unless a float64 copy of the model gives the outputs and
+    Jacobian-vector products of the chain (or graph, :mod:`lipcore.graph`), evaluated from its
+    own parameters in float64, at ``points`` random inputs, to VERIFY_TOLERANCE (relative). The
+    check is of the function, at a precision where any change to it shows (a patched
+    ``_conv_forward`` or ``__call__``, a reordered container); the rounding of the model's own
+    dtype is the certificate's allowance (:mod:`lipcore.certify`), not this check's, which in
+    float16 would otherwise let a change of tens of percent through."""
+    try:
+        model64 = float64_copy(model)
+    except Exception as exc:                        # a weight that cannot be copied or cast
+        raise NotAnalysable(f"lipcore cannot make the float64 copy of the model that checks "
+                            f"what it computes ({type(exc).__name__}: {exc})") from exc
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand(points, *chain.input_shape, generator=gen, dtype=torch.float64)
     x[points // 2:] = 4 * torch.randn(points - points // 2, *chain.input_shape, generator=gen,
                                       dtype=torch.float64)
     v = torch.randn(x.shape, generator=gen, dtype=torch.float64)
-    exact = chain.float64()
-    with eval_mode(model):
-        got, got_jvp = torch.func.jvp(model, (x.to(device, dtype),), (v.to(device, dtype),))
-        want, want_jvp = torch.func.jvp(exact, (x,), (v,))
-    tol = 10 * math.sqrt(torch.finfo(dtype).eps)
+    got, got_jvp = torch.func.jvp(model64, (x,), (v,))
+    want, want_jvp = torch.func.jvp(chain.float64(), (x,), (v,))
     for what, a, b in (("outputs", got, want), ("Jacobian-vector products", got_jvp, want_jvp)):
-        a, b = a.detach().double().cpu(), b.detach()
+        a, b = a.detach(), b.detach()
         if a.shape != b.shape:
             raise NotAnalysable(f"the extracted chain gives outputs of shape {tuple(b.shape)}, "
                                 f"the model {tuple(a.shape)}")
         err = float((a - b).abs().max())
-        if not err <= tol * (1 + float(b.abs().max())):
+        if not err <= VERIFY_TOLERANCE * (1 + float(b.abs().max())):
             raise NotAnalysable(f"the model's {what} differ from those of the chain of layers "
-                                f"lipcore extracted (largest difference {err:.3g}): its forward "
-                                "does more than apply its layers in order (a skip connection, a "
-                                "scale, a custom container?); lipcore refuses to bound it")
+                                f"lipcore extracted (largest difference {err:.3g}, in float64): "
+                                "it computes more than its layers applied in order (a skip "
+                                "connection, a scale, a custom container, a patched method?); "
+                                "lipcore refuses to bound it")
 
 
 def float64_copy(model: nn.Module, device: str | torch.device = "cpu") -> nn.Module:
