@@ -120,6 +120,42 @@ def test_a_spent_time_budget_falls_back_to_splits_soundly_and_says_so():
     assert ls.sound_norms(chain, time_budget_s=600.0) == tight
 
 
+def test_a_deadline_stops_a_sweep_before_the_next_batch_of_rows_even_inside_a_step(monkeypatch):
+    """The clock is read before every batch of rows (BATCH is 4 here) and every factorisation,
+    so none starts once the deadline has passed, wherever the sweep is; what it proved before is
+    kept, exact."""
+    from types import SimpleNamespace
+
+    import lipcore.estimators.product_norms as pn
+    chain = lo.operator_chain(conv_net(1, [(1, 3, (3, 3), (1, 1), (1, 1)),
+                                           (3, 6, (4, 4), (2, 2), (1, 1))], (8, 8)), (1, 8, 8))
+    ops = [op.detached_double() for op in chain.ops]
+    monkeypatch.setattr(pn, "BATCH", 4)
+    clock = SimpleNamespace(now=0, deadline=float("inf"), late_calls=0)
+
+    def monotonic():
+        clock.now += 1
+        return clock.now
+    monkeypatch.setattr(pn, "time", SimpleNamespace(monotonic=monotonic))
+    def counted(call):
+        def wrapper(*args):
+            clock.late_calls += clock.now >= clock.deadline
+            return call(*args)
+        return wrapper
+    for method in ("apply", "adjoint"):
+        monkeypatch.setattr(lo.LinearOp, method, counted(getattr(lo.LinearOp, method)))
+    for name in ("lambda_max_bound", "_compressed"):
+        monkeypatch.setattr(pn, name, counted(getattr(pn, name)))
+    full, cut = pn.sweep_norms(ops, gram_limit=10**6)
+    reads = clock.now
+    assert not cut and reads > 20
+    for deadline in (2, reads // 3, reads // 2, reads - 1):
+        clock.now, clock.deadline = 0, deadline
+        norms, cut = pn.sweep_norms(ops, gram_limit=10**6, deadline=deadline)
+        assert cut and clock.late_calls == 0 and clock.now == deadline
+        assert set(norms) < set(full) and all(norms[K] == full[K] for K in norms)
+
+
 def test_sweeps_run_cheapest_first_so_a_budget_cuts_the_dearest():
     chain = lo.operator_chain(crm_net("6C2F", 0), (3, 32, 32))
     order = ls.sweep_order(chain, 6)

@@ -55,8 +55,9 @@ def sound_norms(chain: OperatorChain, gram_limit: int = 8192, pairs: list[Pair] 
     narrowest point has at most ``gram_limit`` dimensions (cost: a Cholesky factorisation of
     that size per pair, and one sweep of Gram-size batches through the layers per start), else
     the best split into bounded pieces. With ``time_budget_s``, the sweeps (the cheapest
-    starts first, :func:`sweep_order`) stop once it is spent, checked between steps; the
-    products they did not reach are bounded by splits, still soundly, and a warning says so."""
+    starts first, :func:`sweep_order`) stop once it is spent, checked before every batch of
+    rows (a factorisation already started runs to its end); the products they did not reach
+    are bounded by splits, still soundly, and a warning says so."""
     pairs = hidden_pairs(chain) if pairs is None else pairs
     last = max(K for K, _ in pairs)
     deadline = math.inf if time_budget_s is None else time.monotonic() + time_budget_s

@@ -25,6 +25,7 @@ operators of a start are applied once for all its ends.
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Protocol, Sequence
 
@@ -36,6 +37,10 @@ from scipy.sparse.linalg import ArpackNoConvergence, eigsh
 MARGINS = (1e-6, 1e-5, 1e-3, 1e-1)        # relative margins above the Lanczos estimate, in turn
 ROW_LIMIT = 2 ** 28                         # entries of the swept rows (2 GiB in float64)
 BATCH = 512                                 # rows through an operator at a time
+
+
+class _OutOfTime(Exception):
+    """A sweep's deadline passed inside a step (raised between batches of rows)."""
 
 
 class Operator(Protocol):
@@ -118,12 +123,14 @@ def _owners(size: int, colour: int, period: int, radius: int) -> torch.Tensor:
     return owner
 
 
-def banded_gram(ops: Sequence[Operator], side: str, row_limit: int = ROW_LIMIT) -> torch.Tensor:
+def banded_gram(ops: Sequence[Operator], side: str, row_limit: int = ROW_LIMIT,
+                deadline: float = math.inf) -> torch.Tensor:
     """A A^T (``side="out"``) or A^T A (``"in"``) of A = ops[-1] ... ops[0] in float64, from
     A A^T p (or A^T A p) for one probe p per channel and colour class (module docstring). Where
     colouring saves nothing (dense layers, or a receptive field as wide as the grid), the unit
     vectors make one pass instead, X = their images (A's rows or columns), and G = X X^T: half
-    the passes, and a cheap product when this side is the small one."""
+    the passes, and a cheap product when this side is the small one. Raises _OutOfTime between
+    batches of probes once ``time.monotonic()`` passes ``deadline``."""
     shape = ops[-1].out_shape if side == "out" else ops[0].in_shape
     C, H, W = _grid(shape)
     radius = interaction_radius(ops, side) or (H, W)
@@ -131,7 +138,7 @@ def banded_gram(ops: Sequence[Operator], side: str, row_limit: int = ROW_LIMIT) 
     n = C * H * W
     other = ops[0].in_dim if side == "out" else ops[-1].out_dim
     if period == (H, W) and n * other <= row_limit:
-        return row_gram(_one_pass(ops, n, side), "rows")
+        return row_gram(_one_pass(ops, n, side, deadline), "rows")
     G = torch.zeros(n, n, dtype=torch.float64, device=ops[0].weight.device)
     channel = torch.arange(C, device=G.device)
     y, x = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
@@ -140,7 +147,8 @@ def banded_gram(ops: Sequence[Operator], side: str, row_limit: int = ROW_LIMIT) 
             rows, cols = _owners(H, a, period[0], radius[0]), _owners(W, b, period[1], radius[1])
             probes = torch.zeros(C, C, H, W, dtype=torch.float64, device=G.device)
             probes[channel, channel, a::period[0], b::period[1]] = 1.0
-            seen = _gram_apply(ops, probes.reshape(C, *shape), side).reshape(C, C, H * W)
+            seen = _gram_apply(ops, probes.reshape(C, *shape), side, deadline
+                               ).reshape(C, C, H * W)
             valid = ((rows[y] >= 0) & (cols[x] >= 0)).flatten().to(G.device)
             here = (y * W + x).flatten().to(G.device)[valid]
             owner = (rows[y] * W + cols[x]).flatten().to(G.device)[valid]
@@ -151,15 +159,17 @@ def banded_gram(ops: Sequence[Operator], side: str, row_limit: int = ROW_LIMIT) 
     return (G + G.T) / 2
 
 
-def _one_pass(ops: Sequence[Operator], n: int, side: str) -> torch.Tensor:
+def _one_pass(ops: Sequence[Operator], n: int, side: str, deadline: float) -> torch.Tensor:
     """The n x other matrix of A^T e_i (``"out"``) or A e_i (``"in"``)."""
     eye = torch.eye(n, dtype=torch.float64, device=ops[0].weight.device)
-    return _in_batches(lambda chunk: _across(ops, chunk, side), eye)
+    return _in_batches(lambda chunk: _across(ops, chunk, side), eye, deadline)
 
 
-def _gram_apply(ops: Sequence[Operator], x: torch.Tensor, side: str) -> torch.Tensor:
+def _gram_apply(ops: Sequence[Operator], x: torch.Tensor, side: str, deadline: float
+                ) -> torch.Tensor:
     """A A^T x (``"out"``) or A^T A x (``"in"``)."""
-    return _in_batches(lambda chunk: _across(ops, _across(ops, chunk, side), side, back=True), x)
+    return _in_batches(lambda chunk: _across(ops, _across(ops, chunk, side), side, back=True), x,
+                       deadline)
 
 
 def _across(ops: Sequence[Operator], x: torch.Tensor, side: str, back: bool = False
@@ -174,9 +184,20 @@ def _across(ops: Sequence[Operator], x: torch.Tensor, side: str, back: bool = Fa
     return x
 
 
-def _in_batches(fn, x: torch.Tensor) -> torch.Tensor:
-    """fn applied to the rows of x, BATCH at a time, as flat rows."""
-    return torch.cat([fn(chunk).flatten(1) for chunk in x.split(BATCH)])
+def _check(deadline: float) -> None:
+    """Raise _OutOfTime once ``time.monotonic()`` has reached ``deadline``."""
+    if time.monotonic() >= deadline:
+        raise _OutOfTime
+
+
+def _in_batches(fn, x: torch.Tensor, deadline: float = math.inf) -> torch.Tensor:
+    """fn applied to the rows of x, BATCH at a time, as flat rows; _OutOfTime before a batch
+    that would start at or after ``deadline``."""
+    out = []
+    for chunk in x.split(BATCH):
+        _check(deadline)
+        out.append(fn(chunk).flatten(1))
+    return torch.cat(out)
 
 
 def _compressed(G: torch.Tensor) -> torch.Tensor:
@@ -202,52 +223,63 @@ def _widens_then_narrows(ops: Sequence[Operator]) -> bool:
 
 
 def sweep_norms(ops: Sequence[Operator], gram_limit: int, row_limit: int = ROW_LIMIT,
-                deadline: float = float("inf")) -> tuple[dict[int, float], bool]:
+                deadline: float = math.inf) -> tuple[dict[int, float], bool]:
     """{K: an upper bound on ||ops[K] ... ops[0]||} (module docstring), for every K whose Gram
     matrix has at most ``gram_limit`` rows, while the swept rows have at most ``row_limit``
-    entries and ``time.monotonic()`` is before ``deadline`` (checked between steps); the ends
+    entries and ``time.monotonic()`` is before ``deadline`` (checked before every batch of rows
+    through the operators and every factorisation; one already started runs to its end); the ends
     before the first narrow layer of a start wider than ``gram_limit``, and ops[0] alone where
     it widens and ops[1] narrows (:func:`_widens_then_narrows`), are missing too (the caller
     bounds them otherwise). Each value is exact up to tau and rounding. The flag says
     whether the deadline stopped the sweep."""
     norms: dict[int, float] = {}
-    if time.monotonic() >= deadline:
+    try:
+        _sweep(ops, gram_limit, row_limit, deadline, norms)
+    except _OutOfTime:
         return norms, True
+    return norms, False
+
+
+def _sweep(ops: Sequence[Operator], gram_limit: int, row_limit: int, deadline: float,
+           norms: dict[int, float]) -> None:
+    """:func:`sweep_norms`'s sweep, writing each norm into ``norms`` as soon as it is proved."""
     Z = None                            # None: the identity on ops[0]'s input, not yet written
     start = 0
     if ops[0].in_dim > gram_limit or _widens_then_narrows(ops):   # compress at a narrow output
         narrow = [K for K, op in enumerate(ops) if op.out_dim <= min(gram_limit, ops[0].in_dim)]
         if not narrow:
-            return norms, False
-        G = banded_gram(ops[:narrow[0] + 1], "out")
+            return
+        G = banded_gram(ops[:narrow[0] + 1], "out", deadline=deadline)
+        _check(deadline)
         norms[narrow[0]] = float(np.sqrt(lambda_max_bound(G)))
         start = narrow[0] + 1
         if start == len(ops):
-            return norms, False
+            return
+        _check(deadline)
         Z = _compressed(G)
     for K in range(start, len(ops)):
-        if time.monotonic() >= deadline:
-            return norms, True
+        _check(deadline)
         op = ops[K]
         rows = ops[0].in_dim if Z is None else len(Z)
         narrower = op.out_dim < rows
         if Z is None:                   # the first operator alone: probes, not one-hot rows
-            G = banded_gram([op], "out" if narrower else "in")
+            G = banded_gram([op], "out" if narrower else "in", deadline=deadline)
         elif rows * op.out_dim > row_limit:
-            break
+            return
         else:
-            Y = _in_batches(op.apply, Z)
+            Y = _in_batches(op.apply, Z, deadline)
             G = row_gram(Y, "columns" if narrower else "rows")
+        _check(deadline)
         norms[K] = float(np.sqrt(lambda_max_bound(G)))
         if K + 1 == len(ops):           # the rows for the next operator are not needed
-            break
+            return
         if narrower:
+            _check(deadline)
             Z = _compressed(G)
         elif Z is not None:
             Z = Y
         elif rows * op.out_dim <= row_limit:
             eye = torch.eye(rows, dtype=torch.float64, device=op.weight.device)
-            Z = _in_batches(op.apply, eye)
+            Z = _in_batches(op.apply, eye, deadline)
         else:
-            break
-    return norms, False
+            return
