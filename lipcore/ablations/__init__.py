@@ -9,7 +9,9 @@ original code's choice), over several seeds, and returns the claim outcomes that
   noise and PGD columns measure.
 * ``lipschitz_loss``: Usama & Chang's Fig. 1 at small fractions, over seeds and two readings
   of its training length.
-* ``crm``: CRM against GloRo on MNIST by training length (nets for a GPU lease).
+* ``crm``: CRM against GloRo on MNIST by training length (``notebooks/ablations_crm.ipynb``,
+  a notebook of its own so that its long training resumes in chunks without re-running the
+  others).
 
 :func:`budgets` gives what one run of ``notebooks/ablations.ipynb`` trains at each profile.
 """
@@ -91,8 +93,8 @@ def not_run(figures_dir: Path) -> dict[tuple[str, str], str]:
             "paper's 400 take about " + " and ".join(f"{h:.0f} h ({m})" for m, h in hours.items())
             + " on 2 cores at the committed per-epoch times; the gap to decide is "
             f"{abs(t.loc['CRM', 'certified'] - t.loc['GloRo', 'certified']):.2f} points. "
-            "`benchmarks/gpu_run.sh crm-epochs` trains the nets of `lipcore.ablations.crm` "
-            f"({', '.join(map(str, crm.EPOCHS))} epochs on all 54,000 images) on a GPU lease")
+            "`./reproduce.sh --only ablations_crm` trains GloRo and CRM for "
+            f"{', '.join(map(str, crm.EPOCHS))} epochs on all 54,000 images (in chunks)")
     clip_results = figures_dir / "clip" / "results.json"
     if clip_results.is_file():
         results = json.loads(clip_results.read_text())
