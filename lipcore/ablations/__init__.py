@@ -21,7 +21,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from ..ledger import Variant
 from . import clip, lipschitz_loss, pauli
 
