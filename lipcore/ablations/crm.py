@@ -6,7 +6,10 @@ The paper's claim "CRM certifies more test points than GloRo" fails in the commi
 variants, on the paper's 54,000 images for each length of :func:`lengths` (the paper's schedule
 shortened in proportion: :func:`lipcore.experiments.crm_liplt.shortened`). Each net is scored
 by its clean accuracy and its certified accuracy at eps 1.58 under the sound LipLT bound (the
-certificate of ``crm_liplt``), so the table shows how the gap moves with training.
+certificate of ``crm_liplt``), so the table shows how the gap moves with training. The claim's
+outcomes are those of the committed setting and of the longest length, the most budget tried:
+a claim that holds at a shorter length but fails at a longer one has not been shown to hold
+with more budget.
 
 Standard training is not retrained: unregularised, it certifies 0.00% at eps 1.58 in the
 committed run, so the claim turns on the gap to GloRo. One epoch on 54,000 images takes about
@@ -89,10 +92,13 @@ def net_row(s: cx.CRMSetting, split: cx.Split, method: str, seed: int, device: s
 def run(seeds: tuple[int, ...], profile: str, data_dir: str | None = None, device: str = "cpu",
         log=print) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """Every variant over ``seeds``: (nets: one row per trained net, outcomes: one row per
-    variant and seed for the ledger, the data sources read)."""
+    seed of the committed setting and of the longest length for the ledger, the data sources
+    read)."""
     nets, outcomes, sources = [], [], []
     committed_profile = "smoke" if profile == "smoke" else "cpu"     # crm_liplt's MNIST part
-    for variant, s in variants(profile):
+    ladder = variants(profile)
+    decisive = (ladder[0][0].name, ladder[-1][0].name)
+    for variant, s in ladder:
         split = cx.load_split(s, data_dir)
         sources.append(split.source)
         for seed in seeds:
@@ -100,8 +106,9 @@ def run(seeds: tuple[int, ...], profile: str, data_dir: str | None = None, devic
             rows = {m: net_row(s, split, m, seed, device) for m in METHODS}
             nets += [dict(r, variant=variant.name) for r in rows.values()]
             gap = rows["CRM"]["certified"] - rows["GloRo"]["certified"]
-            outcomes += outcome_rows(PAPER, {CLAIM: (gap, gap > 0)}, variant, seed,
-                                     {CLAIM: QUANTITY}, committed_profile)
+            if variant.name in decisive:
+                outcomes += outcome_rows(PAPER, {CLAIM: (gap, gap > 0)}, variant, seed,
+                                         {CLAIM: QUANTITY}, committed_profile)
     return pd.DataFrame(nets), pd.DataFrame(outcomes), sources
 
 
