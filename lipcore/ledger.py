@@ -122,9 +122,10 @@ def _claim_profile(claim: str, results: dict) -> str:
 
 def build_ledger(committed: pd.DataFrame, outcomes: pd.DataFrame, experiments: dict[str, str],
                  not_run: dict[tuple[str, str], str] | None = None) -> pd.DataFrame:
-    """One row per committed claim: committed result, verdict and evidence. ``experiments``
-    maps a paper (notebook) to the command that re-runs its experiment; ``not_run`` maps
-    (paper, claim prefix) to why a failing claim has no experiment yet."""
+    """One row per committed claim: committed result, verdict and evidence. The command that
+    re-runs a claim's experiment is its outcomes' ``experiment`` column where they have one,
+    else ``experiments[paper]``; ``not_run`` maps (paper, claim prefix) to why a failing claim
+    has no experiment yet."""
     rows = []
     for claim in committed.itertuples(index=False):
         mine = outcomes[(outcomes["paper"] == claim.paper) & (outcomes["claim"] == claim.claim)] \
@@ -152,8 +153,15 @@ def build_ledger(committed: pd.DataFrame, outcomes: pd.DataFrame, experiments: d
         rows.append(dict(paper=claim.paper, claim=claim.claim,
                          committed="holds" if claim.committed else "does not hold",
                          profile=claim.profile, seeds=seeds, verdict=decided, evidence=evidence,
-                         experiment=experiments.get(claim.paper, "") if len(mine) else ""))
+                         experiment=_experiment(mine, experiments.get(claim.paper, ""))))
     return pd.DataFrame(rows)
+
+
+def _experiment(outcomes: pd.DataFrame, default: str) -> str:
+    """The command that re-runs the experiment behind ``outcomes`` ("" where there are none)."""
+    if not len(outcomes):
+        return ""
+    return str(outcomes["experiment"].iloc[0]) if "experiment" in outcomes else default
 
 
 def ledger_markdown(ledger: pd.DataFrame) -> str:

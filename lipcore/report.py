@@ -18,7 +18,7 @@ from .io import write_text
 from .ledger import build_ledger, committed_claims, ledger_markdown
 from .summary import load, summary_lines
 
-ABLATIONS = "ablations"          # the notebook whose outcomes decide the failing claims
+ABLATIONS = ("ablations", "ablations_crm")     # the notebooks whose outcomes decide the claims
 
 
 def deviation_columns(table: pd.DataFrame) -> pd.DataFrame:
@@ -140,20 +140,21 @@ def build_report(figures_dir: str | Path) -> Path:
 
 def ledger_section(figures_dir: Path) -> list[str]:
     """The claims ledger (lipcore.ledger): every committed claim, with the verdict of the
-    ablations notebook's outcomes where it has any."""
+    ablation notebooks' outcomes where they have any, each row naming the command that
+    re-runs its experiment."""
     committed = committed_claims(figures_dir)
     if committed.empty:
         return []
-    outcomes_csv = figures_dir / ABLATIONS / "outcomes.csv"
-    outcomes = pd.read_csv(outcomes_csv) if outcomes_csv.is_file() else pd.DataFrame()
-    command = f"./reproduce.sh --only {ABLATIONS}"
-    ledger = build_ledger(committed, outcomes,
-                          {paper: command for paper in committed["paper"].unique()},
-                          not_run(figures_dir))
+    found = [pd.read_csv(path).assign(experiment=f"./reproduce.sh --only {name}")
+             for name in ABLATIONS for path in [figures_dir / name / "outcomes.csv"]
+             if path.is_file()]
+    outcomes = pd.concat(found, ignore_index=True) if found else pd.DataFrame()
+    ledger = build_ledger(committed, outcomes, {}, not_run(figures_dir))
     return ["## Claims ledger", "",
             "Every claim of the four papers that a notebook checks: the committed run's result, "
             "and for each claim an experiment re-ran (`notebooks/ablations.ipynb`, "
-            "`lipcore.ablations`) the verdict of `lipcore.ledger.verdict` over its seeds and "
+            "`notebooks/ablations_crm.ipynb`, `lipcore.ablations`) the verdict of "
+            "`lipcore.ledger.verdict` over its seeds and "
             "variants (the evidence gives holds/seeds and the mean ± standard deviation of the "
             "number the claim turns on). `docs/claims.md` explains each "
             "verdict.", "", ledger_markdown(ledger), ""]

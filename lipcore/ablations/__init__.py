@@ -9,7 +9,9 @@ original code's choice), over several seeds, and returns the claim outcomes that
   noise and PGD columns measure.
 * ``lipschitz_loss``: Usama & Chang's Fig. 1 at small fractions, over seeds and two readings
   of its training length.
-* ``crm``: CRM against GloRo on MNIST by training length (nets for a GPU lease).
+* ``crm``: CRM against GloRo on MNIST by training length (``notebooks/ablations_crm.ipynb``,
+  a notebook of its own so that its long training resumes in chunks without re-running the
+  others; not imported here, so that its changes leave ``notebooks/ablations.ipynb`` current).
 
 :func:`budgets` gives what one run of ``notebooks/ablations.ipynb`` trains at each profile.
 """
@@ -19,10 +21,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-
 from ..ledger import Variant
-from . import clip, crm, lipschitz_loss, pauli
+from . import clip, lipschitz_loss, pauli
 
 
 @dataclass(frozen=True)
@@ -81,18 +81,6 @@ def not_run(figures_dir: Path) -> dict[tuple[str, str], str]:
     experiment is beyond this machine, with the cost estimated from the committed run's own
     training times."""
     reasons = {}
-    crm_table = figures_dir / "crm_liplt" / "table1.csv"
-    if crm_table.is_file():
-        t = pd.read_csv(crm_table).query("setting == 'MNIST'").set_index("method")
-        hours = {m: 400 * t.loc[m, "train_seconds"] / t.loc[m, "epochs"] / 3600
-                 for m in ("CRM", "GloRo") if m in t.index}
-        reasons[("crm_liplt", "MNIST: CRM certifies more")] = (
-            f"not run: the committed `cpu` run trains {int(t['epochs'].iloc[0])} epochs; the "
-            "paper's 400 take about " + " and ".join(f"{h:.0f} h ({m})" for m, h in hours.items())
-            + " on 2 cores at the committed per-epoch times; the gap to decide is "
-            f"{abs(t.loc['CRM', 'certified'] - t.loc['GloRo', 'certified']):.2f} points. "
-            "`benchmarks/gpu_run.sh crm-epochs` trains the nets of `lipcore.ablations.crm` "
-            f"({', '.join(map(str, crm.EPOCHS))} epochs on all 54,000 images) on a GPU lease")
     clip_results = figures_dir / "clip" / "results.json"
     if clip_results.is_file():
         results = json.loads(clip_results.read_text())
