@@ -51,12 +51,18 @@ def setting(epochs: int, profile: str = "paper") -> cx.CRMSetting:
     return cx.shortened(base, epochs)
 
 
+def committed_profile(profile: str) -> str:
+    """The profile of ``crm_liplt``'s committed MNIST part that the study at ``profile`` starts
+    from: ``smoke`` for smoke, else ``cpu``."""
+    return "smoke" if profile == "smoke" else "cpu"
+
+
 def variants(profile: str) -> list[tuple[Variant, cx.CRMSetting]]:
     """(variant, setting) pairs: the committed ``crm_liplt`` MNIST setting (``cpu`` profile:
     8 epochs on 30,000 images; ``smoke`` at smoke), then one budget variant per length."""
     if profile not in ("smoke", "cpu", "paper"):
         raise ValueError(f"profile must be smoke, cpu or paper, got {profile!r}")
-    committed = cx.crm_settings("smoke" if profile == "smoke" else "cpu")["MNIST"]
+    committed = cx.crm_settings(committed_profile(profile))["MNIST"]
     n = committed.n_train
     out = [(Variant("committed", "committed",
                     f"the committed crm_liplt run's MNIST setting (epochs: "
@@ -95,7 +101,6 @@ def run(seeds: tuple[int, ...], profile: str, data_dir: str | None = None, devic
     seed of the committed setting and of the longest length for the ledger, the data sources
     read)."""
     nets, outcomes, sources = [], [], []
-    committed_profile = "smoke" if profile == "smoke" else "cpu"     # crm_liplt's MNIST part
     ladder = variants(profile)
     decisive = (ladder[0][0].name, ladder[-1][0].name)
     for variant, s in ladder:
@@ -108,7 +113,7 @@ def run(seeds: tuple[int, ...], profile: str, data_dir: str | None = None, devic
             gap = rows["CRM"]["certified"] - rows["GloRo"]["certified"]
             if variant.name in decisive:
                 outcomes += outcome_rows(PAPER, {CLAIM: (gap, gap > 0)}, variant, seed,
-                                         {CLAIM: QUANTITY}, committed_profile)
+                                         {CLAIM: QUANTITY}, committed_profile(profile))
     return pd.DataFrame(nets), pd.DataFrame(outcomes), sources
 
 
