@@ -120,12 +120,11 @@ def _claim_profile(claim: str, results: dict) -> str:
     return results.get("profile", "")
 
 
-def build_ledger(committed: pd.DataFrame, outcomes: pd.DataFrame, experiments: dict[str, str],
+def build_ledger(committed: pd.DataFrame, outcomes: pd.DataFrame,
                  not_run: dict[tuple[str, str], str] | None = None) -> pd.DataFrame:
-    """One row per committed claim: committed result, verdict and evidence. The command that
-    re-runs a claim's experiment is its outcomes' ``experiment`` column where they have one,
-    else ``experiments[paper]``; ``not_run`` maps (paper, claim prefix) to why a failing claim
-    has no experiment yet."""
+    """One row per committed claim: committed result, verdict and evidence, and the command
+    that re-runs its experiment (the outcomes' ``experiment`` column). ``not_run`` maps
+    (paper, claim prefix) to why a failing claim has no experiment yet."""
     rows = []
     for claim in committed.itertuples(index=False):
         mine = outcomes[(outcomes["paper"] == claim.paper) & (outcomes["claim"] == claim.claim)] \
@@ -153,15 +152,8 @@ def build_ledger(committed: pd.DataFrame, outcomes: pd.DataFrame, experiments: d
         rows.append(dict(paper=claim.paper, claim=claim.claim,
                          committed="holds" if claim.committed else "does not hold",
                          profile=claim.profile, seeds=seeds, verdict=decided, evidence=evidence,
-                         experiment=_experiment(mine, experiments.get(claim.paper, ""))))
+                         experiment=str(mine["experiment"].iloc[0]) if len(mine) else ""))
     return pd.DataFrame(rows)
-
-
-def _experiment(outcomes: pd.DataFrame, default: str) -> str:
-    """The command that re-runs the experiment behind ``outcomes`` ("" where there are none)."""
-    if not len(outcomes):
-        return ""
-    return str(outcomes["experiment"].iloc[0]) if "experiment" in outcomes else default
 
 
 def ledger_markdown(ledger: pd.DataFrame) -> str:

@@ -149,7 +149,7 @@ def ledger_section(figures_dir: Path) -> list[str]:
              for name in ABLATIONS for path in [figures_dir / name / "outcomes.csv"]
              if path.is_file()]
     outcomes = pd.concat(found, ignore_index=True) if found else pd.DataFrame()
-    ledger = build_ledger(committed, outcomes, {}, not_run(figures_dir))
+    ledger = build_ledger(committed, outcomes, not_run(figures_dir))
     return ["## Claims ledger", "",
             "Every claim of the four papers that a notebook checks: the committed run's result, "
             "and for each claim an experiment re-ran (`notebooks/ablations.ipynb`, "

@@ -113,22 +113,12 @@ def robustness_evidence(rows: list[dict], committed_rows: list[dict],
                         attacks: tuple[str, ...] = ("pgd", "robust")) -> dict[str, tuple[float, bool]]:
     """Table 1's robustness claims as the committed run states them, checked on ``rows`` (one
     seed's seven rows of one data set): each CLIP row is compared with the nets the committed
-    claim names (chosen by the committed rows' test accuracy, :func:`lipcore.experiments.clip.
-    claims`), and the number is the CLIP row's accuracy minus the best of those nets'."""
+    claim names, that is, chosen by the committed rows' test accuracy
+    (:func:`lipcore.experiments.clip.robustness_evidence`)."""
     committed_test = {r["net"]: r["test"] for r in committed_rows}
     as_committed = [dict(r, test=committed_test[r["net"]]) for r in rows]
-    by = {r["net"]: r for r in rows}
-    out = {}
-    for claim, holds in cx.claims(as_committed, attacks=attacks).items():
-        column = next((c for c, label in cx.ATTACK_LABELS.items()
-                       if f" is more robust to {label} than " in claim), None)
-        if column is None:                      # the lambda claim: lambda_run decides it
-            continue
-        subject, peers = claim.split(f" is more robust to {cx.ATTACK_LABELS[column]} than ")
-        clip_row = by[subject.split(": ", 1)[1]]
-        value = clip_row[column] - max(by[p][column] for p in peers.split(", "))
-        out[f"Table 1, {claim}"] = (value, holds)
-    return out
+    return {f"Table 1, {claim}": evidence for claim, evidence in
+            cx.robustness_evidence(as_committed, attacks=attacks).items()}
 
 
 def table_robustness_run(seeds: tuple[int, ...], trained: dict, profile: str = "paper",
