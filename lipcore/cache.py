@@ -3,7 +3,7 @@
 A model is stored under ``.cache/lipcore/<key>.pt`` (or ``$LIPCORE_CACHE``), where the key hashes
 everything that determines it: the config, the data fingerprint, the seed, the trainer, and the
 code that trained it: every lipcore file that the module asking for the key imports, directly or
-not (:mod:`lipcore.deps`), with the versions of the libraries that can change the weights (torch,
+not, read without its comments and docstrings (:mod:`lipcore.deps`), with the versions of the libraries that can change the weights (torch,
 numpy, cvxpy and its solvers, ...). Changing any of them trains a new model; re-running a
 notebook with the same settings and code loads the stored one. Each stored net records how it was
 made (``_made``: its *recipe*, the key without the code, the code fingerprint, the commit and
@@ -15,6 +15,11 @@ trained by older code, listed in ``figures/trained/INDEX.json``) or by the key i
 covered the imported code (:attr:`CacheKey.legacy`); else :class:`NotTrained` names it. Every net
 the quick check loads is logged to ``$LIPCORE_NET_LOG`` (JSON lines) with where it came from, so
 the summary can say which numbers come from nets trained by older code.
+
+A net stored while keys hashed the files' bytes (comments and docstrings included) is found
+under that form of its key (:attr:`CacheKey.byte_key`): the code is then byte for byte the code
+that trained it. The net is also stored under its key, so a later comment or docstring edit
+still finds it.
 
 Loading never runs code. Every entry is read with ``torch.load(weights_only=True)``, which
 unpickles only tensors, plain containers and numbers, plus the few numpy types training
@@ -92,20 +97,21 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LIPCORE_CACHE") or REPO_ROOT / ".cache" / "lipcore")
 
 
-def code_version(module: str) -> str:
+def code_version(module: str, raw: bool = False) -> str:
     """Fingerprint of the code that module ``module`` runs: for a lipcore module, every lipcore
-    file it imports and the library versions that matter (:func:`lipcore.deps.fingerprint`);
-    for any other module (a test's trainer), its own source."""
+    file it imports and the library versions that matter (:func:`lipcore.deps.fingerprint`;
+    ``raw``: of the files' bytes); for any other module (a test's trainer), its own source."""
     if deps.module_file(module) is not None:
-        return deps.fingerprint(module)
+        return deps.fingerprint(module, raw)
     return hashlib.sha256(inspect.getsource(sys.modules[module]).encode()).hexdigest()[:16]
 
 
 class CacheKey(str):
     """A cache key (the file name's stem) that also knows its *recipe* (the same hash without
-    the code), the key the same net had before keys covered imported code (``legacy``), and a
-    short description for messages."""
+    the code), the key the same net had while keys hashed the files' bytes (``byte_key``) and
+    before keys covered imported code (``legacy``), and a short description for messages."""
     recipe: str
+    byte_key: str
     legacy: str
     describe: str
 
@@ -130,6 +136,8 @@ def cache_key(config: dict[str, Any], data_fingerprint: str, seed: int, trainer:
     key = CacheKey(_digest(dict(recipe, code=[code_version(trainer.__module__),
                                               code_version(caller)])))
     key.recipe = _digest(recipe)
+    key.byte_key = _digest(dict(recipe, code=[code_version(trainer.__module__, raw=True),
+                                              code_version(caller, raw=True)]))
     # before keys covered imported code: the source of the trainer's own module only
     key.legacy = _digest(dict(recipe, code=hashlib.sha256(inspect.getsource(
         inspect.getmodule(trainer)).encode()).hexdigest()[:16]))
@@ -203,6 +211,23 @@ def _stored(key: str) -> tuple[dict[str, Any], str, str] | None:
     return None
 
 
+def _stored_under_byte_key(key: str) -> tuple[dict[str, Any], str, str] | None:
+    """The net stored under the byte form of ``key`` (the same code, comments and docstrings
+    included), as :func:`_stored` gives it, now also stored under ``key`` itself."""
+    byte_key = getattr(key, "byte_key", None)
+    found = _stored(byte_key) if byte_key and byte_key != key else None
+    if found is not None:
+        path = cache_dir() / f"{key}.pt"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                torch.save(found[0], tmp)
+        except OSError as exc:              # a read-only cache: the net is still the right one
+            warnings.warn(f"could not also store {byte_key}.pt as {path} ({exc}); a later "
+                          "comment or docstring edit will retrain it")
+    return found
+
+
 def _older(key: str) -> tuple[dict[str, Any], str, str] | None:
     """For the quick check: the same recipe trained by older code (shipped), or the net stored
     under the key's legacy form (cached or shipped), as :func:`_stored` gives it."""
@@ -225,6 +250,7 @@ def _log(key: str, kind: str, source: str) -> None:
     log = os.environ.get("LIPCORE_NET_LOG")
     if log:
         entry = {"key": str(key), "recipe": getattr(key, "recipe", None),
+                 "byte_key": getattr(key, "byte_key", None),
                  "legacy": getattr(key, "legacy", None), "kind": kind, "source": source,
                  "net": getattr(key, "describe", None)}
         with open(log, "a") as out:
@@ -233,12 +259,14 @@ def _log(key: str, kind: str, source: str) -> None:
 
 def missing(entries: list[dict[str, Any]]) -> list[str]:
     """Of the nets a run logged (the lines of its ``nets.jsonl``), those the quick check could not
-    load here: neither cached nor shipped under their key, recipe or legacy key."""
+    load here: neither cached nor shipped under their key (or its byte form), recipe or legacy
+    key."""
     absent = []
     for entry in entries:
         key = CacheKey(entry["key"])
         key.recipe, key.legacy = entry.get("recipe"), entry.get("legacy")
-        here = any((folder / f"{key}.pt").is_file() for folder in (cache_dir(), SHIPPED))
+        here = any((folder / f"{name}.pt").is_file() for folder in (cache_dir(), SHIPPED)
+                   for name in {key, entry.get("byte_key") or key})
         if not here and _older(key) is None:
             absent.append(str(key))
     return absent
@@ -259,7 +287,7 @@ def cached(key: str, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     the same recipe is shipped either.
     """
     global _builds_this_process
-    found = _stored(key)
+    found = _stored(key) or _stored_under_byte_key(key)
     if found is None and quick_check():
         found = _older(key)
         if found is None:

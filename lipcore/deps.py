@@ -7,6 +7,11 @@ module imports, followed transitively through ``import`` statements (read with :
 executed), plus the ``__init__`` of every package on the way, which runs on import. Over-counting
 is safe (a net is retrained that need not be); missing a file is not, so every ``from . import
 x`` and ``from .x import y`` counts, whether or not ``y`` is used.
+
+Both read a file's *code* (:func:`code_text`): its source without comments, docstrings and blank
+lines, which cannot change what it computes. Correcting a docstring therefore neither retrains
+a net nor marks a committed result stale. Keys made before this rule hashed the raw bytes
+(:func:`fingerprint` with ``raw=True``); the cache still finds nets stored under that form.
 """
 from __future__ import annotations
 
@@ -14,7 +19,9 @@ import ast
 import functools
 import hashlib
 import importlib.metadata
+import io
 import json
+import tokenize
 from pathlib import Path
 
 PACKAGE = "lipcore"
@@ -149,12 +156,44 @@ def library_versions(start: str) -> dict[str, str]:
     return installed_versions(wanted + [extra for lib in wanted for extra in VERSIONED[lib]])
 
 
+def code_text(source: str) -> str:
+    """``source`` without comments, docstrings (the leading string of a module, class or
+    function), trailing spaces and blank lines: what the hashes read. A docstring that shares a
+    line with code is kept (over-counting is safe)."""
+    lines = source.splitlines()
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            row, col = token.start
+            lines[row - 1] = lines[row - 1][:col]
+    dropped: set[int] = set()
+    for node in ast.walk(ast.parse(source)):
+        body = getattr(node, "body", None)
+        if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
+                                 ast.AsyncFunctionDef)) or not body:
+            continue
+        first = body[0]
+        if not (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)):
+            continue
+        start, end = first.lineno - 1, first.end_lineno - 1
+        alone = (not lines[start].encode()[:first.col_offset].strip()
+                 and not lines[end].encode()[first.end_col_offset:].strip())
+        if alone:
+            dropped.update(range(start, end + 1))
+    kept = (line.rstrip() for i, line in enumerate(lines) if i not in dropped)
+    return "\n".join(line for line in kept if line) + "\n"
+
+
 @functools.lru_cache(maxsize=None)
-def fingerprint(start: str) -> str:
-    """Hash of the source of every lipcore file ``start`` depends on and of the library versions
-    that matter: the part of a model cache key that says which code trained it."""
-    payload = {path: hashlib.sha256((REPO_ROOT / path).read_bytes()).hexdigest()
-               for path in source_files(start)}
+def fingerprint(start: str, raw: bool = False) -> str:
+    """Hash of the code (:func:`code_text`) of every lipcore file ``start`` depends on and of
+    the library versions that matter: the part of a model cache key that says which code
+    trained it. ``raw``: hash the files' bytes instead (the form keys had before comments and
+    docstrings stopped counting)."""
+    def digest(path: str) -> str:
+        text = (REPO_ROOT / path).read_bytes()
+        return hashlib.sha256(text if raw else code_text(text.decode()).encode()).hexdigest()
+    payload = {path: digest(path) for path in source_files(start)}
     payload["libraries"] = library_versions(start)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 

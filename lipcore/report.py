@@ -44,19 +44,32 @@ def _format(v) -> str:
 def code_changed_since(commit: str | None, notebook: str) -> list[str]:
     """The files a notebook's results depend on (the notebook and every lipcore file its imports
     reach, :func:`lipcore.deps.notebook_sources`) that differ between ``commit`` and HEAD (empty
-    when they agree, or where git or the commit is not available)."""
+    when they agree, or where git or the commit is not available). A Python file whose code
+    (:func:`lipcore.deps.code_text`: without comments and docstrings) is the same is not counted."""
     if not commit:
         return []
     root = Path(__file__).resolve().parent.parent
     notebooks = list(root.glob(f"notebooks/**/{notebook}.ipynb"))
     paths = [str(p.relative_to(root)) for p in notebooks]
     paths += sorted({f for p in notebooks for f in deps.notebook_sources(p)})
+    commit = commit.removesuffix("-dirty")
+
+    def git(*args: str) -> str | None:
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+        return out.stdout if out.returncode == 0 else None
+
     try:
-        out = subprocess.run(["git", "diff", "--name-only", commit.removesuffix("-dirty"), "HEAD",
-                              "--", *paths], cwd=root, capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
+        names = git("diff", "--name-only", commit, "HEAD", "--", *paths)
+    except OSError:
         return []
-    return [line for line in out.stdout.splitlines() if line.endswith((".py", ".ipynb"))]
+    changed = [line for line in (names or "").splitlines() if line.endswith((".py", ".ipynb"))]
+    return [path for path in changed if not path.endswith(".py")
+            or _code(git("show", f"{commit}:{path}")) != _code(git("show", f"HEAD:{path}"))]
+
+
+def _code(source: str | None) -> str | None:
+    """A Python file's code as the stale mark compares it (None where the file is absent)."""
+    return None if source is None else deps.code_text(source)
 
 
 def notebook_section(folder: Path) -> str:

@@ -54,7 +54,11 @@ def test_fingerprint_changes_with_a_dependency_and_a_library_version_only(tmp_pa
         deps.fingerprint.cache_clear()
         assert deps.fingerprint("lipcore.trainers.admm") == before
         with open(package / "estimators" / "lipsdp.py", "a") as f:
-            f.write("\n# a change in the bound ADMM calls\n")
+            f.write("\n# a comment changes nothing a net computes\n")
+        deps.fingerprint.cache_clear()
+        assert deps.fingerprint("lipcore.trainers.admm") == before
+        with open(package / "estimators" / "lipsdp.py", "a") as f:
+            f.write("\nCHANGED = 1  # a change in the bound ADMM calls\n")
         deps.fingerprint.cache_clear()
         changed = deps.fingerprint("lipcore.trainers.admm")
         assert changed != before
@@ -103,16 +107,59 @@ def test_a_change_to_evaluation_code_keeps_every_trained_net_while_training_code
         before = deps.fingerprint(module)
         for evaluation in ("attacks/ensemble.py", "certify.py", f"experiments/{notebook}.py"):
             with open(package / evaluation, "a") as f:
-                f.write("\n# an evaluation change\n")
+                f.write("\nEVALUATION_CHANGED = 1\n")
         _clear()
         assert deps.fingerprint(module) == before
         with open(package / "trainers" / "standard.py" if notebook != "crm_liplt" else
                   package / "trainers" / "crm.py", "a") as f:
-            f.write("\n# a training change\n")
+            f.write("\nTRAINING_CHANGED = 1\n")
         _clear()
         assert deps.fingerprint(module) != before
     finally:
         _clear()
+
+
+def test_comments_docstrings_and_blank_lines_are_not_code_but_everything_else_is():
+    source = ('''"""Module doc."""\nimport math  # why\n\n\nclass A:\n    """Class\n    doc."""\n'''
+              '''    def f(self, x):\n        "doc"\n        return "# not a comment" + x\n''')
+    code = deps.code_text(source)
+    assert code == ('import math\nclass A:\n    def f(self, x):\n'
+                    '        return "# not a comment" + x\n')
+    assert deps.code_text(source.replace("Class\n    doc.", "Other words")) == code
+    assert deps.code_text(source.replace("# why", "# because")) == code
+    assert deps.code_text(source.replace("+ x", "+ x * 2")) != code
+    # a string that is not a docstring, or a docstring sharing its line with code, counts
+    assert deps.code_text('x = 1\n"doc"\n') != deps.code_text('x = 1\n"other"\n')
+    assert deps.code_text('def f(): "a"; return 1\n') != deps.code_text('def f(): "b"; return 1\n')
+
+
+def test_a_docstring_edit_keeps_the_key_and_a_net_stored_under_the_byte_form_is_found(
+        tmp_path, monkeypatch):
+    """Keys read the code without comments and docstrings; a net stored while keys hashed the
+    files' bytes is found under that form and stored under its key, so it survives the next
+    docstring edit."""
+    package = _fresh_copy(tmp_path / "src", monkeypatch)
+    monkeypatch.setenv("LIPCORE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(cache, "SHIPPED", tmp_path / "none")
+    module = "lipcore.experiments.training.pauli_admm"
+    try:
+        before, raw_before = deps.fingerprint(module), deps.fingerprint(module, raw=True)
+        assert before != raw_before
+        admm = package / "trainers" / "admm.py"
+        admm.write_text(admm.read_text().replace('"""', '"""Reworded. ', 1))
+        _clear()
+        assert deps.fingerprint(module) == before
+        assert deps.fingerprint(module, raw=True) != raw_before
+    finally:
+        _clear()
+    key = cache_key({"lr": 0.1}, "d", 0, trainer)
+    key.byte_key = "b" * 24
+    (tmp_path / "cache").mkdir()
+    torch.save({"w": torch.full((1,), 7.0)}, tmp_path / "cache" / f"{key.byte_key}.pt")
+    assert cached(key, lambda: pytest.fail("trained"))["w"].item() == 7.0
+    assert (tmp_path / "cache" / f"{key}.pt").is_file()
+    (tmp_path / "cache" / f"{key.byte_key}.pt").unlink()
+    assert cached(key, lambda: pytest.fail("trained"))["w"].item() == 7.0
 
 
 def test_key_carries_recipe_and_legacy_form():
