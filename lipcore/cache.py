@@ -42,6 +42,7 @@ import hashlib
 import inspect
 import json
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -213,15 +214,17 @@ def _stored(key: str) -> tuple[dict[str, Any], str, str] | None:
 
 def _stored_under_byte_key(key: str) -> tuple[dict[str, Any], str, str] | None:
     """The net stored under the byte form of ``key`` (the same code, comments and docstrings
-    included), as :func:`_stored` gives it, now also stored under ``key`` itself."""
+    included), as :func:`_stored` gives it, now also copied (byte for byte) to the cache under
+    ``key`` itself."""
     byte_key = getattr(key, "byte_key", None)
     found = _stored(byte_key) if byte_key and byte_key != key else None
     if found is not None:
+        source = (cache_dir() if found[1] == "cache" else SHIPPED) / f"{byte_key}.pt"
         path = cache_dir() / f"{key}.pt"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as tmp:
-                torch.save(found[0], tmp)
+                shutil.copyfile(source, tmp)
         except OSError as exc:              # a read-only cache: the net is still the right one
             warnings.warn(f"could not also store {byte_key}.pt as {path} ({exc}); a later "
                           "comment or docstring edit will retrain it")

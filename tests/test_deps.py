@@ -157,7 +157,8 @@ def test_a_docstring_edit_keeps_the_key_and_a_net_stored_under_the_byte_form_is_
     (tmp_path / "cache").mkdir()
     torch.save({"w": torch.full((1,), 7.0)}, tmp_path / "cache" / f"{key.byte_key}.pt")
     assert cached(key, lambda: pytest.fail("trained"))["w"].item() == 7.0
-    assert (tmp_path / "cache" / f"{key}.pt").is_file()
+    assert (tmp_path / "cache" / f"{key}.pt").read_bytes() == \
+        (tmp_path / "cache" / f"{key.byte_key}.pt").read_bytes()          # the same file
     (tmp_path / "cache" / f"{key.byte_key}.pt").unlink()
     assert cached(key, lambda: pytest.fail("trained"))["w"].item() == 7.0
 
