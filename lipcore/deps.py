@@ -160,11 +160,15 @@ def code_text(source: str) -> str:
     """``source`` without comments, docstrings (the leading string of a module, class or
     function), trailing spaces and blank lines: what the hashes read. A docstring that shares a
     line with code is kept (over-counting is safe)."""
-    lines = source.splitlines()
+    source = source.replace("\r\n", "\n").replace("\r", "\n")
+    lines = source.split("\n")          # the rows tokenize and ast count (not splitlines)
+    inside_string: set[int] = set()      # rows whose line break is part of a string's value
     for token in tokenize.generate_tokens(io.StringIO(source).readline):
         if token.type == tokenize.COMMENT:
             row, col = token.start
             lines[row - 1] = lines[row - 1][:col]
+        elif token.type != tokenize.NL and token.start[0] != token.end[0]:
+            inside_string.update(range(token.start[0] - 1, token.end[0] - 1))
     dropped: set[int] = set()
     for node in ast.walk(ast.parse(source)):
         body = getattr(node, "body", None)
@@ -180,8 +184,9 @@ def code_text(source: str) -> str:
                  and not lines[end].encode()[first.end_col_offset:].strip())
         if alone:
             dropped.update(range(start, end + 1))
-    kept = (line.rstrip() for i, line in enumerate(lines) if i not in dropped)
-    return "\n".join(line for line in kept if line) + "\n"
+    kept = [line if i in inside_string else line.rstrip() for i, line in enumerate(lines)
+            if i not in dropped and (i in inside_string or line.strip())]
+    return "\n".join(kept) + "\n"
 
 
 @functools.lru_cache(maxsize=None)

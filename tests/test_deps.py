@@ -131,6 +131,10 @@ def test_comments_docstrings_and_blank_lines_are_not_code_but_everything_else_is
     # a string that is not a docstring, or a docstring sharing its line with code, counts
     assert deps.code_text('x = 1\n"doc"\n') != deps.code_text('x = 1\n"other"\n')
     assert deps.code_text('def f(): "a"; return 1\n') != deps.code_text('def f(): "b"; return 1\n')
+    # blank lines and trailing spaces inside a string are its value
+    assert deps.code_text('x = """a\n\nb"""\n') != deps.code_text('x = """a\nb"""\n')
+    assert deps.code_text('x = """a  \nb"""\n') != deps.code_text('x = """a\nb"""\n')
+    assert deps.code_text('x = f"""{1}\n\n"""\n') != deps.code_text('x = f"""{1}\n"""\n')
 
 
 def test_a_docstring_edit_keeps_the_key_and_a_net_stored_under_the_byte_form_is_found(
