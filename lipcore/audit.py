@@ -56,6 +56,7 @@ from .estimators.liplt_ops import PowerIteration, liplt_bounds, operator_chain
 from .estimators.liplt_sound import sound_norms
 from . import onelip
 from .cache import safe_load
+from .trace import eval_mode
 from .io import write_text
 
 POWER_ITERATIONS = 100
@@ -182,13 +183,21 @@ def audit(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, torch.Tens
     ``attack_samples``: attack only that many points, drawn at random with ``seed`` (None: all)."""
     start = time.perf_counter()
     x, y = as_tensors(data)
-    grid = sorted(float(e) for e in eps)
+    grid = _radii(eps)
     input_shape = tuple(input_shape or x.shape[1:])
     if input_shape != tuple(x.shape[1:]):     # a bound at one shape certifies nothing at another
         raise ValueError(f"audit: input_shape {input_shape} is not the data's shape "
                          f"{tuple(x.shape[1:])}; pass the shape the images have, or reshape them")
     attacked = attack_sample(len(x), attack_samples, seed)
-    model.eval()
+    with eval_mode(model):                   # the user's train/eval modes are left as they were
+        return _audit(model, x, y, grid, input_shape, attacks, iterations, name, attacked,
+                      seed, start)
+
+
+def _audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, grid: list[float],
+           input_shape: tuple[int, ...], attacks: Sequence[str], iterations: int,
+           name: str | None, attacked: torch.Tensor, seed: int, start: float) -> AuditReport:
+    """:func:`audit` on checked arguments, the model in eval mode."""
     claims, analysed = pd.DataFrame(), model
     if onelip.uses_library(model):
         claims, analysed = onelip.claims(model, input_shape), onelip.export(model, input_shape)
@@ -217,6 +226,18 @@ def audit(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, torch.Tens
     return AuditReport(name or type(model).__name__, bounds, pd.DataFrame(curves),
                        tuple(attacks), len(x), time.perf_counter() - start, claims,
                        None if len(attacked) == len(x) else len(attacked), attack_seconds)
+
+
+def _radii(eps: Sequence[float]) -> list[float]:
+    """The distinct radii of ``eps``, sorted, or a ValueError before any work is done."""
+    try:
+        values = [float(e) for e in eps if not isinstance(e, (bool, str))]
+        complete = len(values) == len(eps)
+    except (TypeError, ValueError):
+        values, complete = [], False
+    if not (values and complete and all(math.isfinite(v) and v > 0 for v in values)):
+        raise ValueError(f"audit: eps must be a non-empty list of finite radii > 0, got {eps!r}")
+    return sorted(set(values))
 
 
 def attack_sample(points: int, size: int | None, seed: int) -> torch.Tensor:

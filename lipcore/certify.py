@@ -60,14 +60,23 @@ def dense_core(chain: Chain) -> tuple[list[np.ndarray], float, float, float, flo
     read, the sound factor ``pre`` of the layers before it (pooling, activations) and ``post`` of
     those after it (an output activation). A BatchNorm inside the core is folded into the dense
     layer next to it (diag(s) W after it, W diag(s) before it: the same function). [alpha, beta]
-    is the hull of the core's activations' slope bounds. Raises a ValueError saying why a net has
-    no such core."""
+    is the hull of the core's activations' slope bounds (widened to [0, beta] where every one
+    is linear, alpha = beta, which LipSDP's sector cannot hold). Every layer of the core must
+    act on flat inputs, shape (n,): a Linear on a (c, n) input maps each row, and a BatchNorm1d
+    there scales the rows, not the features the folding assumes. Raises a ValueError saying
+    why a net has no such core."""
     ops = [op for op in chain.ops if op.kind not in ("reshape", "identity")]
     affine = [i for i, op in enumerate(ops) if op.kind == "affine"]
     if not affine or any(not isinstance(ops[i].module, nn.Linear) for i in affine):
         raise ValueError("LipSDP and LipLT (dense) need a fully connected net; this one has "
                          "convolutions (use method='liplt' with input_shape, or 'naive')")
     first, last = affine[0], affine[-1]
+    unflat = next((op for op in ops[first:last + 1] if len(op.in_shape) != 1), None)
+    if unflat is not None:
+        raise ValueError(f"LipSDP and LipLT (dense) need the dense layers to act on flat "
+                         f"inputs; a {type(unflat.module).__name__} here sees inputs of shape "
+                         f"{unflat.in_shape} (put nn.Flatten() before the first Linear, or use "
+                         "method='naive')")
     weights, acts, pending = [], [], None        # pending: a BatchNorm scale awaiting its layer
     for op in ops[first:last + 1]:
         if op.kind == "affine":
@@ -90,7 +99,7 @@ def dense_core(chain: Chain) -> tuple[list[np.ndarray], float, float, float, flo
     post = math.prod(op_bound(op) for op in ops[last + 1:])
     alpha = min((op.alpha for op in acts), default=0.0)
     beta = max((op.beta for op in acts), default=1.0)
-    return weights, alpha, beta, pre, post
+    return weights, min(alpha, 0.0) if alpha >= beta else alpha, beta, pre, post
 
 
 def round_up(value: float) -> float:

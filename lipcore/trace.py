@@ -22,8 +22,8 @@ pooling, reshape) and refuses anything it cannot prove:
   ``forward`` ``torch.fx`` reads into a graph (:mod:`lipcore.graph`).
 * **Every parameter that changes the function is checked** by the leaf's entry in
   :data:`LEAVES`: an activation's parameters give its slope bounds (ELU's alpha, LeakyReLU's
-  slope, Softplus's beta) or refuse it (Softplus with a threshold below 20 jumps where it switches
-  to the identity, so it is not Lipschitz); pooling must be undilated, without ``ceil_mode``,
+  slope) or refuse it; ``nn.Softplus`` is refused whatever its parameters (PyTorch switches it
+  to the identity at ``beta x > threshold``, a jump, so it is not Lipschitz); pooling must be undilated, without ``ceil_mode``,
   and an average pool must divide by its whole window (no ``divisor_override``; padding counted,
   ``count_include_pad``); adaptive average pooling must be global (``output_size`` 1 as ints); a
   convolution must be zero-padded, ungrouped and undilated with integer padding; a flatten must
@@ -145,15 +145,14 @@ def _coefficient_refusal(m: nn.Module) -> str | None:
     return None
 
 
-def _softplus_refusal(m: nn.Softplus) -> str | None:
-    if not m.beta > 0:
-        return f"beta={m.beta}: softplus needs beta > 0"
-    if m.threshold < 20:
-        return (f"threshold={m.threshold}: PyTorch switches to the identity at beta x > "
-                f"threshold, a jump of log(1 + exp(-threshold)) / beta there, so the function is "
-                "not Lipschitz; use threshold >= 20 (the default), where the jump is below float "
-                "resolution")
-    return None
+# exact types lipcore refuses with a reason of their own (not just "unknown")
+NOT_LIPSCHITZ: dict[type, str] = {
+    nn.Softplus: ("PyTorch computes it as x itself once beta x > threshold, a jump of "
+                  "log(1 + exp(-threshold)) / beta there (2.1e-9 at the defaults, more for a "
+                  "small beta), and its exp overflows below a large threshold: a function with a "
+                  "jump has no Lipschitz constant, so no certificate holds near it. Use ELU, tanh "
+                  "or ReLU, or bound the model another way"),
+}
 
 
 def _range(name: str, value: float, low: float, high: float) -> str | None:
@@ -176,6 +175,10 @@ def _batch_norm_refusal(m: nn.Module) -> str | None:
     if m.running_mean is None or m.running_var is None:
         return ("track_running_stats=False: it normalises by each batch's own statistics, so its "
                 "output depends on the other inputs of the batch")
+    if not (m.running_var.detach() + m.eps > 0).all():
+        return (f"running_var + eps (eps={m.eps}) is not positive everywhere, so it divides by "
+                "zero or takes the root of a negative number; a trained BatchNorm has "
+                "running_var >= 0 and eps > 0")
     return None
 
 
@@ -208,8 +211,6 @@ LEAVES: dict[type, Leaf] = {
                        lambda m: _range("negative_slope", m.negative_slope, 0.0, 1.0),
                        lambda m, x: F.leaky_relu(x, m.negative_slope),
                        lambda m: (float(m.negative_slope), 1.0)),
-    nn.Softplus: Leaf("activation", frozenset(), _softplus_refusal,
-                      lambda m, x: F.softplus(x, m.beta, m.threshold), lambda m: (0.0, 1.0)),
     nn.MaxPool2d: Leaf("pool", frozenset(), _pool_refusal, _pooling(F.max_pool2d)),
     nn.AvgPool2d: Leaf("pool", frozenset(), _pool_refusal, _pooling(F.avg_pool2d)),
     nn.AdaptiveAvgPool2d: Leaf("pool", frozenset(), _global_pool_refusal,
@@ -349,8 +350,11 @@ def _refusal(path: str, m: nn.Module) -> str | None:
     if type(m).__name__ == "OptimizedModule" and hasattr(m, "_orig_mod"):
         return (f"{_name(path, m)} is a torch.compile wrapper; pass the module it compiles "
                 "(model._orig_mod)")
-    if "forward" in vars(m):
-        return f"{_name(path, m)} has its own forward set on the instance"
+    shadowed = sorted(n for n, v in vars(m).items()
+                      if callable(v) and callable(getattr(type(m), n, None)))
+    if shadowed:
+        return (f"{_name(path, m)} has its own {', '.join(shadowed)} set on the instance, "
+                "in place of its class's method; lipcore bounds only the class's own code")
     odd = [n for n, t in (*m.named_parameters(recurse=False), *m.named_buffers(recurse=False))
            if type(t) not in (torch.Tensor, nn.Parameter)]
     if odd:
@@ -376,6 +380,8 @@ def _refusal(path: str, m: nn.Module) -> str | None:
                 "run")
     if type(m) in CONTAINERS or is_residual(m):
         return None
+    if type(m) in NOT_LIPSCHITZ:
+        return f"{_name(path, m)}: {NOT_LIPSCHITZ[type(m)]}"
     leaf = leaf_of(m)
     if leaf is None:
         near = next((base.__name__ for base in (*LEAVES, *CONTAINERS) if isinstance(m, base)),
@@ -519,6 +525,10 @@ def trace(model: nn.Module, input_shape: tuple[int, ...] | None = None):
     """The verified chain of ``model`` on inputs of ``input_shape`` (no batch axis; inferred for
     dense nets), or :class:`NotAnalysable` saying which module cannot be analysed and why. A
     model with residual modules (:func:`is_residual`) gives a :class:`lipcore.graph.Graph`."""
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        raise NotAnalysable("the model's parameters are on the meta device, which holds no "
+                            "values; load its weights first (model.to_empty(device='cpu'), then "
+                            "model.load_state_dict(...))")
     layers = leaves(model)
     if not layers:
         raise NotAnalysable("the model has no layers lipcore can analyse")
@@ -529,9 +539,16 @@ def trace(model: nn.Module, input_shape: tuple[int, ...] | None = None):
         verify(graph, model)
         return graph
     seen = layer_shapes(model, [m for _, m in layers], shape)
-    if [id(m) for m, _, _ in seen] != [id(m) for _, m in layers]:
+    calls = [id(m) for m, _, _ in seen]
+    if calls != [id(m) for _, m in layers]:
+        twice = [_name(path, m) for path, m in layers if calls.count(id(m)) > 1]
+        never = [_name(path, m) for path, m in layers if id(m) not in calls]
+        detail = "; ".join([*(["run more than once (one module reused): " + ", ".join(twice)]
+                              if twice else []),
+                            *(["never run: " + ", ".join(never)] if never else [])])
         raise NotAnalysable("the model does not apply its layers once each, in the order they "
-                            "are registered; lipcore analyses plain feed-forward chains")
+                            "are registered; lipcore analyses plain feed-forward chains"
+                            + (f" ({detail})" if detail else ""))
     ops = []
     for m, in_shape, out_shape in seen:
         leaf = leaf_of(m)
@@ -564,6 +581,12 @@ def verify(chain, model: nn.Module, points: int = CHECK_POINTS, seed: int = 0) -
     want, want_jvp = torch.func.jvp(chain.float64(), (x,), (v,))
     for what, a, b in (("outputs", got, want), ("Jacobian-vector products", got_jvp, want_jvp)):
         a, b = a.detach(), b.detach()
+        if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+            raise NotAnalysable(f"the model's {what} are not finite (NaN or inf) in float64 at "
+                                f"random inputs of shape {tuple(chain.input_shape)}: a layer "
+                                "overflows or divides by zero (a weight of 1e200, a BatchNorm "
+                                "whose running_var + eps is not positive?); lipcore refuses to "
+                                "bound it")
         if a.shape != b.shape:
             raise NotAnalysable(f"the extracted chain gives outputs of shape {tuple(b.shape)}, "
                                 f"the model {tuple(a.shape)}")

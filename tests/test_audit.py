@@ -160,3 +160,24 @@ def test_an_input_shape_other_than_the_datas_is_refused():
     x, y = torch.rand(1, 1, 4, 4), torch.tensor([0])
     with pytest.raises(ValueError, match="not the data's shape"):
         audit(model, (x, y), eps=[0.2], input_shape=(1, 16, 1))
+
+
+@pytest.mark.parametrize("eps", [[], [0.0], [-0.1], [float("nan")], ["0.1"], 0.1])
+def test_radii_that_are_not_positive_numbers_are_refused_before_any_work(eps, monkeypatch):
+    import lipcore.audit as audit_module
+    monkeypatch.setattr(audit_module, "_bound_rows", lambda *a: pytest.fail("bounds computed"))
+    model = nn.Sequential(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="eps must be a non-empty list of finite radii > 0"):
+        audit(model, (torch.rand(3, 2), torch.tensor([0, 1, 0])), eps=eps)
+
+
+def test_the_audit_leaves_the_models_train_and_eval_modes_as_it_found_them():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Dropout(0.2), nn.Linear(4, 2))
+    model.train()
+    model[2].eval()                                   # a mixed state, as a user may leave it
+    before = [m.training for m in model.modules()]
+    report = audit(model, (torch.rand(8, 2), torch.randint(0, 2, (8,))), eps=[0.05, 0.05],
+                   attacks=("apgd-ce",), iterations=5)
+    assert [m.training for m in model.modules()] == before
+    assert list(report.curves.eps) == [0.05]          # a repeated radius is one row

@@ -89,8 +89,12 @@ def describe_attacks(attacks: Sequence[str] = DEFAULT_ATTACKS) -> str:
 
 def as_tensors(data: TensorDataset | tuple[torch.Tensor, torch.Tensor]
                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(inputs, labels) of a TensorDataset or a pair of tensors, checked: inputs in [0, 1]."""
+    """(inputs, labels) of a TensorDataset or a pair of tensors, checked: inputs in [0, 1],
+    labels integer class indices (a float or bool label would be truncated to some class)."""
     x, y = data.tensors if isinstance(data, TensorDataset) else data
+    if y.dtype == torch.bool or torch.is_floating_point(y) or torch.is_complex(y):
+        raise ValueError(f"labels must be integer class indices, got dtype {y.dtype} (convert "
+                         "them with labels.long() only if they hold whole numbers)")
     if len(x) != len(y):
         raise ValueError(f"inputs and labels differ in length: {len(x)} vs {len(y)}")
     if len(x) == 0:

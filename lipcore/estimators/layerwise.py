@@ -33,7 +33,7 @@ cover rounding in the FFT and the SVD.
 
 Other layers (exactly the types and parameters :mod:`lipcore.trace` accepts): a dense layer's exact
 spectral norm; a BatchNorm in eval mode max |gamma / sqrt(var + eps)|; an activation with slopes in
-[alpha, beta] max(|alpha|, |beta|) (ReLU, tanh, ELU with alpha <= 1, LeakyReLU, softplus: 1;
+[alpha, beta] max(|alpha|, |beta|) (ReLU, tanh, ELU with alpha <= 1, LeakyReLU: 1;
 sigmoid: 1/4); max pooling sqrt(m) and average pooling sqrt(m / (kh kw)), where each input falls in
 at most m windows (m = 1 without overlap), since per window |max a - max b| <= ||a - b||_2 and |mean
 a - mean b| <= ||a - b||_2 / sqrt(kh kw) (padding adds no window an input falls in: max pooling pads
