@@ -204,8 +204,10 @@ def _audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, grid: list[float]
     rows, pairwise = _bound_rows(analysed, input_shape, x)
     bounds = pd.DataFrame(rows)
     sound = bounds[bounds.sound & bounds.value.notna()]
-    radii = certified_radii(model, (x, y), float(sound.value.min())) if len(sound) else None
-    pair_radii = certified_radii(model, (x, y), pairwise) if pairwise is not None else None
+    radii = certified_radii(model, (x, y), float(sound.value.min()), traced=analysed) \
+        if len(sound) else None
+    pair_radii = certified_radii(model, (x, y), pairwise, traced=analysed) \
+        if pairwise is not None else None
     broken_at, attack_seconds = _timed(lambda: breaking_radii(
         model, (x[attacked], y[attacked]), grid, iterations=iterations, attacks=tuple(attacks),
         seed=seed))

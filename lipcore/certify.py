@@ -9,8 +9,9 @@ and x is certified at radius eps when r(x) > eps. With pairwise constants L_ij o
 (LipLT's, for example) the radius is min_{j != y} (z_y - z_j) / L_yj, which is never smaller.
 Float arithmetic falls on the safe side: a point is certified only if the model as the user runs
 it (its dtype, its device) predicts the label with a strict margin, and the float64 margin less an
-allowance for the logits' float error exceeds the bound times the radius (:func:`certified_radii`);
-bounds are rounded up (:func:`round_up`). A certificate is only as good as its bound:
+allowance for the logits' float error exceeds the bound times the radius (:func:`certified_radii`):
+the error measured at x, and a proof of the rounding anywhere in the ball
+(:mod:`lipcore.rounding`); bounds are rounded up (:func:`round_up`). A certificate is only as good as its bound:
 :func:`lipschitz_bound` returns only bounds that hold by construction (LipSDP-neuron's certified
 value, LipLT with exact or Gram-proved norms, the layer-wise product with exact and DFT-computed
 norms), never a power-iteration estimate, and only for models whose chain of operators
@@ -35,7 +36,9 @@ from .estimators.liplt_ops import liplt_bounds, operator_chain
 from .estimators.liplt_sound import sound_norms
 from .graph import Graph
 from .margins import margin_radii
-from .trace import Chain, batch_norm_scale, eval_mode, float64_copy, model_dtype_device, trace
+from .rounding import product_unit, rounding_error
+from .trace import (Chain, NotAnalysable, batch_norm_scale, eval_mode, float64_copy,
+                    model_dtype_device, trace)
 
 FLOAT_ALLOWANCE = 1e-9     # relative: float64 SVDs, Cholesky proofs and FFTs err by ~1e-12 here
 LOGIT_ERROR_FACTOR = 4     # the logits' float error at x is allowed this many times over ...
@@ -207,7 +210,7 @@ def validated_bound(lipschitz: float | np.ndarray | torch.Tensor, classes: int) 
 
 def certified_radii(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, torch.Tensor],
                     lipschitz: float | np.ndarray | torch.Tensor, device: str = "cpu",
-                    batch_size: int = 1000) -> torch.Tensor:
+                    batch_size: int = 1000, traced: nn.Module | None = None) -> torch.Tensor:
     """The certified l2 radius of every sample (module docstring). ``lipschitz`` is a sound bound
     L of the whole logit map, or a (C, C) matrix of sound pairwise bounds L_ij of z_i - z_j; both
     are validated (:func:`validated_bound`), and non-finite logits raise a ValueError.
@@ -216,10 +219,21 @@ def certified_radii(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, 
     mode) predicts the label with a strict margin. The margins are computed in float64 on a copy
     of the model, less an allowance for the float error of the logits: twice (one per logit)
     LOGIT_ERROR_FACTOR times the gap between the user's and the float64 logits at x, plus
-    LOGIT_ERROR_ULPS machine epsilons of the model's dtype times the largest logit. A radius
-    that overflows raises a ValueError instead of certifying an infinite ball."""
+    LOGIT_ERROR_ULPS machine epsilons of the model's dtype times the largest logit, plus sqrt(2)
+    times a proved bound of the logits' rounding anywhere in the ball, in the model's dtype and
+    in float64 at x (:func:`lipcore.rounding.rounding_error`, on the traced chain of ``traced``:
+    by default the model itself, else a model computing the same function from plain layers,
+    such as a deel-torchlip net's export, :func:`lipcore.onelip.export`; a model lipcore cannot
+    trace is refused). A radius that overflows raises a ValueError instead of certifying an
+    infinite ball."""
     x, y = as_tensors(data)
     dtype, user_device = model_dtype_device(model)
+    try:
+        net = trace(traced if traced is not None else model, tuple(x.shape[1:]))
+    except NotAnalysable as exc:
+        raise NotAnalysable(f"certified_radii proves the model's rounding over each ball from "
+                            f"its traced layers, and cannot trace this one: {exc}") from exc
+    products = product_unit(dtype, user_device)
     exact = float64_copy(model, device)
     unit = torch.finfo(dtype).eps
     radii, pairwise = [], None
@@ -249,6 +263,13 @@ def certified_radii(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, 
             if not torch.isfinite(r[user_right]).all():
                 raise ValueError("a certified radius overflows float64 (a huge margin over a tiny "
                                  "Lipschitz bound); no finite radius can be reported")
+            # rounding anywhere in the ball of radius r (the final radius is smaller, so its
+            # ball is inside), and that of the float64 margin at x
+            ball = torch.where(user_right, r.clamp_min(0.0), torch.zeros_like(r))
+            rounding = (rounding_error(net, batch, ball, dtype, products)
+                        + rounding_error(net, batch, 0.0, torch.float64))
+            r = margin_radii(z, labels, scale,
+                             allowance=2 * error + math.sqrt(2) * rounding).min(1).values
             radii.append(torch.where(user_right, r.clamp_min(0.0), torch.zeros_like(r)))
     return torch.cat(radii)
 

@@ -132,7 +132,7 @@ def test_a_sampled_audit_certifies_every_point_and_attacks_a_seeded_sample(mnist
     for option in ("--samples", "--attack-samples"):
         with pytest.raises(SystemExit):
             main(["net.pt", "--arch", "4C3F", option, "0"])
-    unsound = lambda model, data, bound: torch.full((len(data[0]),), 1e9, dtype=torch.float64)
+    unsound = lambda model, data, bound, **_: torch.full((len(data[0]),), 1e9, dtype=torch.float64)
     monkeypatch.setattr(audit_module, "certified_radii", unsound)
     with pytest.raises(RuntimeError, match="not sound"):
         audit(net, test, [3.0], iterations=5, attack_samples=30)

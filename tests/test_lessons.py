@@ -40,7 +40,8 @@ def test_the_bound_control_changes_only_L_and_the_radii(ax):
     naive = lessons.draw_certified_balls(ax, "l2", 3e-3, bound="naive")
     assert naive["L"] > sdp["L"] and naive["mean_radius"] < sdp["mean_radius"]
     assert naive["mean_margin"] == pytest.approx(sdp["mean_margin"])         # same net
-    assert naive["mean_radius"] * naive["L"] == pytest.approx(sdp["mean_radius"] * sdp["L"])
+    # equal up to the proved rounding allowance, which grows with the ball (lipcore.rounding)
+    assert naive["mean_radius"] * naive["L"] == pytest.approx(sdp["mean_radius"] * sdp["L"], rel=1e-4)
     assert "naive" in ax.get_title()
     # "none" ignores strength: the same cached net, not a retraining
     assert lessons.draw_certified_balls(ax, "none", 0.5) == lessons.draw_certified_balls(ax, "none")

@@ -35,7 +35,9 @@ def test_a_library_net_is_refused_until_exported_and_its_export_is_bounded_sound
     x = torch.rand(64, *SHAPE)
     with torch.no_grad():
         y = net(x).argmax(1)
-    radii = certified_radii(net, (x, y), bound)                      # the net as it runs
+    with pytest.raises(NotAnalysable, match="rounding.*onelip.export"):
+        certified_radii(net, (x, y), bound)          # its rounding is proved from plain layers
+    radii = certified_radii(net, (x, y), bound, traced=plain)        # the net as it runs
     assert (radii > 0).any()
     assert not attack_inside(net, x[radii > 0], y[radii > 0], radii[radii > 0]).any()
 

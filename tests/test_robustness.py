@@ -151,7 +151,9 @@ def test_certified_radius_equals_margin_over_sqrt2_L_by_hand():
         # the stated allowance for the float error of float64 logits (certify.certified_radii)
         allowance = 2 * LOGIT_ERROR_ULPS * torch.finfo(torch.float64).eps * max(1.0, float(z[i].abs().max()))
         expected = max(0.0, (margin - allowance) / (math.sqrt(2) * L)) if margin > 0 else 0.0
-        assert radii[i].item() == pytest.approx(expected, rel=1e-12, abs=1e-15)
+        # less the proved rounding of float64 over the ball (lipcore.rounding): about 1e-12
+        assert radii[i].item() <= expected
+        assert radii[i].item() == pytest.approx(expected, rel=1e-10, abs=1e-15)
     # pairwise bounds sqrt(2) L everywhere give the same radii; smaller ones larger radii
     pairwise = torch.full((3, 3), math.sqrt(2) * L)
     assert torch.allclose(certified_radii(net, (x, y), pairwise), radii)

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..certify import BOUND_METHODS, certified_radii, lipschitz_bound
 from ..data import pauli_2d
+from ..margins import margin_radii
 from ..models import fully_connected
 from ..progress import quiet
 from ..trainers import LipschitzLossConfig, TrainConfig, train, train_lipschitz_loss
@@ -93,7 +94,8 @@ def draw_certified_balls(ax: plt.Axes, method: str = "none", strength: float = 0
         accuracy = 100.0 * float((net(data.test.tensors[0]).argmax(1) == data.test.tensors[1])
                                  .float().mean())
     certified = radii > 0
-    margin = radii[certified] * 2 ** 0.5 * L          # z_y - max_j z_j, from r = m / (sqrt(2) L)
+    with torch.no_grad():                             # z_y - max_{j != y} z_j
+        margin = margin_radii(net(x[certified]), y[certified], torch.tensor(1.0)).min(1).values
     nearest, distance = nearest_other_class(net, x[certified])
     ax.clear()
     ax.imshow(regions, origin="lower", extent=(0, 1, 0, 1), alpha=0.25,
