@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,7 +37,7 @@ from .estimators.liplt_ops import liplt_bounds, operator_chain
 from .estimators.liplt_sound import sound_norms
 from .graph import Graph
 from .margins import margin_radii
-from .rounding import product_unit, rounding_error
+from .rounding import convolution_caveat, product_unit, rounding_error
 from .trace import (Chain, NotAnalysable, batch_norm_scale, eval_mode, float64_copy,
                     model_dtype_device, trace)
 
@@ -234,7 +235,12 @@ def certified_radii(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, 
         raise NotAnalysable(f"certified_radii proves the model's rounding over each ball from "
                             f"its traced layers, and cannot trace this one: {exc}") from exc
     products = product_unit(dtype, user_device)
-    exact = float64_copy(model, device)
+    caveat = convolution_caveat(net, user_device)
+    if caveat:
+        warnings.warn(f"certified_radii: {caveat}", stacklevel=2)
+    rounds_input = torch.finfo(x.dtype).eps < torch.finfo(dtype).eps if \
+        torch.is_floating_point(x) else False
+    exact = float64_copy(traced if traced is not None else model, device)
     unit = torch.finfo(dtype).eps
     radii, pairwise = [], None
     with torch.no_grad(), eval_mode(model):
@@ -266,8 +272,13 @@ def certified_radii(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, 
             # rounding anywhere in the ball of radius r (the final radius is smaller, so its
             # ball is inside), and that of the float64 margin at x
             ball = torch.where(user_right, r.clamp_min(0.0), torch.zeros_like(r))
-            rounding = (rounding_error(net, batch, ball, dtype, products)
+            rounding = (rounding_error(net, batch, ball, dtype, products, rounds_input)
                         + rounding_error(net, batch, 0.0, torch.float64))
+            if not torch.isfinite(rounding[user_right]).all():
+                warnings.warn(f"certified_radii: the rounding of this model in {dtype} cannot be "
+                              "bounded at some points (a value may overflow, or a layer has "
+                              "too many inputs for the precision); they are not certified",
+                              stacklevel=2)
             r = margin_radii(z, labels, scale,
                              allowance=2 * error + math.sqrt(2) * rounding).min(1).values
             radii.append(torch.where(user_right, r.clamp_min(0.0), torch.zeros_like(r)))

@@ -4,27 +4,41 @@ A certificate concerns the model as the user runs it, in its own dtype: rounding
 x' of the ball around x, not only at x, must not change the class. For each layer the rounding of
 one evaluation is bounded a priori by the standard error analysis of floating-point arithmetic
 (Higham, *Accuracy and Stability of Numerical Algorithms*, ch. 3): a dot product of n terms,
-in any order of summation, errs by at most
+in any order of summation (blocked, parallel, with fused multiply-adds), errs by at most
 
-    gamma_n sum_i |w_i| |h_i|,       gamma_n = n u / (1 - n u),
+    gamma_n sum_i |w_i| |h_i| + (n + 1) eta,       gamma_n = n u / (1 - n u),
 
-with u the unit roundoff of the dtype (half its machine epsilon); a layer's local error is that
-bound at the largest magnitudes its input can take anywhere in the ball. The magnitudes come
-from the net's values at x and its upstream Lipschitz bounds (|h(x')| <= |h(x)| + L_up r
-elementwise, since an l2 distance bounds every coordinate), plus the error already made. Local
-errors reach the logits through the downstream layers' Lipschitz bounds:
+with u the unit roundoff of the dtype (half its machine epsilon) and eta = u times its smallest
+normal number (gradual underflow). A layer's local error is that bound at the largest magnitudes
+its input can take anywhere in the ball. The magnitudes come from the net's values at x and its
+upstream Lipschitz bounds (|h(x')| <= |h(x)| + L_up r elementwise, since an l2 distance bounds
+every coordinate), plus the error already made. Local errors reach the logits through the
+downstream layers' Lipschitz bounds:
 
     E = sum_k L_down(k) || local_k ||_2,
 
 summed over the branches of a residual net. Per layer kind (:data:`lipcore.trace.LEAVES`): an
 affine map as above (a convolution's dot products have c k_h k_w terms; a bias adds one);
-ReLU, max pooling, sorting, reshapes and slices are exact; a smooth activation (tanh, sigmoid,
-ELU, LeakyReLU) errs by at most 8 units of its output's scale (libm's float32 functions are
-accurate to a few units in the last place); an average of k inputs by gamma_{k+1}; a BatchNorm
-(a subtraction, a product and a sum per value) by gamma_8; a skip connection's sum by u. On a
-backend that rounds float32 products' inputs to fewer bits (TF32 on a GPU, the default for
-cuDNN's convolutions: 2^-11; bfloat16 under ``torch.set_float32_matmul_precision("medium")``:
-2^-8; :func:`product_unit`), every affine map adds 3 such units, relative.
+ReLU, max pooling, reshapes and slices are exact; sorting is exact, and the product by a
+library layer's coefficient rounds twice; a smooth activation (tanh, sigmoid, ELU, LeakyReLU)
+errs by at most 8 u (|input| + 1), a few units in the last place of its output (PyTorch's
+vectorised and CUDA implementations are accurate to a few ulps); an average of k inputs by
+gamma_{k+1}; a BatchNorm by gamma_12 (a subtraction, a reciprocal square root, products and a
+sum per value); a skip connection's sum by u. The input is rounded once more where the data's
+dtype is wider than the model's.
+
+Where the backend may round float32 products' inputs to fewer bits (:func:`product_unit`: TF32,
+2^-11, the default for cuDNN's convolutions; bfloat16, 2^-8, under
+``torch.set_float32_matmul_precision("medium")``, oneDNN's fp32 modes or its environment
+variables), each input may be truncated by two such units and the sum accumulated with
+truncation: the affine bound becomes (1 + 2 p)^2 (1 + gamma_n(2 u)) - 1.
+
+What is assumed, and stated: IEEE arithmetic with round-to-nearest and gradual underflow (no
+flush-to-zero); convolutions computed as sums of products (direct or GEMM: oneDNN's default on a
+CPU). cuDNN may choose Winograd or FFT algorithms on a GPU, and NNPACK on a CPU without oneDNN,
+whose error is not of this form: :func:`convolution_caveat` says when. A value that may overflow
+(a magnitude bound at the dtype's largest number) or a layer too long for its precision
+(n u >= 1/2) gets an infinite bound: nothing is certified there.
 
 The bound is worst case, so it is loose (a net's actual rounding is smaller by orders of
 magnitude), but on plain nets it is small beside the margins (``tests/test_rounding.py``);
@@ -33,6 +47,8 @@ through a residual net's loose layer-wise bounds it is large.
 from __future__ import annotations
 
 import math
+import operator
+import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -53,29 +69,49 @@ def unit_roundoff(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).eps / 2
 
 
-def product_unit(dtype: torch.dtype, device: torch.device) -> float:
-    """The unit roundoff to which this process's backend may round the inputs of float32
-    matrix products and convolutions on ``device``: bfloat16's or TF32's where PyTorch's
-    settings allow it (``torch.set_float32_matmul_precision``, and on a GPU
-    ``torch.backends.cuda.matmul.allow_tf32`` and ``torch.backends.cudnn.allow_tf32``), else 0."""
+# torch.backends' per-backend precision settings ("ieee", "tf32", "bf16" or "none": inherit)
+PRECISION_FLAGS = ("fp32_precision", "mkldnn.fp32_precision", "mkldnn.matmul.fp32_precision",
+                   "mkldnn.conv.fp32_precision")
+CUDA_PRECISION_FLAGS = ("cuda.matmul.fp32_precision", "cudnn.fp32_precision",
+                        "cudnn.conv.fp32_precision")
+FPMATH_VARIABLES = ("ONEDNN_DEFAULT_FPMATH_MODE", "DNNL_DEFAULT_FPMATH_MODE")
+
+
+def product_unit(dtype: torch.dtype, device: torch.device | str) -> float:
+    """The unit to which this process's backend may round the inputs of float32 matrix
+    products and convolutions on ``device``: bfloat16's (2^-8) or TF32's (2^-11) where any of
+    PyTorch's settings or oneDNN's environment variables allows it, else 0. A setting that
+    cannot be read counts as bfloat16."""
     if dtype != torch.float32:
         return 0.0
-    precision = torch.get_float32_matmul_precision()
-    if precision == "medium":
-        return BFLOAT16_UNIT
     cuda = torch.device(device).type == "cuda"
-    if precision == "high" or (cuda and (torch.backends.cuda.matmul.allow_tf32
-                                         or torch.backends.cudnn.allow_tf32)):
-        return TF32_UNIT
-    return 0.0
+    modes = set()
+    for path in PRECISION_FLAGS + (CUDA_PRECISION_FLAGS if cuda else ()):
+        try:
+            modes.add(str(operator.attrgetter(path)(torch.backends)).lower())
+        except (AttributeError, RuntimeError):
+            modes.add("bf16")
+    try:
+        precision = torch.get_float32_matmul_precision()
+    except RuntimeError:                       # mixed per-backend settings
+        precision = "medium"
+    modes.add({"medium": "bf16", "high": "tf32"}.get(precision, "ieee"))
+    if cuda and (torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32):
+        modes.add("tf32")
+    for variable in FPMATH_VARIABLES:
+        mode = os.environ.get(variable, "").lower()
+        if mode and mode != "strict":
+            modes.add("tf32" if mode == "tf32" else "bf16")
+    if "bf16" in modes:
+        return BFLOAT16_UNIT
+    return TF32_UNIT if "tf32" in modes else 0.0
 
 
 def gamma(n: int, unit: float) -> float:
-    """n u / (1 - n u): the relative error bound of n floating-point operations in sequence."""
+    """n u / (1 - n u): the relative error bound of n floating-point operations in sequence;
+    infinite where n u >= 1/2, when the bound does not hold."""
     if n * unit >= 0.5:
-        raise ValueError(f"{n} operations at unit roundoff {unit:.3g}: the a priori error "
-                         "bound does not hold (n u must be small); lipcore cannot bound the "
-                         "rounding of this layer in this dtype")
+        return math.inf
     return n * unit / (1 - n * unit)
 
 
@@ -102,7 +138,28 @@ def _nodes(net: Chain | Graph) -> list[_Node]:
     return steps
 
 
-def _affine(op: Op, size: torch.Tensor, unit: float, products: float) -> torch.Tensor:
+def convolution_caveat(net: Chain | Graph, device: torch.device | str) -> str | None:
+    """Why the bound may not cover the convolutions of ``net`` on ``device`` (module
+    docstring), or None: cuDNN on a GPU, or a CPU without oneDNN, may compute them by Winograd
+    or FFT algorithms."""
+    if not any(isinstance(step.what, Op) and isinstance(step.what.module, nn.Conv2d)
+               for step in _nodes(net)):
+        return None
+    if torch.device(device).type == "cuda" and torch.backends.cudnn.enabled:
+        return ("cuDNN may compute this net's convolutions by Winograd or FFT algorithms, whose "
+                "rounding lipcore's proof does not cover; for a proved certificate set "
+                "torch.backends.cudnn.enabled = False")
+    if torch.device(device).type == "cpu" and not (torch.backends.mkldnn.is_available()
+                                                   and torch.backends.mkldnn.enabled):
+        return ("without oneDNN, PyTorch may compute this net's convolutions with NNPACK's "
+                "Winograd or FFT algorithms, whose rounding lipcore's proof does not cover")
+    return None
+
+
+def _affine(op: Op, size: torch.Tensor, unit: float, products: float, eta: float,
+            fmax: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The local error bound of a dense or conv layer, and whether a partial sum may overflow
+    (per sample)."""
     m = op.module
     weight = m.weight.detach().double().cpu().abs()
     bias = m.bias.detach().double().cpu().abs() if m.bias is not None else None
@@ -112,20 +169,25 @@ def _affine(op: Op, size: torch.Tensor, unit: float, products: float) -> torch.T
     else:
         terms = math.prod(weight.shape[1:]) + (bias is not None)
         total = F.conv2d(size, weight, bias, m.stride, m.padding)
-    return (gamma(terms, unit) + 3 * products) * total
+    if products:
+        relative = (1 + 2 * products) ** 2 * (1 + gamma(terms, 2 * unit)) - 1
+    else:
+        relative = gamma(terms, unit)
+    overflow = (total * (1 + relative)).flatten(1).amax(1) >= fmax
+    return relative * total + (terms + 1) * eta, overflow
 
 
-def _local(what: Op | str, sizes: list[torch.Tensor], unit: float, products: float
+def _local(what: Op | str, sizes: list[torch.Tensor], unit: float, eta: float
            ) -> torch.Tensor:
     """An elementwise bound on one evaluation's rounding error, given bounds ``sizes`` on the
-    magnitudes of its inputs (module docstring)."""
+    magnitudes of its inputs (module docstring); affine layers are :func:`_affine`'s."""
     size = sizes[0]
     if isinstance(what, str):
         if what == "add":
-            return unit * (sizes[0] + sizes[1])
+            return unit * (sizes[0] + sizes[1]) + eta
         if what == "adaptive_avg_pool2d":
-            return gamma(size.shape[-1] * size.shape[-2] + 1, unit) * size.mean((-2, -1),
-                                                                                 keepdim=True)
+            n = size.shape[-1] * size.shape[-2]
+            return gamma(n + 1, unit) * size.mean((-2, -1), keepdim=True) + (n + 1) * eta
         if what in ("relu", "getitem", "pad", "flatten", "input"):
             return torch.zeros(())
         raise ValueError(f"lipcore cannot bound the rounding of the function {what!r}")
@@ -133,28 +195,28 @@ def _local(what: Op | str, sizes: list[torch.Tensor], unit: float, products: flo
     leaf = leaf_of(m)
     gain = abs(leaf.gain(m, what.in_shape)) if leaf.gain else 1.0
     scaled = gain != 1.0                                     # one more product, one more rounding
-    if kind == "affine":
-        return _affine(what, size, unit, products)
     if kind in ("reshape", "identity") or isinstance(m, (nn.ReLU, nn.MaxPool2d)):
         return torch.zeros(())
     if kind == "activation":
-        return 8 * unit * (size + 1)
-    if kind == "sort":
-        return unit * gain * size
+        return 8 * unit * (size + 1) + 8 * eta
+    if kind == "sort":                         # the coefficient rounds, then the product
+        return gamma(2, unit) * gain * size + 2 * eta
     if kind == "scale":
         s = batch_norm_scale(m).cpu().abs()
         mean = m.running_mean.detach().double().cpu().abs()
         beta = m.bias.detach().double().cpu().abs() if m.bias is not None else torch.zeros_like(s)
         shape = (-1,) + (1,) * (size.dim() - 2)
-        return gamma(8, unit) * (s.reshape(shape) * (size + mean.reshape(shape))
-                                 + beta.reshape(shape))
+        return gamma(12, unit) * (s.reshape(shape) * (size + mean.reshape(shape))
+                                  + beta.reshape(shape)) + 12 * eta
     if kind == "pool":
         if isinstance(m, nn.AdaptiveAvgPool2d) or "Adaptive" in type(m).__name__:
+            n = size.shape[-1] * size.shape[-2]
             mean = size.mean((-2, -1), keepdim=True)
-            return (gamma(size.shape[-1] * size.shape[-2] + 1 + scaled, unit) * gain) * mean
+            return gamma(n + 1 + 2 * scaled, unit) * gain * mean + (n + 3) * eta
         k = m.kernel_size if isinstance(m.kernel_size, tuple) else (m.kernel_size,) * 2
         pooled = F.avg_pool2d(size, k, m.stride or m.kernel_size, m.padding)
-        return gamma(math.prod(k) + 1 + scaled, unit) * gain * pooled
+        return gamma(math.prod(k) + 1 + 2 * scaled, unit) * gain * pooled \
+            + (math.prod(k) + 3) * eta
     raise ValueError(f"lipcore cannot bound the rounding of {type(m).__name__} ({kind})")
 
 
@@ -164,24 +226,37 @@ def _column(per_sample: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def rounding_error(net: Chain | Graph, x: torch.Tensor, radius: torch.Tensor | float,
-                   dtype: torch.dtype, products: float = 0.0) -> torch.Tensor:
+                   dtype: torch.dtype, products: float = 0.0, rounds_input: bool = False
+                   ) -> torch.Tensor:
     """For each sample of ``x`` (a batch on the traced net's input shape), an upper bound on
     || fl(net)(x') - net(x') ||_2 over every x' with ||x' - x||_2 <= ``radius`` (one per sample,
     or one for all), the net evaluated in ``dtype``, the inputs of its matrix products and
-    convolutions rounded to unit ``products`` (:func:`product_unit`): module docstring."""
-    unit = unit_roundoff(dtype)
+    convolutions rounded to unit ``products`` (:func:`product_unit`); ``rounds_input``: x' is
+    rounded to ``dtype`` first (data wider than the model). Infinite where a value may overflow
+    or a layer is too long for the precision. Module docstring."""
+    unit, info = unit_roundoff(dtype), torch.finfo(dtype)
+    eta, fmax = unit * info.tiny, info.max
     x = x.detach().double().cpu()
     radius = torch.as_tensor(radius, dtype=torch.float64).reshape(-1).expand(len(x))
     steps = _nodes(net)
     values: list[Any] = [x]
     upstream = [1.0]                               # Lipschitz bound from the input to each step
-    error = [torch.zeros(len(x), dtype=torch.float64)]     # float error bound (l2) at each step
+    ball = x.abs() + _column(radius, x)
+    error = [(unit * ball).flatten(1).norm(dim=1) if rounds_input else
+             torch.zeros(len(x), dtype=torch.float64)]      # float error bound (l2) per step
+    overflow = ball.flatten(1).amax(1) >= fmax
     with torch.no_grad():
         for step in steps[1:]:
             ins = step.inputs
-            sizes = [values[i].abs() + _column(upstream[i] * radius + error[i], values[i])
-                     for i in ins]
-            local = _local(step.what, sizes, unit, products)
+            sizes = [(values[i].abs() + _column(upstream[i] * radius + error[i], values[i]))
+                     * (1 + 1e-6) for i in ins]     # 1e-6: the float64 values at x err too
+            for size in sizes:
+                overflow |= size.flatten(1).amax(1) >= fmax
+            if isinstance(step.what, Op) and step.what.kind == "affine":
+                local, spills = _affine(step.what, sizes[0], unit, products, eta, fmax)
+                overflow |= spills
+            else:
+                local = _local(step.what, sizes, unit, eta)
             local = local.expand(len(x), *local.shape[1:]) if local.dim() else \
                 torch.zeros(len(x), 1, dtype=torch.float64)
             local_norm = local.flatten(1).norm(dim=1)
@@ -193,4 +268,5 @@ def rounding_error(net: Chain | Graph, x: torch.Tensor, radius: torch.Tensor | f
                 error.append(step.factor * error[ins[0]] + local_norm)
             values.append(step.evaluate(*(values[i] for i in ins)))
     out = net.output if isinstance(net, Graph) else len(steps) - 1
-    return error[out] * (1 + 1e-9)                   # the float64 arithmetic of this bound
+    result = error[out] * (1 + 1e-9)                 # the float64 arithmetic of this bound
+    return torch.where(overflow | ~torch.isfinite(result), torch.inf, result)

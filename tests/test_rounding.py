@@ -112,3 +112,55 @@ def test_the_proof_costs_little_radius_on_an_ordinary_net():
     worst = rounding_error(trace(net), x, radii.double(), torch.float32)
     lost = math.sqrt(2) * worst / (math.sqrt(2) * L)      # the allowance, as radius
     assert (lost < 1e-4).all() and lost.median() < 1e-2 * radii.double().median()
+
+
+def test_a_value_that_may_overflow_is_never_certified():
+    """float16: a hidden unit of 256 * 256 * x reaches 65536 = inf at x = 1, 0.1 from x = 0.9,
+    where the logits become [inf, inf] (class 0) while the function's class is 1 (a review's
+    net); the proof now sees the overflow and certifies nothing there."""
+    layers = [nn.Linear(1, 1, bias=False), nn.ReLU(), nn.Linear(1, 1, bias=False), nn.ReLU(),
+              nn.Linear(1, 2)]
+    with torch.no_grad():
+        layers[0].weight.fill_(256.0)
+        layers[2].weight.fill_(256.0)
+        layers[4].weight.fill_(2.0 ** -16)
+        layers[4].bias.copy_(torch.tensor([0.0, 1.0]))
+    net = nn.Sequential(*layers).half().eval()
+    x, y = torch.tensor([[0.9]]), torch.tensor([1])
+    with torch.no_grad():
+        assert net(torch.tensor([[1.0]]).half()).argmax(1).item() == 0          # broken there
+    with pytest.warns(UserWarning, match="overflow"):
+        radius = certified_radii(net, (x, y), lipschitz_bound(net, "naive").value)
+    assert radius.item() == 0.0
+
+
+def test_every_setting_that_lowers_float32_products_counts(monkeypatch):
+    assert product_unit(torch.float32, "cpu") == 0.0
+    monkeypatch.setenv("ONEDNN_DEFAULT_FPMATH_MODE", "BF16")
+    assert product_unit(torch.float32, "cpu") == BFLOAT16_UNIT
+    monkeypatch.setenv("ONEDNN_DEFAULT_FPMATH_MODE", "TF32")
+    assert product_unit(torch.float32, "cpu") == TF32_UNIT
+    monkeypatch.delenv("ONEDNN_DEFAULT_FPMATH_MODE")
+    before = torch.backends.mkldnn.conv.fp32_precision
+    try:
+        torch.backends.mkldnn.conv.fp32_precision = "bf16"
+        assert product_unit(torch.float32, "cpu") == BFLOAT16_UNIT
+    finally:
+        torch.backends.mkldnn.conv.fp32_precision = before
+    assert product_unit(torch.float32, "cpu") == 0.0
+
+
+@pytest.mark.parametrize("dtype, w", [(torch.bfloat16, 1 + 2 ** -7), (torch.float16, 1 + 2 ** -10)])
+def test_float32_points_fed_to_a_narrower_model_are_rounded_first(dtype, w):
+    """A review's example: x' rounded to the model's dtype before its one product errs 1.18x
+    (bfloat16) the bound that assumed x' representable."""
+    net = nn.Sequential(nn.Linear(1, 1, bias=False))
+    with torch.no_grad():
+        net[0].weight.fill_(w)
+    net = net.to(dtype).eval()
+    chain, x = trace(net), torch.tensor([[0.3]])
+    points = torch.linspace(0.29, 0.31, 20001).reshape(-1, 1)       # float32 points in the ball
+    with torch.no_grad():
+        errors = (net(points.to(dtype)).double() - w * points.double()).abs()
+    assert errors.max() > rounding_error(chain, x, 0.01, dtype).item()   # without: too small
+    assert errors.max() <= rounding_error(chain, x, 0.01, dtype, rounds_input=True).item()
