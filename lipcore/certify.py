@@ -9,12 +9,12 @@ and x is certified at radius eps when r(x) > eps. With pairwise constants L_ij o
 (LipLT's, for example) the radius is min_{j != y} (z_y - z_j) / L_yj, which is never smaller.
 Float arithmetic falls on the safe side: a point is certified only if the model as the user runs
 it (its dtype, its device) predicts the label with a strict margin, and the float64 margin less an
-allowance for the logits' float error exceeds the bound times the radius (:func:`certified_radii`):
-the error measured at x, and a proof of the rounding anywhere in the ball
-(:mod:`lipcore.rounding`); bounds are rounded up (:func:`round_up`). A certificate is only as good as its bound:
-:func:`lipschitz_bound` returns only bounds that hold by construction (LipSDP-neuron's certified
-value, LipLT with exact or Gram-proved norms, the layer-wise product with exact and DFT-computed
-norms), never a power-iteration estimate, and only for models whose chain of operators
+allowance for the logits' float error exceeds the bound times the radius
+(:func:`certified_radii`): the error measured at x, and a proof of the rounding anywhere in the
+ball (:mod:`lipcore.rounding`); bounds are rounded up (:func:`round_up`). A certificate is only
+as good as its bound: :func:`lipschitz_bound` returns only bounds that hold by construction
+(LipSDP-neuron's certified value, LipLT with exact or Gram-proved norms, the layer-wise product
+with exact and DFT-computed norms), never a power-iteration estimate, and only for models whose chain of operators
 :func:`lipcore.trace.trace` has extracted and checked.
 """
 from __future__ import annotations
