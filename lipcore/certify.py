@@ -14,8 +14,8 @@ allowance for the logits' float error exceeds the bound times the radius
 ball (:mod:`lipcore.rounding`); bounds are rounded up (:func:`round_up`). A certificate is only
 as good as its bound: :func:`lipschitz_bound` returns only bounds that hold by construction
 (LipSDP-neuron's certified value, LipLT with exact or Gram-proved norms, the layer-wise product
-with exact and DFT-computed norms), never a power-iteration estimate, and only for models whose chain of operators
-:func:`lipcore.trace.trace` has extracted and checked.
+with exact and DFT-computed norms), never a power-iteration estimate, and only for models whose
+chain of operators :func:`lipcore.trace.trace` has extracted and checked.
 """
 from __future__ import annotations
 
