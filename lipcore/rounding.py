@@ -56,7 +56,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .estimators.layerwise import op_bound
+from .estimators.layerwise import conv2d_norm_bound, linear_norm, op_bound
 from .graph import Graph
 from .trace import Chain, Float64View, Op, batch_norm_scale, leaf_of
 
@@ -156,68 +156,91 @@ def convolution_caveat(net: Chain | Graph, device: torch.device | str) -> str | 
     return None
 
 
-def _affine(op: Op, size: torch.Tensor, unit: float, products: float, eta: float,
-            fmax: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The local error bound of a dense or conv layer, and whether a partial sum may overflow
-    (per sample)."""
+def _norm(t: torch.Tensor) -> torch.Tensor:
+    """The l2 norm of each sample of a batch."""
+    return t.flatten(1).norm(dim=1)
+
+
+def _affine(op: Op, size: torch.Tensor, spread: torch.Tensor, unit: float, products: float,
+            eta: float, fmax: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A dense or conv layer's local error bound (l2, per sample) and whether a partial sum may
+    overflow, given its input's magnitudes at x (``size``) and how far, in l2, the input may
+    move from them (``spread``): |W| |h'| <= |W| |h| + |W| |h' - h|, and || |W| d ||_2 <=
+    || |W| ||_2 ||d||_2."""
     m = op.module
     weight = m.weight.detach().double().cpu().abs()
     bias = m.bias.detach().double().cpu().abs() if m.bias is not None else None
     if isinstance(m, nn.Linear):
         terms = weight.shape[1] + (bias is not None)
         total = F.linear(size, weight, bias)
+        spread_gain = linear_norm(weight)
+        row_norms = weight.norm(dim=1)                         # per output
     else:
         terms = math.prod(weight.shape[1:]) + (bias is not None)
         total = F.conv2d(size, weight, bias, m.stride, m.padding)
+        spread_gain = conv2d_norm_bound(weight, tuple(op.in_shape[-2:]), m.stride, m.padding)
+        row_norms = weight.flatten(1).norm(dim=1).reshape(-1, 1, 1)     # per output channel
     if products:
         relative = (1 + 2 * products) ** 2 * (1 + gamma(terms, 2 * unit)) - 1
     else:
         relative = gamma(terms, unit)
-    overflow = (total * (1 + relative)).flatten(1).amax(1) >= fmax
-    return relative * total + (terms + 1) * eta, overflow
+    largest = total + row_norms * _column(spread, total)       # any output, anywhere in the ball
+    overflow = (largest * (1 + relative)).flatten(1).amax(1) >= fmax
+    local = relative * (_norm(total) + spread_gain * spread) \
+        + (terms + 1) * eta * math.sqrt(total[0].numel())
+    return local, overflow
 
 
-def _local(what: Op | str, sizes: list[torch.Tensor], unit: float, eta: float
-           ) -> torch.Tensor:
-    """An elementwise bound on one evaluation's rounding error, given bounds ``sizes`` on the
-    magnitudes of its inputs (module docstring); affine layers are :func:`_affine`'s."""
-    size = sizes[0]
+def _local(what: Op | str, sizes: list[torch.Tensor], spreads: list[torch.Tensor], unit: float,
+           eta: float) -> torch.Tensor:
+    """A non-affine step's local error bound (l2, per sample), given its inputs' magnitudes at x
+    (``sizes``) and how far, in l2, they may move (``spreads``): module docstring."""
+    size, spread = sizes[0], spreads[0]
+    count = math.sqrt(size[0].numel())                         # eta per value, in l2
     if isinstance(what, str):
         if what == "add":
-            return unit * (sizes[0] + sizes[1]) + eta
+            return unit * (_norm(sizes[0] + sizes[1]) + spreads[0] + spreads[1]) + eta * count
         if what == "adaptive_avg_pool2d":
-            n = size.shape[-1] * size.shape[-2]
-            return gamma(n + 1, unit) * size.mean((-2, -1), keepdim=True) + (n + 1) * eta
+            return _global_mean(size, spread, unit, eta, 1.0, False)
         if what in ("relu", "getitem", "pad", "flatten", "input"):
-            return torch.zeros(())
+            return torch.zeros(len(size), dtype=torch.float64)
         raise ValueError(f"lipcore cannot bound the rounding of the function {what!r}")
     m, kind = what.module, what.kind
     leaf = leaf_of(m)
     gain = abs(leaf.gain(m, what.in_shape)) if leaf.gain else 1.0
-    scaled = gain != 1.0                                     # one more product, one more rounding
     if kind in ("reshape", "identity") or isinstance(m, (nn.ReLU, nn.MaxPool2d)):
-        return torch.zeros(())
+        return torch.zeros(len(size), dtype=torch.float64)
     if kind == "activation":
-        return 8 * unit * (size + 1) + 8 * eta
+        return 8 * unit * (_norm(size + 1) + spread) + 8 * eta * count
     if kind == "sort":                         # the coefficient rounds, then the product
-        return gamma(2, unit) * gain * size + 2 * eta
+        return gamma(2, unit) * gain * (_norm(size) + spread) + 2 * eta * count
     if kind == "scale":
         s = batch_norm_scale(m).cpu().abs()
         mean = m.running_mean.detach().double().cpu().abs()
         beta = m.bias.detach().double().cpu().abs() if m.bias is not None else torch.zeros_like(s)
         shape = (-1,) + (1,) * (size.dim() - 2)
-        return gamma(12, unit) * (s.reshape(shape) * (size + mean.reshape(shape))
-                                  + beta.reshape(shape)) + 12 * eta
+        at_x = s.reshape(shape) * (size + mean.reshape(shape)) + beta.reshape(shape)
+        return gamma(12, unit) * (_norm(at_x) + float(s.max()) * spread) + 12 * eta * count
     if kind == "pool":
         if isinstance(m, nn.AdaptiveAvgPool2d) or "Adaptive" in type(m).__name__:
-            n = size.shape[-1] * size.shape[-2]
-            mean = size.mean((-2, -1), keepdim=True)
-            return gamma(n + 1 + 2 * scaled, unit) * gain * mean + (n + 3) * eta
+            return _global_mean(size, spread, unit, eta, gain, gain != 1.0)
         k = m.kernel_size if isinstance(m.kernel_size, tuple) else (m.kernel_size,) * 2
         pooled = F.avg_pool2d(size, k, m.stride or m.kernel_size, m.padding)
-        return gamma(math.prod(k) + 1 + 2 * scaled, unit) * gain * pooled \
-            + (math.prod(k) + 3) * eta
+        window = math.prod(k) + 1 + 2 * (gain != 1.0)
+        return gamma(window, unit) * gain * (_norm(pooled) + op_bound(what) / gain * spread) \
+            + (window + 2) * eta * math.sqrt(pooled[0].numel())
     raise ValueError(f"lipcore cannot bound the rounding of {type(m).__name__} ({kind})")
+
+
+def _global_mean(size: torch.Tensor, spread: torch.Tensor, unit: float, eta: float,
+                 gain: float, scaled: bool) -> torch.Tensor:
+    """Global average pooling of h w values per channel (times ``gain``): the mean moves by at
+    most 1/sqrt(h w) of the input's l2 move."""
+    n = size.shape[-1] * size.shape[-2]
+    mean = size.mean((-2, -1))
+    steps = n + 1 + 2 * scaled
+    return gamma(steps, unit) * gain * (_norm(mean) + spread / math.sqrt(n)) \
+        + (steps + 2) * eta * math.sqrt(mean[0].numel())
 
 
 def _column(per_sample: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -241,32 +264,33 @@ def rounding_error(net: Chain | Graph, x: torch.Tensor, radius: torch.Tensor | f
     steps = _nodes(net)
     values: list[Any] = [x]
     upstream = [1.0]                               # Lipschitz bound from the input to each step
-    ball = x.abs() + _column(radius, x)
-    error = [(unit * ball).flatten(1).norm(dim=1) if rounds_input else
+    error = [unit * (_norm(x.abs()) + radius) if rounds_input else
              torch.zeros(len(x), dtype=torch.float64)]      # float error bound (l2) per step
-    overflow = ball.flatten(1).amax(1) >= fmax
+    overflow = torch.zeros(len(x), dtype=torch.bool)
     with torch.no_grad():
         for step in steps[1:]:
             ins = step.inputs
-            sizes = [(values[i].abs() + _column(upstream[i] * radius + error[i], values[i]))
-                     * (1 + 1e-6) for i in ins]     # 1e-6: the float64 values at x err too
-            for size in sizes:
-                overflow |= size.flatten(1).amax(1) >= fmax
+            # |h(x')| <= |h(x)| + |d| with ||d||_2 <= L_up r + E: the spread (1e-6: the float64
+            # values at x err too)
+            sizes = [values[i].abs() * (1 + 1e-6) for i in ins]
+            spreads = [(upstream[i] * radius + error[i]) * (1 + 1e-6) for i in ins]
+            for size, spread in zip(sizes, spreads):
+                overflow |= (size + _column(spread, size)).flatten(1).amax(1) >= fmax
             if isinstance(step.what, Op) and step.what.kind == "affine":
-                local, spills = _affine(step.what, sizes[0], unit, products, eta, fmax)
+                local, spills = _affine(step.what, sizes[0], spreads[0], unit, products, eta,
+                                        fmax)
                 overflow |= spills
             else:
-                local = _local(step.what, sizes, unit, eta)
-            local = local.expand(len(x), *local.shape[1:]) if local.dim() else \
-                torch.zeros(len(x), 1, dtype=torch.float64)
-            local_norm = local.flatten(1).norm(dim=1)
+                local = _local(step.what, sizes, spreads, unit, eta)
             if step.what == "add":
                 upstream.append(sum(upstream[i] for i in ins))
-                error.append(sum(error[i] for i in ins) + local_norm)
+                error.append(sum(error[i] for i in ins) + local)
             else:
                 upstream.append(step.factor * upstream[ins[0]])
-                error.append(step.factor * error[ins[0]] + local_norm)
+                error.append(step.factor * error[ins[0]] + local)
             values.append(step.evaluate(*(values[i] for i in ins)))
     out = net.output if isinstance(net, Graph) else len(steps) - 1
+    last = values[out].abs() + _column(upstream[out] * radius + error[out], values[out])
+    overflow |= last.flatten(1).amax(1) >= fmax
     result = error[out] * (1 + 1e-9)                 # the float64 arithmetic of this bound
     return torch.where(overflow | ~torch.isfinite(result), torch.inf, result)
