@@ -9,11 +9,12 @@ in any order of summation (blocked, parallel, with fused multiply-adds), errs by
     gamma_n sum_i |w_i| |h_i| + (n + 1) eta,       gamma_n = n u / (1 - n u),
 
 with u the unit roundoff of the dtype (half its machine epsilon) and eta = u times its smallest
-normal number (gradual underflow). A layer's local error is that bound at the largest magnitudes
-its input can take anywhere in the ball. The magnitudes come from the net's values at x and its
-upstream Lipschitz bounds (|h(x')| <= |h(x)| + L_up r elementwise, since an l2 distance bounds
-every coordinate), plus the error already made. Local errors reach the logits through the
-downstream layers' Lipschitz bounds:
+normal number (gradual underflow). A layer's local error is that bound at the magnitudes its
+input takes anywhere in the ball: |h(x')| <= |h(x)| + |d| with ||d||_2 <= L_up r + E_in (the
+upstream Lipschitz bound times the radius, plus the error already made), so for a dense or conv
+layer || |W| |h(x')| ||_2 <= || |W| |h(x)| ||_2 + || |W| ||_2 (L_up r + E_in), with the operator
+norm of the absolute weights (a convolution's by its DFT bound), and likewise for every other
+kind. Local errors reach the logits through the downstream layers' Lipschitz bounds:
 
     E = sum_k L_down(k) || local_k ||_2,
 
@@ -41,7 +42,7 @@ whose error is not of this form: :func:`convolution_caveat` says when. A value t
 (n u >= 1/2) gets an infinite bound: nothing is certified there.
 
 The bound is worst case, so it is loose (a net's actual rounding is smaller by orders of
-magnitude), but on plain nets it is small beside the margins (``tests/test_rounding.py``);
+magnitude), but it is small beside a trained net's margins (``tests/test_rounding.py``);
 through a residual net's loose layer-wise bounds it is large.
 """
 from __future__ import annotations
