@@ -4,10 +4,10 @@ A model is stored under ``.cache/lipcore/<key>.pt`` (or ``$LIPCORE_CACHE``), whe
 everything that determines it: the config, the data fingerprint, the seed, the trainer, and the
 code that trained it: every lipcore file that the module asking for the key imports, directly or
 not, read without its comments and docstrings (:mod:`lipcore.deps`), with the versions of the
-libraries that can change the weights (torch, numpy, cvxpy and its solvers, ...). Changing any of them trains a new model; re-running a
-notebook with the same settings and code loads the stored one. Each stored net records how it was
-made (``_made``: its *recipe*, the key without the code, the code fingerprint, the commit and
-the machine, :func:`lipcore.run.machine`).
+libraries that can change the weights (torch, numpy, cvxpy and its solvers, ...). Changing any
+of them trains a new model; re-running a notebook with the same settings and code loads the
+stored one. Each stored net records how it was made (``_made``: its *recipe*, the key without
+the code, the code fingerprint, the commit and the machine, :func:`lipcore.run.machine`).
 
 The quick check (``LIPCORE_NO_TRAIN=1``, ``./reproduce.sh --quick``) never trains: a net that is
 neither cached nor shipped under its key is looked up by recipe (the same config, data and seed

@@ -23,8 +23,8 @@ pooling, reshape) and refuses anything it cannot prove:
 * **Every parameter that changes the function is checked** by the leaf's entry in
   :data:`LEAVES`: an activation's parameters give its slope bounds (ELU's alpha, LeakyReLU's
   slope) or refuse it; ``nn.Softplus`` is refused whatever its parameters (PyTorch switches it
-  to the identity at ``beta x > threshold``, a jump, so it is not Lipschitz); pooling must be undilated, without ``ceil_mode``,
-  and an average pool must divide by its whole window (no ``divisor_override``; padding counted,
+  to the identity at ``beta x > threshold``, a jump, so it is not Lipschitz); pooling must be
+  undilated, without ``ceil_mode``, and an average pool must divide by its whole window (no ``divisor_override``; padding counted,
   ``count_include_pad``); adaptive average pooling must be global (``output_size`` 1 as ints); a
   convolution must be zero-padded, ungrouped and undilated with integer padding; a flatten must
   flatten everything but the batch axis. Weights must be finite.
