@@ -82,8 +82,10 @@ def verdict(outcomes: pd.DataFrame, committed_is_paper: bool) -> tuple[str, str]
     for kind in ("budget", "setting", "paper vs code"):
         for name, group in by_variant.items():
             if group["kind"].iloc[0] == kind and holds(group):
+                others = "".join(f"; {other}: {_spread(g)}" for other, g in by_variant.items()
+                                 if other != name and g is not base)
                 return kind, (f"holds with {name} ({group['description'].iloc[0]}): "
-                              f"{_spread(group)}; committed setting: {_spread(base)}")
+                              f"{_spread(group)}; committed setting: {_spread(base)}{others}")
     tried = "; ".join(f"{name}: {_spread(g)}" for name, g in by_variant.items())
     if committed_is_paper:
         return "does not replicate", tried

@@ -49,6 +49,14 @@ def test_the_verdict_follows_the_rule_in_its_order(holds, expected):
     assert "seeds hold" in evidence and "accuracy(Lip-NN) - accuracy(Nom-NN)" in evidence
 
 
+def test_a_rescuing_variant_does_not_hide_the_variants_that_failed():
+    decided, evidence = verdict(outcomes({"base": [False] * 3, "longer": [True] * 3,
+                                          "code": [False, False, True]}), committed_is_paper=True)
+    assert decided == "budget"
+    assert evidence.startswith("holds with longer") and "committed setting: 0/3" in evidence
+    assert "code: 1/3 seeds hold" in evidence
+
+
 def test_a_reduced_budget_never_says_does_not_replicate():
     decided, evidence = verdict(outcomes({"base": [False] * 3}, "cpu"), committed_is_paper=False)
     assert decided == "open" and "only reduced budgets" in evidence

@@ -92,5 +92,7 @@ def not_run(figures_dir: Path) -> dict[tuple[str, str], str]:
             f"not run: the committed Fashion-MNIST rows are at the `cpu` budget "
             f"({setting['epochs']} epochs on {setting['n_train']} images); the paper's 100 "
             f"epochs on 54,000 images take about {hours:.0f} h for the 7 rows of one seed on 2 "
-            "cores (the Madry CNN), at the committed per-epoch times")
+            "cores (the Madry CNN), at the committed per-epoch times; `./reproduce.sh --only "
+            "clip --part-profile clip:MNIST=paper,clip:Fashion-MNIST=paper --chunk-seconds N` "
+            "runs them in chunks (`--resume` continues)")
     return reasons

@@ -12,10 +12,10 @@ a claim that holds at a shorter length but fails at a longer one has not been sh
 with more budget.
 
 Standard training is not retrained: unregularised, it certifies 0.00% at eps 1.58 in the
-committed run, so the claim turns on the gap to GloRo. One epoch on 54,000 images takes about
-a minute per net on 2 cores; every net is cached, so a chunked run resumes, and a GPU lease
-trains the longest ones in minutes (``python -m lipcore.ablations.crm train``,
-``benchmarks/gpu_run.sh crm-epochs``).
+committed run, so the claim turns on the gap to GloRo. One epoch on 54,000 images takes 30-40
+s per net on 2 cores; every net is cached, so a chunked run resumes, and a GPU lease can train
+the lengths of :data:`EPOCHS` (``python -m lipcore.ablations.crm train``,
+``benchmarks/gpu_run.sh crm-epochs``; not yet timed on a GPU).
 """
 from __future__ import annotations
 
