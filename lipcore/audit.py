@@ -169,6 +169,11 @@ def _bound_rows(model: nn.Module, input_shape: tuple[int, ...], x: torch.Tensor
         inputs=x[:64].reshape(min(64, len(x)), -1)).value)
     rows.append(_row("empirical (gradient ascent)", lower, "lower bound", False, seconds,
                      "any sound bound must be at least this"))
+    below = [r["method"] for r in rows if r["sound"] and r["value"] < lower * (1 - 1e-9)]
+    if below:                                 # math.nan compares False: refusals pass
+        raise RuntimeError(f"audit: the sound bound(s) {below} lie below the empirical lower "
+                           f"bound {lower:.6g} that gradient ascent found on this model: a bug "
+                           "in lipcore's analysis of it; please report the model")
     return rows, pairwise
 
 

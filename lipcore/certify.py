@@ -63,7 +63,10 @@ def dense_core(chain: Chain) -> tuple[list[np.ndarray], float, float, float, flo
     with one activation between consecutive ones: the fully connected core LipSDP and LipLT
     read, the sound factor ``pre`` of the layers before it (pooling, activations) and ``post`` of
     those after it (an output activation). A BatchNorm inside the core is folded into the dense
-    layer next to it (diag(s) W after it, W diag(s) before it: the same function). [alpha, beta]
+    layer next to it (diag(s) W after it, W diag(s) before it: the same function), and dense
+    layers with no activation between them are multiplied into one (the same linear map; read
+    as two, the identity between them would be bounded as if in the activations' sector, which
+    an all-sigmoid net's [0, 1/4] does not hold). [alpha, beta]
     is the hull of the core's activations' slope bounds (widened to [0, beta] where every one
     is linear, alpha = beta, which LipSDP's sector cannot hold). Every layer of the core must
     act on flat inputs, shape (n,): a Linear on a (c, n) input maps each row, and a BatchNorm1d
@@ -85,7 +88,11 @@ def dense_core(chain: Chain) -> tuple[list[np.ndarray], float, float, float, flo
     for op in ops[first:last + 1]:
         if op.kind == "affine":
             W = op.module.weight.detach().cpu().double()
-            weights.append((W * pending if pending is not None else W).numpy())
+            W = (W * pending if pending is not None else W).numpy()
+            if len(weights) > len(acts):                      # no activation since the last one
+                weights[-1] = W @ weights[-1]
+            else:
+                weights.append(W)
             pending = None
         elif op.kind == "scale" and pending is None:
             s = batch_norm_scale(op.module).cpu()
@@ -224,9 +231,11 @@ def certified_radii(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, 
     times a proved bound of the logits' rounding anywhere in the ball, in the model's dtype and
     in float64 at x (:func:`lipcore.rounding.rounding_error`, on the traced chain of ``traced``:
     by default the model itself, else a model computing the same function from plain layers,
-    such as a deel-torchlip net's export, :func:`lipcore.onelip.export`; a model lipcore cannot
+    such as a deel-torchlip net's export, :func:`lipcore.onelip.export`, which checks that it
+    does; ``traced`` is trusted to, as only the gap at x is measured; a model lipcore cannot
     trace is refused). A radius that overflows raises a ValueError instead of certifying an
-    infinite ball."""
+    infinite ball, and a call under ``torch.autocast`` is refused (the model would run in
+    another precision than its dtype)."""
     x, y = as_tensors(data)
     dtype, user_device = model_dtype_device(model)
     try:
@@ -234,8 +243,13 @@ def certified_radii(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, 
     except NotAnalysable as exc:
         raise NotAnalysable(f"certified_radii proves the model's rounding over each ball from "
                             f"its traced layers, and cannot trace this one: {exc}") from exc
+    for kind in sorted({torch.device(user_device).type, torch.device(device).type}):
+        if torch.is_autocast_enabled(kind):
+            raise ValueError(f"certified_radii is running under torch.autocast ({kind}), which "
+                             "computes the model in a narrower precision than its parameters' "
+                             "dtype the proof counts on; call it outside the autocast context")
     products = product_unit(dtype, user_device)
-    caveat = convolution_caveat(net, user_device)
+    caveat = convolution_caveat(net, user_device) or convolution_caveat(net, device)
     if caveat:
         warnings.warn(f"certified_radii: {caveat}", stacklevel=2)
     rounds_input = torch.finfo(x.dtype).eps < torch.finfo(dtype).eps if \

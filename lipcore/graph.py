@@ -76,6 +76,11 @@ class Node:
     evaluate: Callable[..., torch.Tensor]
     op: Op | None = None
 
+    @property
+    def is_sum(self) -> bool:
+        """A skip connection's sum (a layer named "add" by its module path is not one)."""
+        return self.op is None and self.name == "add"
+
 
 @dataclass(frozen=True)
 class Graph:
@@ -89,7 +94,7 @@ class Graph:
         """The layer-wise bound through the graph (module docstring)."""
         L = [1.0]
         for node in self.nodes[1:]:
-            if node.name == "add":
+            if node.is_sum:
                 L.append(sum(L[i] for i in node.inputs))
             else:
                 L.append(node.factor * L[node.inputs[0]])

@@ -143,8 +143,8 @@ def convolution_caveat(net: Chain | Graph, device: torch.device | str) -> str | 
     """Why the bound may not cover the convolutions of ``net`` on ``device`` (module
     docstring), or None: cuDNN on a GPU, or a CPU without oneDNN, may compute them by Winograd
     or FFT algorithms."""
-    if not any(isinstance(step.what, Op) and isinstance(step.what.module, nn.Conv2d)
-               for step in _nodes(net)):
+    ops = [n.op for n in net.nodes if n.op is not None] if isinstance(net, Graph) else net.ops
+    if not any(isinstance(op.module, nn.Conv2d) for op in ops):
         return None
     if torch.device(device).type == "cuda" and torch.backends.cudnn.enabled:
         return ("cuDNN may compute this net's convolutions by Winograd or FFT algorithms, whose "

@@ -390,8 +390,8 @@ def _refusal(path: str, m: nn.Module) -> str | None:
                 "not a layer lipcore can bound")
         return (f"{_name(path, m)} is {what}; lipcore analyses exactly these types: "
                 f"{', '.join(sorted(t.__name__ for t in LEAVES))} inside nn.Sequential, and "
-                f"deel-torchlip's {_known_library_layers()} (use those layers, or bound the "
-                "model another way and pass the bound to certified_radii yourself)")
+                f"deel-torchlip's {_known_library_layers()} (use those layers: lipcore neither "
+                "bounds nor certifies a model it cannot trace)")
     params = {n for n, _ in m.named_parameters(recurse=False)} | \
         {n for n, _ in m.named_buffers(recurse=False)}
     extra = params - leaf.params

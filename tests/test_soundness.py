@@ -39,11 +39,12 @@ def batch_norm(bn: nn.Module, draw) -> nn.Module:
 
 
 @st.composite
-def random_nets(draw, front: str | None = None):
+def random_nets(draw, front: str | None = None, activations: tuple[str, ...] = tuple(ACTIVATIONS)):
     """(net, input_shape): a random dense or conv net built from every layer kind lipcore
     accepts, with random parameters and weight scale. ``front``: "conv" (convolutions first),
-    "rows" (a Linear on each row of a 2-D input first) or "dense"; drawn if None."""
-    act = lambda: ACTIVATIONS[draw(st.sampled_from(sorted(ACTIVATIONS)))](draw)  # noqa: E731
+    "rows" (a Linear on each row of a 2-D input first) or "dense"; drawn if None. Activations
+    are drawn from ``activations``; a dense layer may have none after it (two in a row)."""
+    act = lambda: ACTIVATIONS[draw(st.sampled_from(sorted(activations)))](draw)  # noqa: E731
     front = front or draw(st.sampled_from(["conv", "rows", "dense", "dense"]))
     layers: list[nn.Module] = []
     if front == "conv":
@@ -85,9 +86,13 @@ def random_nets(draw, front: str | None = None):
             width = rows * out
     for _ in range(draw(st.integers(0, 2))):
         out = draw(st.integers(1, 8))
-        layers += [nn.Linear(width, out), act()]
+        layers.append(nn.Linear(width, out))
+        activated = draw(st.integers(0, 3)) > 0               # else the next dense layer follows
+        if activated:
+            layers.append(act())
         if draw(st.integers(0, 3)) == 0:                      # before or after the activation
-            layers.insert(len(layers) - draw(st.integers(0, 1)), batch_norm(nn.BatchNorm1d(out), draw))
+            layers.insert(len(layers) - (draw(st.integers(0, 1)) if activated else 0),
+                          batch_norm(nn.BatchNorm1d(out), draw))
         if draw(st.integers(0, 4)) == 0:
             layers.append(draw(st.sampled_from([nn.Identity(), nn.Dropout(0.3)])))
         width = out
@@ -157,6 +162,15 @@ def test_no_random_net_fools_a_certificate(spec, method):
 def test_no_net_on_the_rows_of_its_input_fools_a_certificate(spec, method):
     """The same for dense layers acting on each row of a 2-D input, where a BatchNorm1d scales
     the rows, not the features (the folding that once took one for the other: hostile review)."""
+    check_certificate(*spec, method)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=random_nets(front="dense", activations=("sigmoid",)),
+       method=st.sampled_from(["liplt", "lipsdp", "compositional"]))
+def test_no_sigmoid_net_with_dense_layers_in_a_row_fools_a_certificate(spec, method):
+    """The same for sigmoid nets, whose sector [0, 1/4] does not hold the identity between two
+    dense layers with no activation between them (once read as an activation: hostile review)."""
     check_certificate(*spec, method)
 
 
@@ -549,3 +563,42 @@ def test_labels_must_be_class_indices():
     for labels in (torch.tensor([1.9, 0.0, 1.0, 0.0]), torch.tensor([True, False, True, False])):
         with pytest.raises(ValueError, match="integer class indices"):
             certified_radii(net, (x, labels), 1.0)
+
+
+def test_dense_layers_in_a_row_are_one_linear_map_to_every_dense_bound():
+    """Hostile review: Linear, Sigmoid, then three Linears in a row has constant 1/4; reading the
+    missing activations as sigmoids gave LipSDP, compositional and LipLT 1/64, and certified a
+    point 2.76 from its label where the model changes class 0.75 away."""
+    def linear(w, b=None):
+        m = nn.Linear(1, len(w))
+        with torch.no_grad():
+            m.weight.copy_(torch.tensor(w, dtype=torch.float32).reshape(-1, 1))
+            m.bias.copy_(torch.tensor(b if b is not None else [0.0] * len(w)))
+        return m
+    chain = nn.Sequential(linear([1.0]), nn.Sigmoid(), linear([1.0]), linear([1.0]),
+                          linear([1.0])).eval()
+    for method in ("lipsdp", "compositional", "liplt"):
+        assert lipschitz_bound(chain, method, (1,)).value >= 0.25 * (1 - 1e-9), method
+    net = nn.Sequential(linear([1.0]), nn.Sigmoid(), linear([1.0]),
+                        linear([1.0, -1.0], [-0.4, 0.5])).eval()
+    x, y = torch.tensor([[0.5]]), torch.tensor([0])
+    radius = certified_radii(net, (x, y), lipschitz_bound(net, "liplt", (1,)).value)
+    assert float(radius) < 0.75                    # the model predicts class 1 at x = -0.25
+    assert net(torch.tensor([[-0.25]])).argmax(1).item() == 1
+
+
+def test_a_layer_whose_path_is_add_is_not_read_as_a_skip_connection():
+    """Hostile review: a conv registered under the name "add" was taken for a residual sum and
+    dropped from the graph's bound (2.15 instead of 215)."""
+    from collections import OrderedDict
+
+    from lipcore.resnets import BasicBlock
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 2, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(100 * torch.eye(2).reshape(2, 2, 1, 1))
+    block = BasicBlock(2, 2, 1, False).eval()
+    bounds = {name: lipschitz_bound(nn.Sequential(OrderedDict([(name, conv), ("blk", block)])),
+                                    "naive", (2, 4, 4)).value for name in ("add", "scale")}
+    assert bounds["add"] == bounds["scale"] >= 100 * lipschitz_bound(
+        nn.Sequential(block), "naive", (2, 4, 4)).value * (1 - 1e-9)
