@@ -45,7 +45,7 @@ def test_power_iteration_agrees_with_the_exact_norm_and_the_sound_bound_is_above
     for p in lo.hidden_pairs(chain):
         assert float(estimate[p].detach()) == pytest.approx(exact[p], rel=1e-4)
         assert float(estimate[p].detach()) <= exact[p] * (1 + 1e-6)
-        assert split[p] >= exact[p] * (1 - 1e-12)
+        assert split[p] >= exact[p] * (1 - 1e-9)   # both carry rounding slack (product_norms)
     with pytest.raises(ValueError, match="iterations"):
         lo.PowerIteration(chain).norms(chain, -1)
 

@@ -172,3 +172,24 @@ def test_the_cholesky_proved_top_eigenvalue_is_tight_and_never_below_eigvalsh():
         exact = float(torch.linalg.eigvalsh(M)[-1])
         assert exact <= lambda_max_bound(M) <= exact * (1 + 1e-5)
     assert lambda_max_bound(torch.zeros(100, 100, dtype=torch.float64)) == 0.0
+
+
+@pytest.mark.parametrize("rows, cols, scale", [(300, 80, 1.0), (40, 120, 1e3), (500, 200, 1e-4)])
+def test_compressed_rows_and_eigenvalue_bounds_hold_for_the_exact_gram_not_only_in_float(
+        rows, cols, scale):
+    """The compression keeps Z^T Z >= Y^T Y and lambda_max_bound stays above lambda_max, both
+    checked against the Gram matrix formed in extended precision (numpy's longdouble), on
+    rank-deficient (rows < cols) and widely scaled rows: the rounding slack is on the safe side."""
+    import numpy as np
+
+    from lipcore.estimators import product_norms as pn
+    torch.manual_seed(rows)
+    Y = torch.randn(rows, cols, dtype=torch.float64) * scale
+    Y[:, 0] *= 1e4                                          # one direction dominates
+    G = pn.row_gram(Y, "columns")
+    Z = pn._compressed(G, rows).numpy().astype(np.longdouble)
+    Yl = Y.numpy().astype(np.longdouble)
+    gap = (Z.T @ Z - Yl.T @ Yl).astype(np.float64)          # exact to ~1e-19 relative
+    assert np.linalg.eigvalsh(gap)[0] >= 0.0
+    top = np.linalg.eigvalsh((Yl.T @ Yl).astype(np.float64))[-1]
+    assert pn.lambda_max_bound(G) >= top * (1 + 1e-15)

@@ -18,10 +18,18 @@ operators of a start are applied once for all its ends.
   stride-2 4x4 conv with 32 output channels on a 16 x 16 grid.
 * :func:`lambda_max_bound`: the top eigenvalue of a symmetric PSD matrix from above: Lanczos
   (scipy's eigsh, in float32: it only guesses) estimates it, and a Cholesky factorisation of
-  c I - M in float64 proves c, a millionth above the guess, is an upper bound. A Cholesky that
-  succeeds in floating point proves c I - M + E positive definite with ||E|| <= about
-  (n + 1) eps (c + ||M||) (Demmel 1989), far below the callers' SAFETY inflation, and it costs
-  n^3 / 3 flops against about 9 n^3 for eigvalsh.
+  c I - M in float64 proves c, a millionth above the guess, is an upper bound once c is raised
+  by the factorisation's own error (below); it costs n^3 / 3 flops against about 9 n^3 for
+  eigvalsh.
+
+Rounding (theorems, Higham 2002, Thm 8.3 and 10.3, u = 2^-53): a Cholesky of an n x n matrix A
+that runs to completion gives R^T R = A + E with |E| <= gamma_{n+1} |R^T| |R|, so
+||E||_2 <= || |R| ||_F^2 gamma_{n+1} <= gamma_{n+1} trace(A) / (1 - gamma_{n+1}); a Gram matrix
+of k-term dot products is off by at most gamma_k trace(G) in the same way. :func:`_float_slack`
+turns these into the amounts added to every proved eigenvalue bound and to every compression's
+tau, so that Z^T Z >= A_{K-1} A_{K-1}^T holds for the Gram matrices the sweep computed, not only
+in exact arithmetic (at n = 8,192 they are about 1e-8 relative). The remaining rounding, in
+applying the operators to the rows, is the callers' SAFETY inflation.
 """
 from __future__ import annotations
 
@@ -37,6 +45,7 @@ from scipy.sparse.linalg import ArpackNoConvergence, eigsh
 MARGINS = (1e-6, 1e-5, 1e-3, 1e-1)        # relative margins above the Lanczos estimate, in turn
 ROW_LIMIT = 2 ** 28                         # entries of the swept rows (2 GiB in float64)
 BATCH = 512                                 # rows through an operator at a time
+UNIT = 2.0 ** -53                           # float64's unit roundoff
 
 
 class _OutOfTime(Exception):
@@ -76,8 +85,16 @@ def lambda_max_bound(M: torch.Tensor) -> float:
     for margin in MARGINS:
         c = estimate * (1.0 + margin)
         if int(torch.linalg.cholesky_ex(c * eye - M).info) == 0:
-            return c
+            return c + _float_slack(n * c, n + 1)        # trace(c I - M) <= n c
     return float(torch.linalg.eigvalsh(M)[-1].clamp_min(0.0))
+
+
+def _float_slack(trace: float, terms: int) -> float:
+    """Twice gamma_terms trace / (1 - gamma_terms): a bound on the 2-norm of the rounding error
+    of a Cholesky (terms = n + 1) or a Gram matrix of ``terms``-term dot products whose matrix
+    has this trace (module docstring); twice, so that rounding in this sum is covered too."""
+    gamma = terms * UNIT / (1 - terms * UNIT)
+    return 2.0 * gamma * trace / (1.0 - gamma)
 
 
 def row_gram(Y: torch.Tensor, side: str) -> torch.Tensor:
@@ -200,11 +217,18 @@ def _in_batches(fn, x: torch.Tensor, deadline: float = math.inf) -> torch.Tensor
     return torch.cat(out)
 
 
-def _compressed(G: torch.Tensor) -> torch.Tensor:
-    """Z with Z^T Z = G + tau I (tau >= 0, the least of 1e-12 * max diag G times a power of 100
-    that makes it positive definite): the rows that replace a wide matrix of Gram G."""
-    tau = 1e-12 * float(torch.diagonal(G).max().clamp_min(1e-300))
-    eye = torch.eye(len(G), dtype=G.dtype, device=G.device)
+def _compressed(G: torch.Tensor, terms: int) -> torch.Tensor:
+    """Z with Z^T Z >= G + the rounding error of G (a Gram matrix of ``terms``-term dot
+    products): Z = R of a Cholesky of G + tau I, with tau at least the error of G and of the
+    factorisation (:func:`_float_slack`) and 1e-12 * max diag G, times the least power of 100
+    that makes it positive definite. These rows replace a wide matrix of Gram G."""
+    n = len(G)
+    trace = float(torch.diagonal(G).sum())
+    # tau covers E of a Cholesky of G + tau I, whose trace is trace + n tau: solve for tau
+    slack = _float_slack(trace, terms) + _float_slack(trace, n + 1)
+    tau = max(1e-12 * float(torch.diagonal(G).max().clamp_min(1e-300)),
+              slack / (1.0 - n * _float_slack(1.0, n + 1)))
+    eye = torch.eye(n, dtype=G.dtype, device=G.device)
     for _ in range(6):
         L, info = torch.linalg.cholesky_ex(G + tau * eye)
         if int(info) == 0:
@@ -256,7 +280,7 @@ def _sweep(ops: Sequence[Operator], gram_limit: int, row_limit: int, deadline: f
         if start == len(ops):
             return
         _check(deadline)
-        Z = _compressed(G)
+        Z = _compressed(G, ops[0].in_dim)           # G's entries sum over ops[0]'s input
     for K in range(start, len(ops)):
         _check(deadline)
         op = ops[K]
@@ -275,7 +299,7 @@ def _sweep(ops: Sequence[Operator], gram_limit: int, row_limit: int, deadline: f
             return
         if narrower:
             _check(deadline)
-            Z = _compressed(G)
+            Z = _compressed(G, rows)                 # Y^T Y sums over the rows
         elif Z is not None:
             Z = Y
         elif rows * op.out_dim <= row_limit:
