@@ -1,5 +1,6 @@
 """Robustness evaluation: random noise, the paper-specific PGD of Bungert et al. (eq. (13)), and
-robust accuracy under strong attacks from a maintained library (ART).
+robust accuracy under strong attacks from maintained libraries (AutoAttack's reference
+implementation, packaged as pyautoattack, and ART for DeepFool and Carlini-Wagner).
 
 Certified accuracy, the other side of the same question, lives in :mod:`lipcore.certify`.
 
