@@ -17,19 +17,20 @@ operators of a start are applied once for all its ends.
   column (Curtis, Powell and Reid 1974), e.g. 288 probes instead of 8,192 one-hot vectors for a
   stride-2 4x4 conv with 32 output channels on a 16 x 16 grid.
 * :func:`lambda_max_bound`: the top eigenvalue of a symmetric PSD matrix from above: Lanczos
-  (scipy's eigsh, in float32: it only guesses) estimates it, and a Cholesky factorisation of
-  c I - M in float64 proves c, a millionth above the guess, is an upper bound once c is raised
-  by the factorisation's own error (below); it costs n^3 / 3 flops against about 9 n^3 for
-  eigvalsh.
+  (scipy's eigsh, in float32: it only guesses; eigvalsh up to 64 rows) estimates it, and a
+  Cholesky factorisation of c I - M in float64 proves c, a little above the guess, is an upper
+  bound once c is raised by the factorisation's own error (below); it costs n^3 / 3 flops
+  against about 9 n^3 for eigvalsh. If no margin is proved (never seen), trace(M) bounds it.
 
-Rounding (theorems, Higham 2002, Thm 8.3 and 10.3, u = 2^-53): a Cholesky of an n x n matrix A
-that runs to completion gives R^T R = A + E with |E| <= gamma_{n+1} |R^T| |R|, so
-||E||_2 <= || |R| ||_F^2 gamma_{n+1} <= gamma_{n+1} trace(A) / (1 - gamma_{n+1}); a Gram matrix
-of k-term dot products is off by at most gamma_k trace(G) in the same way. :func:`_float_slack`
-turns these into the amounts added to every proved eigenvalue bound and to every compression's
-tau, so that Z^T Z >= A_{K-1} A_{K-1}^T holds for the Gram matrices the sweep computed, not only
-in exact arithmetic (at n = 8,192 they are about 1e-8 relative). The remaining rounding, in
-applying the operators to the rows, is the callers' SAFETY inflation.
+Rounding (theorems, Higham 2002, eq. (3.13) and Thm 10.3, u = 2^-53, no underflow): a Cholesky
+of an n x n matrix A that runs to completion gives R^T R = A + E with |E| <= gamma_{n+1} |R^T|
+|R|, so ||E||_2 <= || |R| ||_F^2 gamma_{n+1} <= gamma_{n+1} trace(A) / (1 - gamma_{n+1}); a
+Gram matrix of k-term dot products is off by at most gamma_k trace(G) in the same way.
+:func:`_float_slack` turns these into amounts added to every proved eigenvalue bound, to every
+norm (the Gram matrix's own error: :func:`gram_norm`) and to every compression's tau, so that
+the norms bound the exact Gram matrices of the rows the sweep computed, and Z^T Z >= those
+(at n = 8,192 the amounts are about 1e-8 relative). The remaining rounding, in applying the
+operators to the rows, is the callers' SAFETY inflation.
 """
 from __future__ import annotations
 
@@ -43,6 +44,8 @@ from scipy.linalg.blas import dsyrk
 from scipy.sparse.linalg import ArpackNoConvergence, eigsh
 
 MARGINS = (1e-6, 1e-5, 1e-3, 1e-1)        # relative margins above the Lanczos estimate, in turn
+SMALL_MARGINS = (1e-12, 1e-9) + MARGINS    # above eigvalsh's, which is accurate to rounding
+SMALL = 64                                 # rows up to which eigvalsh gives the estimate
 ROW_LIMIT = 2 ** 28                         # entries of the swept rows (2 GiB in float64)
 BATCH = 512                                 # rows through an operator at a time
 UNIT = 2.0 ** -53                           # float64's unit roundoff
@@ -66,33 +69,48 @@ class Operator(Protocol):
 
 
 def lambda_max_bound(M: torch.Tensor) -> float:
-    """An upper bound on the largest eigenvalue of the symmetric PSD float64 matrix ``M``,
-    proved by a Cholesky factorisation of c I - M (module docstring); eigvalsh if no margin of
-    MARGINS is proved or Lanczos does not converge (never seen, but rounding is not a theorem)."""
+    """An upper bound on the largest eigenvalue of the symmetric float64 matrix ``M`` (PSD, with
+    a non-negative diagonal), proved by a Cholesky factorisation of c I - M (module docstring);
+    trace(M), raised by its summation error, if no margin is proved (never seen, but rounding
+    is not a theorem)."""
     n = len(M)
-    if n <= 64:
-        return float(torch.linalg.eigvalsh(M)[-1].clamp_min(0.0))
     top = float(torch.diagonal(M).max().clamp_min(0.0))
-    if top == 0.0:
+    if top == 0.0:                                 # a PSD matrix with a zero diagonal is zero
         return 0.0
-    try:
-        estimate = float(eigsh(M.cpu().float().numpy(), k=1, which="LA", tol=1e-7,
-                               v0=np.ones(n, dtype=np.float32), return_eigenvectors=False)[0])
-    except ArpackNoConvergence:
-        return float(torch.linalg.eigvalsh(M)[-1].clamp_min(0.0))
+    estimate, margins = None, SMALL_MARGINS
+    if n > SMALL:
+        try:
+            estimate = float(eigsh(M.cpu().float().numpy(), k=1, which="LA", tol=1e-7,
+                                   v0=np.ones(n, dtype=np.float32), return_eigenvectors=False)[0])
+            margins = MARGINS
+        except ArpackNoConvergence:
+            pass
+    if estimate is None:
+        estimate = float(torch.linalg.eigvalsh(M)[-1])
     estimate = max(estimate, top)                  # lambda_max >= the largest diagonal entry
     eye = torch.eye(n, dtype=M.dtype, device=M.device)
-    for margin in MARGINS:
+    for margin in margins:
         c = estimate * (1.0 + margin)
         if int(torch.linalg.cholesky_ex(c * eye - M).info) == 0:
             return c + _float_slack(n * c, n + 1)        # trace(c I - M) <= n c
-    return float(torch.linalg.eigvalsh(M)[-1].clamp_min(0.0))
+    trace = float(torch.diagonal(M).sum())
+    return trace + _float_slack(trace, n)
+
+
+def gram_norm(G: torch.Tensor, terms: int) -> float:
+    """An upper bound on the 2-norm of the rows whose Gram matrix ``G`` was computed from
+    ``terms``-term dot products: the square root of :func:`lambda_max_bound` plus G's own
+    rounding error (Weyl's inequality)."""
+    trace = float(torch.diagonal(G).sum())
+    return float(np.sqrt(lambda_max_bound(G) + _float_slack(trace, terms)))
 
 
 def _float_slack(trace: float, terms: int) -> float:
     """Twice gamma_terms trace / (1 - gamma_terms): a bound on the 2-norm of the rounding error
     of a Cholesky (terms = n + 1) or a Gram matrix of ``terms``-term dot products whose matrix
     has this trace (module docstring); twice, so that rounding in this sum is covered too."""
+    if terms * UNIT >= 0.25:
+        raise FloatingPointError(f"no rounding bound for sums of {terms} terms in float64")
     gamma = terms * UNIT / (1 - terms * UNIT)
     return 2.0 * gamma * trace / (1.0 - gamma)
 
@@ -226,8 +244,10 @@ def _compressed(G: torch.Tensor, terms: int) -> torch.Tensor:
     trace = float(torch.diagonal(G).sum())
     # tau covers E of a Cholesky of G + tau I, whose trace is trace + n tau: solve for tau
     slack = _float_slack(trace, terms) + _float_slack(trace, n + 1)
-    tau = max(1e-12 * float(torch.diagonal(G).max().clamp_min(1e-300)),
-              slack / (1.0 - n * _float_slack(1.0, n + 1)))
+    shrink = 1.0 - n * _float_slack(1.0, n + 1)
+    if shrink < 0.5:
+        raise FloatingPointError(f"no rounding bound for a Cholesky of {n} rows in float64")
+    tau = max(1e-12 * float(torch.diagonal(G).max().clamp_min(1e-300)), slack / shrink)
     eye = torch.eye(n, dtype=G.dtype, device=G.device)
     for _ in range(6):
         L, info = torch.linalg.cholesky_ex(G + tau * eye)
@@ -275,12 +295,12 @@ def _sweep(ops: Sequence[Operator], gram_limit: int, row_limit: int, deadline: f
             return
         G = banded_gram(ops[:narrow[0] + 1], "out", deadline=deadline)
         _check(deadline)
-        norms[narrow[0]] = float(np.sqrt(lambda_max_bound(G)))
+        norms[narrow[0]] = gram_norm(G, ops[0].in_dim)     # G's entries sum over ops[0]'s input
         start = narrow[0] + 1
         if start == len(ops):
             return
         _check(deadline)
-        Z = _compressed(G, ops[0].in_dim)           # G's entries sum over ops[0]'s input
+        Z = _compressed(G, ops[0].in_dim)
     for K in range(start, len(ops)):
         _check(deadline)
         op = ops[K]
@@ -294,7 +314,7 @@ def _sweep(ops: Sequence[Operator], gram_limit: int, row_limit: int, deadline: f
             Y = _in_batches(op.apply, Z, deadline)
             G = row_gram(Y, "columns" if narrower else "rows")
         _check(deadline)
-        norms[K] = float(np.sqrt(lambda_max_bound(G)))
+        norms[K] = gram_norm(G, rows if narrower else op.out_dim)   # its inner dimension
         if K + 1 == len(ops):           # the rows for the next operator are not needed
             return
         if narrower:
