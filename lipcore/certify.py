@@ -36,6 +36,7 @@ from .estimators.layerwise import op_bound
 from .estimators.liplt_ops import liplt_bounds, operator_chain
 from .estimators.liplt_sound import sound_norms
 from .graph import Graph
+from . import pristine
 from .margins import margin_radii
 from .rounding import convolution_caveat, product_unit, rounding_error
 from .trace import (Chain, NotAnalysable, batch_norm_scale, eval_mode, float64_copy,
@@ -56,6 +57,7 @@ class LipschitzBound:
     method: str            # "lipsdp" or "naive"
     label: str             # what a table or legend says
     seconds: float
+    input_shape: tuple[int, ...]   # the inputs it holds for (a conv's norm grows with its grid)
 
 
 def dense_core(chain: Chain) -> tuple[list[np.ndarray], float, float, float, float]:
@@ -129,9 +131,11 @@ def lipschitz_bound(model: nn.Module, method: str = "lipsdp",
     after it; ``"liplt"`` on a conv net uses the sound operator version
     (:mod:`lipcore.estimators.liplt_sound`); ``"naive"`` is the product of sound layer bounds.
     Conv nets need ``input_shape`` (no batch axis). The value is rounded up (:func:`round_up`);
-    the model's train/eval mode is left as it was."""
+    the model's train/eval mode is left as it was. Refused while torch's functions are not its
+    own (:func:`lipcore.pristine.check`: a mode, autocast or a patched function)."""
     if method not in BOUND_METHODS:
         raise ValueError(f"unknown bound method {method!r}; choose one of {sorted(BOUND_METHODS)}")
+    pristine.check("lipschitz_bound", ("cpu", *{t.device.type for t in model.parameters()}))
     start = time.perf_counter()
     chain = trace(model, input_shape)
     if isinstance(chain, Graph):
@@ -157,7 +161,7 @@ def lipschitz_bound(model: nn.Module, method: str = "lipsdp",
         raise ValueError(f"the {BOUND_METHODS[method]} bound of this model is {value}, not a "
                          "finite positive number (all-zero weights?); it cannot certify anything")
     return LipschitzBound(round_up(float(value)), method, BOUND_METHODS[method],
-                          time.perf_counter() - start)
+                          time.perf_counter() - start, tuple(chain.input_shape))
 
 
 def _core_bound(method: str, weights: list[np.ndarray], alpha: float, beta: float) -> float:
@@ -217,11 +221,15 @@ def validated_bound(lipschitz: float | np.ndarray | torch.Tensor, classes: int) 
 
 
 def certified_radii(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, torch.Tensor],
-                    lipschitz: float | np.ndarray | torch.Tensor, device: str = "cpu",
+                    lipschitz: float | np.ndarray | torch.Tensor | LipschitzBound,
+                    device: str = "cpu",
                     batch_size: int = 1000, traced: nn.Module | None = None) -> torch.Tensor:
     """The certified l2 radius of every sample (module docstring). ``lipschitz`` is a sound bound
     L of the whole logit map, or a (C, C) matrix of sound pairwise bounds L_ij of z_i - z_j; both
-    are validated (:func:`validated_bound`), and non-finite logits raise a ValueError.
+    are validated (:func:`validated_bound`), and non-finite logits raise a ValueError. Pass the
+    :class:`LipschitzBound` itself where you have it: one computed for another input shape is
+    then refused (a plain number is trusted to hold for the data's shape: the norm of a conv, or
+    of a net with global pooling, depends on the image size).
 
     The radius is 0 unless the model *as the user runs it* (its own dtype and device, in eval
     mode) predicts the label with a strict margin. The margins are computed in float64 on a copy
@@ -234,20 +242,24 @@ def certified_radii(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, 
     such as a deel-torchlip net's export, :func:`lipcore.onelip.export`, which checks that it
     does; ``traced`` is trusted to, as only the gap at x is measured; a model lipcore cannot
     trace is refused). A radius that overflows raises a ValueError instead of certifying an
-    infinite ball, and a call under ``torch.autocast`` is refused (the model would run in
-    another precision than its dtype)."""
+    infinite ball, and a call under ``torch.autocast``, a torch function or dispatch mode or with
+    a patched torch function is refused (:func:`lipcore.pristine.check`: the model would not
+    compute what its weights say)."""
     x, y = as_tensors(data)
+    if isinstance(lipschitz, LipschitzBound):
+        if lipschitz.input_shape != tuple(x.shape[1:]):
+            raise ValueError(f"certified_radii: the bound holds for inputs of shape "
+                             f"{lipschitz.input_shape}, the data's are {tuple(x.shape[1:])}; "
+                             "compute it with lipschitz_bound(model, method, input_shape) for "
+                             "the data's shape")
+        lipschitz = lipschitz.value
     dtype, user_device = model_dtype_device(model)
+    pristine.check("certified_radii", (torch.device(user_device).type, torch.device(device).type))
     try:
         net = trace(traced if traced is not None else model, tuple(x.shape[1:]))
     except NotAnalysable as exc:
         raise NotAnalysable(f"certified_radii proves the model's rounding over each ball from "
                             f"its traced layers, and cannot trace this one: {exc}") from exc
-    for kind in sorted({torch.device(user_device).type, torch.device(device).type}):
-        if torch.is_autocast_enabled(kind):
-            raise ValueError(f"certified_radii is running under torch.autocast ({kind}), which "
-                             "computes the model in a narrower precision than its parameters' "
-                             "dtype the proof counts on; call it outside the autocast context")
     products = product_unit(dtype, user_device)
     caveat = convolution_caveat(net, user_device) or convolution_caveat(net, device)
     if caveat:

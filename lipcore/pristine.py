@@ -1,0 +1,83 @@
+"""Whether torch computes what lipcore analyses.
+
+The bounds read a model's weights; the chain check (:func:`lipcore.trace.verify`) and the
+certificates' margins evaluate the model, through torch's own functions. A change to those
+functions for the whole process changes what the model computes without changing its weights,
+and the chain check, evaluated through the same functions, cannot see it: a ``TorchFunctionMode``
+that triples every ``F.linear`` made a net three times steeper than its certified bound (found
+by a hostile reviewer). :func:`check` refuses in every such case it can see: an active torch
+function or dispatch mode, ``torch.autocast``, and a function of ``torch``,
+``torch.nn.functional``, ``torch._C._nn`` or the Tensor class replaced since lipcore was
+imported, or before it by one defined outside torch (profilers and quantisation simulators
+patch them). Kernels registered below Python (``torch.library`` on aten operators) are not seen
+(docs/security.md).
+"""
+from __future__ import annotations
+
+import os
+import types
+import typing
+
+import torch
+import typing_extensions
+from torch.nn import functional as F
+
+NAMESPACES = {"torch": torch, "torch.nn.functional": F, "torch._C._nn": torch._C._nn,
+              "torch.Tensor": torch.Tensor, "torch._C.TensorBase": torch._C.TensorBase}
+FUNCTIONS = (types.FunctionType, types.BuiltinFunctionType, types.MethodDescriptorType,
+             types.WrapperDescriptorType, staticmethod, classmethod)
+# where torch's own functions are defined (torch re-exports a few typing helpers)
+HOMES = (os.path.dirname(os.path.abspath(torch.__file__)) + os.sep,
+         os.path.abspath(typing.__file__), os.path.abspath(typing_extensions.__file__))
+
+
+def _functions(namespace: object) -> dict[str, object]:
+    return {name: obj for name, obj in vars(namespace).items() if isinstance(obj, FUNCTIONS)}
+
+
+_AT_IMPORT = {label: _functions(namespace) for label, namespace in NAMESPACES.items()}
+
+
+def _foreign(obj: object) -> bool:
+    """A Python function defined outside torch: a wrapper put in torch's place."""
+    code = getattr(getattr(obj, "__func__", obj), "__code__", None)
+    return code is not None and not os.path.abspath(code.co_filename).startswith(HOMES)
+
+
+def replaced() -> list[str]:
+    """The torch functions that are not torch's own (module docstring), by qualified name: one
+    defined outside torch, a C function swapped for another, or one that is no longer a
+    function (a ``functools.partial`` or a callable object in its place). Torch itself swaps
+    some Python functions for its own wrappers (``torch.manual_seed`` once torchvision loads)."""
+    found = []
+    for label, namespace in NAMESPACES.items():
+        now, then = _functions(namespace), _AT_IMPORT[label]
+        for name, obj in now.items():
+            old = then.get(name)
+            swapped = old is not None and old is not obj and not isinstance(old, types.FunctionType)
+            if swapped or _foreign(obj):
+                found.append(f"{label}.{name}")
+        found += [f"{label}.{name}" for name in then if name not in now]
+    return found
+
+
+def check(who: str, devices: tuple[str, ...] = ("cpu",)) -> None:
+    """Raise a RuntimeError naming what changed if torch's functions are not its own
+    (module docstring), so that ``who`` (the caller, for the message) proves nothing about a
+    function the model does not compute; ``devices``: the device kinds to check for autocast."""
+    why = []
+    if torch._C._len_torch_function_stack():
+        why.append("a TorchFunctionMode is active")
+    if torch._C._len_torch_dispatch_stack():
+        why.append("a TorchDispatchMode is active")
+    why += [f"torch.autocast ({kind}) is active: the model would run in a narrower precision "
+            "than its parameters' dtype" for kind in sorted(set(devices))
+            if torch.is_autocast_enabled(kind)]
+    names = replaced()
+    if names:
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        why.append(f"torch functions were replaced ({shown})")
+    if why:
+        raise RuntimeError(f"{who}: {'; '.join(why)}. The model would not compute what lipcore "
+                           "analyses from its weights; call it outside the mode or context, "
+                           "with torch's own functions restored")

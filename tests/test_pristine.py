@@ -1,0 +1,91 @@
+"""Certificates refuse a process whose torch functions are not torch's own (a hostile reviewer's
+hole: a TorchFunctionMode that tripled every F.linear changed the model and the chain check
+alike, and a point was certified at 0.617 with a class change 0.6167 away), and the libraries
+lipcore itself loads do not trigger the refusal."""
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
+
+from lipcore import pristine
+from lipcore.certify import certified_radii, lipschitz_bound
+
+
+class Steeper(TorchFunctionMode):
+    """Every F.linear three times steeper: what a profiler or a quantisation simulator could do."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        return 3.0 * out if func is F.linear else out
+
+
+def small_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+
+
+def test_a_torch_function_mode_is_refused_by_the_bound_and_the_certificate():
+    model = small_net()
+    x = torch.rand(8, 4)
+    y = model(x).argmax(1)
+    bound = lipschitz_bound(model, "naive", (4,)).value
+    with Steeper():
+        with pytest.raises(RuntimeError, match="TorchFunctionMode"):
+            lipschitz_bound(model, "naive", (4,))
+        with pytest.raises(RuntimeError, match="TorchFunctionMode"):
+            certified_radii(model, (x, y), bound)
+    assert (certified_radii(model, (x, y), bound) >= 0).all()          # and fine outside it
+
+
+@pytest.mark.parametrize("patch", ["wrapper", "builtin", "partial"])
+def test_a_replaced_torch_function_is_named_and_refused(monkeypatch, patch):
+    import functools
+    model = small_net()
+    x = torch.rand(8, 4)
+    y = model(x).argmax(1)
+    bound = lipschitz_bound(model, "naive", (4,)).value
+    linear = F.linear
+    monkeypatch.setattr(F, "linear", {"wrapper": lambda *a, **k: 3.0 * linear(*a, **k),
+                                      "builtin": torch.relu,
+                                      "partial": functools.partial(linear)}[patch])
+    assert pristine.replaced() == ["torch.nn.functional.linear"]
+    with pytest.raises(RuntimeError, match="torch.nn.functional.linear"):
+        certified_radii(model, (x, y), bound)
+    with pytest.raises(RuntimeError, match="torch.nn.functional.linear"):
+        lipschitz_bound(model, "naive", (4,))
+
+
+def test_a_tensor_method_put_in_front_of_torchs_is_seen(monkeypatch):
+    monkeypatch.setattr(torch.Tensor, "__add__", lambda a, b: torch.sub(a, b), raising=False)
+    assert "torch.Tensor.__add__" in pristine.replaced()
+
+
+def test_the_libraries_lipcore_loads_change_no_torch_function():
+    """torchvision makes torch swap torch.manual_seed for its own wrapper: not a refusal."""
+    import art.attacks.evasion  # noqa: F401
+    import deel.torchlip  # noqa: F401
+    import pyautoattack.autopgd_base  # noqa: F401
+    import pyautoattack.fab_pt  # noqa: F401
+    import pyautoattack.square  # noqa: F401
+    import torchvision  # noqa: F401
+
+    import lipcore.audit  # noqa: F401
+    assert pristine.replaced() == []
+    pristine.check("this test")
+
+
+def test_a_bound_for_another_input_shape_is_refused():
+    """Hostile review: with global average pooling the net runs on any image size, and its
+    bound at 8 x 8 (0.13) is below its constant at 2 x 2 (above 0.14)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(4, 2)).eval()
+    at_8, at_2 = (lipschitz_bound(model, "naive", (1, s, s)) for s in (8, 2))
+    assert at_8.value < at_2.value and at_8.input_shape == (1, 8, 8)
+    x = torch.rand(16, 1, 2, 2)
+    y = model(x).argmax(1)
+    with pytest.raises(ValueError, match=r"shape \(1, 8, 8\)"):
+        certified_radii(model, (x, y), at_8)
+    assert torch.equal(certified_radii(model, (x, y), at_2), certified_radii(model, (x, y),
+                                                                               at_2.value))
