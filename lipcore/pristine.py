@@ -61,6 +61,14 @@ def replaced() -> list[str]:
     return found
 
 
+def _autocast(kind: str) -> bool:
+    """Whether autocast is on for device type ``kind`` (never for one it does not know: meta)."""
+    try:
+        return torch.is_autocast_enabled(kind)
+    except RuntimeError:
+        return False
+
+
 def check(who: str, devices: tuple[str, ...] = ("cpu",)) -> None:
     """Raise a RuntimeError naming what changed if torch's functions are not its own
     (module docstring), so that ``who`` (the caller, for the message) proves nothing about a
@@ -71,8 +79,7 @@ def check(who: str, devices: tuple[str, ...] = ("cpu",)) -> None:
     if torch._C._len_torch_dispatch_stack():
         why.append("a TorchDispatchMode is active")
     why += [f"torch.autocast ({kind}) is active: the model would run in a narrower precision "
-            "than its parameters' dtype" for kind in sorted(set(devices))
-            if torch.is_autocast_enabled(kind)]
+            "than its parameters' dtype" for kind in sorted(set(devices)) if _autocast(kind)]
     names = replaced()
     if names:
         shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")

@@ -89,3 +89,9 @@ def test_a_bound_for_another_input_shape_is_refused():
         certified_radii(model, (x, y), at_8)
     assert torch.equal(certified_radii(model, (x, y), at_2), certified_radii(model, (x, y),
                                                                                at_2.value))
+
+
+def test_a_model_on_the_meta_device_gets_the_tracers_message_not_autocasts():
+    model = nn.Sequential(nn.Linear(4, 2)).to("meta")
+    with pytest.raises(Exception, match="meta device"):
+        lipschitz_bound(model, "naive", (4,))
