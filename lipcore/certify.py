@@ -36,7 +36,7 @@ from .estimators.layerwise import op_bound
 from .estimators.liplt_ops import liplt_bounds, operator_chain
 from .estimators.liplt_sound import sound_norms
 from .graph import Graph
-from . import pristine
+from . import onelip, pristine
 from .margins import margin_radii
 from .rounding import convolution_caveat, product_unit, rounding_error
 from .trace import (Chain, NotAnalysable, batch_norm_scale, eval_mode, float64_copy,
@@ -239,9 +239,9 @@ def certified_radii(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, 
     times a proved bound of the logits' rounding anywhere in the ball, in the model's dtype and
     in float64 at x (:func:`lipcore.rounding.rounding_error`, on the traced chain of ``traced``:
     by default the model itself, else a model computing the same function from plain layers,
-    such as a deel-torchlip net's export, :func:`lipcore.onelip.export`, which checks that it
-    does; ``traced`` is trusted to, as only the gap at x is measured; a model lipcore cannot
-    trace is refused). A radius that overflows raises a ValueError instead of certifying an
+    such as a deel-torchlip net's export, :func:`lipcore.onelip.export`; ``traced`` must compute
+    the model's outputs at random inputs (:func:`lipcore.onelip.agreeing`: an export the model
+    has moved on from is refused); a model lipcore cannot trace is refused). A radius that overflows raises a ValueError instead of certifying an
     infinite ball, and a call under ``torch.autocast``, a torch function or dispatch mode or with
     a patched torch function is refused (:func:`lipcore.pristine.check`: the model would not
     compute what its weights say)."""
@@ -257,6 +257,8 @@ def certified_radii(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, 
     pristine.check("certified_radii", (torch.device(user_device).type, torch.device(device).type))
     try:
         net = trace(traced if traced is not None else model, tuple(x.shape[1:]))
+        if traced is not None:
+            onelip.agreeing(model, traced, tuple(x.shape[1:]))
     except NotAnalysable as exc:
         raise NotAnalysable(f"certified_radii proves the model's rounding over each ball from "
                             f"its traced layers, and cannot trace this one: {exc}") from exc

@@ -51,11 +51,14 @@ def export(model: nn.Module, input_shape: tuple[int, ...]) -> nn.Module:
     plain = copy.deepcopy(model).eval()
     if hasattr(plain, "vanilla_export"):                # deel's Sequential: vanilla_model keeps it
         plain = plain.vanilla_export()
-    return _agreeing(model, vanilla_model(plain, in_place=True).eval(), input_shape)
+    return agreeing(model, vanilla_model(plain, in_place=True).eval(), input_shape)
 
 
-def _agreeing(model: nn.Module, plain: nn.Module, input_shape: tuple[int, ...]) -> nn.Module:
-    """``plain``, if it computes ``model``'s outputs (eval mode) on random inputs."""
+def agreeing(model: nn.Module, plain: nn.Module, input_shape: tuple[int, ...]) -> nn.Module:
+    """``plain``, if it computes ``model``'s outputs (eval mode) on random inputs of
+    ``input_shape`` to rounding; else :class:`NotAnalysable`. The export's check, and
+    :func:`lipcore.certify.certified_radii`'s of the ``traced`` copy it is given (a net trained
+    on after its export, which refreshes deel-torchlip's cached weights, has moved on)."""
     dtype, device = model_dtype_device(model)
     x = torch.randn(AGREEMENT_POINTS, *input_shape, generator=torch.Generator().manual_seed(0),
                     dtype=dtype).to(device)
@@ -63,9 +66,10 @@ def _agreeing(model: nn.Module, plain: nn.Module, input_shape: tuple[int, ...]) 
         ours, theirs = plain(x), model(x)
     tolerance = AGREEMENT_ULPS * torch.finfo(dtype).eps * (float(theirs.abs().max()) + 1e-30)
     if ours.shape != theirs.shape or float((ours - theirs).abs().max()) > tolerance:
-        raise NotAnalysable(f"the vanilla export of {type(model).__name__} (deel-torchlip) "
-                            "computes different outputs from the layer itself; lipcore cannot "
-                            "bound what it runs")
+        raise NotAnalysable(f"the plain-layer copy lipcore analyses ({type(plain).__name__}) "
+                            f"computes different outputs from the {type(model).__name__} it "
+                            "stands for; lipcore cannot bound what the model runs. Export it "
+                            "again from the model as it is now (lipcore.onelip.export)")
     return plain
 
 

@@ -9,7 +9,10 @@ by a hostile reviewer). :func:`check` refuses in every such case it can see: an 
 function or dispatch mode, ``torch.autocast``, and a function of ``torch``,
 ``torch.nn.functional``, ``torch._C._nn`` or the Tensor class replaced since lipcore was
 imported, or before it by one defined outside torch (profilers and quantisation simulators
-patch them). Kernels registered below Python (``torch.library`` on aten operators) are not seen
+patch them), and a device that flushes subnormal numbers to zero (``torch.set_flush_denormal``,
+or a library built with fast-math: the rounding proof counts on gradual underflow, and a hidden
+unit of 1e-38 times a weight of 5e37 moved a logit by 0.5 when flushed; a second reviewer's
+hole). Kernels registered below Python (``torch.library`` on aten operators) are not seen
 (docs/security.md).
 """
 from __future__ import annotations
@@ -69,6 +72,16 @@ def _autocast(kind: str) -> bool:
         return False
 
 
+def flushes_subnormals(kind: str) -> bool:
+    """Whether device type ``kind`` computes a subnormal float32 or float64 product as zero
+    (flush-to-zero or denormals-are-zero), probed on this thread."""
+    for dtype, tiny in ((torch.float32, 2.0 ** -130), (torch.float64, 2.0 ** -1050)):
+        x = torch.full((1,), tiny, dtype=dtype, device=kind)
+        if float((x * 1.5).item()) == 0.0:
+            return True
+    return False
+
+
 def check(who: str, devices: tuple[str, ...] = ("cpu",)) -> None:
     """Raise a RuntimeError naming what changed if torch's functions are not its own
     (module docstring), so that ``who`` (the caller, for the message) proves nothing about a
@@ -80,6 +93,10 @@ def check(who: str, devices: tuple[str, ...] = ("cpu",)) -> None:
         why.append("a TorchDispatchMode is active")
     why += [f"torch.autocast ({kind}) is active: the model would run in a narrower precision "
             "than its parameters' dtype" for kind in sorted(set(devices)) if _autocast(kind)]
+    why += [f"the {kind} flushes subnormal numbers to zero (torch.set_flush_denormal(True), or "
+            "a library built with fast-math): the rounding proof counts on gradual underflow; "
+            "call torch.set_flush_denormal(False)" for kind in sorted(set(devices))
+            if kind != "meta" and flushes_subnormals(kind)]
     names = replaced()
     if names:
         shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")

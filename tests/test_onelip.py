@@ -48,7 +48,7 @@ def test_an_export_that_computes_something_else_is_refused():
     with torch.no_grad():
         plain[0].weight.mul_(1.01)
     with pytest.raises(NotAnalysable, match="different outputs"):
-        onelip._agreeing(net, plain, SHAPE)
+        onelip.agreeing(net, plain, SHAPE)
 
 
 def test_every_claim_is_checked_and_a_false_one_is_reported():

@@ -95,3 +95,49 @@ def test_a_model_on_the_meta_device_gets_the_tracers_message_not_autocasts():
     model = nn.Sequential(nn.Linear(4, 2)).to("meta")
     with pytest.raises(Exception, match="meta device"):
         lipschitz_bound(model, "naive", (4,))
+
+
+def test_flush_to_zero_is_refused():
+    """Second hostile review: with subnormals flushed, a hidden unit of 1e-37 x times a weight
+    of 5e37 vanishes, and a point certified at 0.9 changed class 0.89 away."""
+    net = nn.Sequential(nn.Linear(1, 1), nn.ReLU(), nn.Linear(1, 2)).eval()
+    with torch.no_grad():
+        net[0].weight.fill_(1e-37)
+        net[0].bias.zero_()
+        net[2].weight.copy_(torch.tensor([[5e37], [-5e37]]))
+        net[2].bias.copy_(torch.tensor([-0.5, 0.5]))
+    x, y = torch.tensor([[1.0]]), torch.tensor([0])
+    bound = lipschitz_bound(net, "lipsdp", (1,))
+    assert certified_radii(net, (x, y), bound).item() > 0.89          # sound without the flush
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush subnormals")
+    try:
+        assert net(torch.tensor([[0.11]])).argmax().item() == 1          # what the flush breaks
+        with pytest.raises(RuntimeError, match="set_flush_denormal"):
+            certified_radii(net, (x, y), bound)
+    finally:
+        torch.set_flush_denormal(False)
+    assert not pristine.flushes_subnormals("cpu")
+
+
+def test_an_export_the_net_has_moved_on_from_is_refused():
+    """Second hostile review: deel-torchlip caches its normalised weights and refreshes them on
+    every train-mode call, so a net trained on after its export computes something else."""
+    from deel import torchlip as tl
+
+    from lipcore import onelip
+    from lipcore.trace import NotAnalysable
+    torch.manual_seed(0)
+    net = tl.Sequential(tl.SpectralLinear(4, 8), tl.GroupSort2(), tl.SpectralLinear(8, 3)).eval()
+    plain = onelip.export(net, (4,))
+    x = torch.rand(16, 4)
+    y = net(x).argmax(1)
+    bound = lipschitz_bound(plain, "naive", (4,))
+    assert (certified_radii(net, (x, y), bound, traced=plain) >= 0).all()
+    with torch.no_grad():                                  # a training step, in effect
+        net[0].parametrizations.weight.original.add_(torch.randn(8, 4))
+    net.train()
+    net(x)                                                 # refreshes the cached weights
+    net.eval()
+    with pytest.raises(NotAnalysable, match="Export it again"):
+        certified_radii(net, (x, y), bound, traced=plain)
