@@ -241,10 +241,11 @@ def certified_radii(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, 
     by default the model itself, else a model computing the same function from plain layers,
     such as a deel-torchlip net's export, :func:`lipcore.onelip.export`; ``traced`` must compute
     the model's outputs at random inputs (:func:`lipcore.onelip.agreeing`: an export the model
-    has moved on from is refused); a model lipcore cannot trace is refused). A radius that overflows raises a ValueError instead of certifying an
-    infinite ball, and a call under ``torch.autocast``, a torch function or dispatch mode or with
-    a patched torch function is refused (:func:`lipcore.pristine.check`: the model would not
-    compute what its weights say)."""
+    has moved on from is refused); a model lipcore cannot trace is refused). A radius that
+    overflows raises a ValueError instead of certifying an infinite ball, and a call under
+    ``torch.autocast``, a torch function or dispatch mode or with a patched torch function or
+    flushed subnormals is refused (:func:`lipcore.pristine.check`: the model would not compute
+    what its weights say)."""
     x, y = as_tensors(data)
     if isinstance(lipschitz, LipschitzBound):
         if lipschitz.input_shape != tuple(x.shape[1:]):

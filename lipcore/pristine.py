@@ -13,7 +13,7 @@ patch them), and a device that flushes subnormal numbers to zero (``torch.set_fl
 or a library built with fast-math: the rounding proof counts on gradual underflow, and a hidden
 unit of 1e-38 times a weight of 5e37 moved a logit by 0.5 when flushed; a second reviewer's
 hole). Kernels registered below Python (``torch.library`` on aten operators) are not seen
-(docs/security.md).
+(docs/robustness.md).
 """
 from __future__ import annotations
 
@@ -85,7 +85,8 @@ def flushes_subnormals(kind: str) -> bool:
 def check(who: str, devices: tuple[str, ...] = ("cpu",)) -> None:
     """Raise a RuntimeError naming what changed if torch's functions are not its own
     (module docstring), so that ``who`` (the caller, for the message) proves nothing about a
-    function the model does not compute; ``devices``: the device kinds to check for autocast."""
+    function the model does not compute; ``devices``: the device kinds to check for autocast and
+    for flushed subnormals."""
     why = []
     if torch._C._len_torch_function_stack():
         why.append("a TorchFunctionMode is active")
