@@ -167,6 +167,10 @@ def _bound_rows(model: nn.Module, input_shape: tuple[int, ...], x: torch.Tensor
     lower, seconds = _timed(lambda: empirical_lower_bound(
         flat, math.prod(input_shape), n_random=128, n_ascent=4, steps=30,
         inputs=x[:64].reshape(min(64, len(x)), -1)).value)
+    if not math.isfinite(lower):
+        raise RuntimeError(f"audit: the empirical lower bound is {lower}, so no sound bound can "
+                           "be checked against it; the model's outputs are not finite at some "
+                           "inputs?")
     rows.append(_row("empirical (gradient ascent)", lower, "lower bound", False, seconds,
                      "any sound bound must be at least this"))
     below = [r["method"] for r in rows if r["sound"] and r["value"] < lower * (1 - 1e-9)]
@@ -209,9 +213,9 @@ def _audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, grid: list[float]
     rows, pairwise = _bound_rows(analysed, input_shape, x)
     bounds = pd.DataFrame(rows)
     sound = bounds[bounds.sound & bounds.value.notna()]
-    radii = certified_radii(model, (x, y), float(sound.value.min()), traced=analysed) \
+    radii = certified_radii(model, (x, y), float(sound.value.min())) \
         if len(sound) else None
-    pair_radii = certified_radii(model, (x, y), pairwise, traced=analysed) \
+    pair_radii = certified_radii(model, (x, y), pairwise) \
         if pairwise is not None else None
     broken_at, attack_seconds = _timed(lambda: breaking_radii(
         model, (x[attacked], y[attacked]), grid, iterations=iterations, attacks=tuple(attacks),

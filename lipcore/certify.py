@@ -40,7 +40,7 @@ from . import onelip, pristine
 from .margins import margin_radii
 from .rounding import convolution_caveat, product_unit, rounding_error
 from .trace import (Chain, NotAnalysable, batch_norm_scale, eval_mode, float64_copy,
-                    model_dtype_device, trace)
+                    model_dtype_device, trace, weights_digest)
 
 FLOAT_ALLOWANCE = 1e-9     # relative: float64 SVDs, Cholesky proofs and FFTs err by ~1e-12 here
 LOGIT_ERROR_FACTOR = 4     # the logits' float error at x is allowed this many times over ...
@@ -58,6 +58,7 @@ class LipschitzBound:
     label: str             # what a table or legend says
     seconds: float
     input_shape: tuple[int, ...]   # the inputs it holds for (a conv's norm grows with its grid)
+    weights: str                   # the digest of the weights it read (trace.weights_digest)
 
 
 def dense_core(chain: Chain) -> tuple[list[np.ndarray], float, float, float, float]:
@@ -77,12 +78,13 @@ def dense_core(chain: Chain) -> tuple[list[np.ndarray], float, float, float, flo
     ops = [op for op in chain.ops if op.kind not in ("reshape", "identity")]
     affine = [i for i, op in enumerate(ops) if op.kind == "affine"]
     if not affine or any(not isinstance(ops[i].module, nn.Linear) for i in affine):
-        raise ValueError("LipSDP and LipLT (dense) need a fully connected net; this one has "
-                         "convolutions (use method='liplt' with input_shape, or 'naive')")
+        raise ValueError("the bounds of a dense core (LipSDP, compositional, LipLT's dense "
+                         "form) need a fully connected net; this one has convolutions (use "
+                         "method='liplt' with input_shape, or 'naive')")
     first, last = affine[0], affine[-1]
     unflat = next((op for op in ops[first:last + 1] if len(op.in_shape) != 1), None)
     if unflat is not None:
-        raise ValueError(f"LipSDP and LipLT (dense) need the dense layers to act on flat "
+        raise ValueError(f"the bounds of a dense core need the dense layers to act on flat "
                          f"inputs; a {type(unflat.module).__name__} here sees inputs of shape "
                          f"{unflat.in_shape} (put nn.Flatten() before the first Linear, or use "
                          "method='naive')")
@@ -161,7 +163,8 @@ def lipschitz_bound(model: nn.Module, method: str = "lipsdp",
         raise ValueError(f"the {BOUND_METHODS[method]} bound of this model is {value}, not a "
                          "finite positive number (all-zero weights?); it cannot certify anything")
     return LipschitzBound(round_up(float(value)), method, BOUND_METHODS[method],
-                          time.perf_counter() - start, tuple(chain.input_shape))
+                          time.perf_counter() - start, tuple(chain.input_shape),
+                          weights_digest(model))
 
 
 def _core_bound(method: str, weights: list[np.ndarray], alpha: float, beta: float) -> float:
@@ -222,14 +225,14 @@ def validated_bound(lipschitz: float | np.ndarray | torch.Tensor, classes: int) 
 
 def certified_radii(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, torch.Tensor],
                     lipschitz: float | np.ndarray | torch.Tensor | LipschitzBound,
-                    device: str = "cpu",
-                    batch_size: int = 1000, traced: nn.Module | None = None) -> torch.Tensor:
+                    device: str = "cpu", batch_size: int = 1000) -> torch.Tensor:
     """The certified l2 radius of every sample (module docstring). ``lipschitz`` is a sound bound
     L of the whole logit map, or a (C, C) matrix of sound pairwise bounds L_ij of z_i - z_j; both
     are validated (:func:`validated_bound`), and non-finite logits raise a ValueError. Pass the
-    :class:`LipschitzBound` itself where you have it: one computed for another input shape is
-    then refused (a plain number is trusted to hold for the data's shape: the norm of a conv, or
-    of a net with global pooling, depends on the image size).
+    :class:`LipschitzBound` itself where you have it: one computed for another input shape or
+    from other weights (the model trained on since) is then refused; a plain number is trusted
+    to hold for this model and the data's shape (the norm of a conv, or of a net with global
+    pooling, depends on the image size).
 
     The radius is 0 unless the model *as the user runs it* (its own dtype and device, in eval
     mode) predicts the label with a strict margin. The margins are computed in float64 on a copy
@@ -237,46 +240,47 @@ def certified_radii(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, 
     LOGIT_ERROR_FACTOR times the gap between the user's and the float64 logits at x, plus
     LOGIT_ERROR_ULPS machine epsilons of the model's dtype times the largest logit, plus sqrt(2)
     times a proved bound of the logits' rounding anywhere in the ball, in the model's dtype and
-    in float64 at x (:func:`lipcore.rounding.rounding_error`, on the traced chain of ``traced``:
-    by default the model itself, else a model computing the same function from plain layers,
-    such as a deel-torchlip net's export, :func:`lipcore.onelip.export`; ``traced`` must compute
-    the model's outputs at random inputs (:func:`lipcore.onelip.agreeing`: an export the model
-    has moved on from is refused); a model lipcore cannot trace is refused). A radius that
-    overflows raises a ValueError instead of certifying an infinite ball, and a call under
-    ``torch.autocast``, a torch function or dispatch mode or with a patched torch function or
-    flushed subnormals is refused (:func:`lipcore.pristine.check`: the model would not compute
-    what its weights say)."""
+    in float64 at x (:func:`lipcore.rounding.rounding_error`, on the model's traced chain; a
+    deel-torchlip net is analysed through its checked export, :func:`lipcore.onelip.export`; a
+    model lipcore cannot trace is refused). A radius that overflows raises a ValueError instead
+    of certifying an infinite ball, and a call under ``torch.autocast``, a torch function or
+    dispatch mode or with a patched torch function or flushed subnormals is refused
+    (:func:`lipcore.pristine.check`: the model would not compute what its weights say)."""
     x, y = as_tensors(data)
-    if isinstance(lipschitz, LipschitzBound):
-        if lipschitz.input_shape != tuple(x.shape[1:]):
-            raise ValueError(f"certified_radii: the bound holds for inputs of shape "
-                             f"{lipschitz.input_shape}, the data's are {tuple(x.shape[1:])}; "
-                             "compute it with lipschitz_bound(model, method, input_shape) for "
-                             "the data's shape")
-        lipschitz = lipschitz.value
+    shape = tuple(x.shape[1:])
     dtype, user_device = model_dtype_device(model)
     pristine.check("certified_radii", (torch.device(user_device).type, torch.device(device).type))
+    if isinstance(lipschitz, LipschitzBound) and lipschitz.input_shape != shape:
+        raise ValueError(f"certified_radii: the bound holds for inputs of shape "
+                         f"{lipschitz.input_shape}, the data's are {shape}; compute it with "
+                         "lipschitz_bound(model, method, input_shape) for the data's shape")
     try:
-        net = trace(traced if traced is not None else model, tuple(x.shape[1:]))
-        if traced is not None:
-            onelip.agreeing(model, traced, tuple(x.shape[1:]))
+        analysed = onelip.export(model, shape) if onelip.uses_library(model) else model
+        net = trace(analysed, shape)
     except NotAnalysable as exc:
         raise NotAnalysable(f"certified_radii proves the model's rounding over each ball from "
-                            f"its traced layers, and cannot trace this one: {exc}") from exc
+                            f"its traced layers, and cannot analyse this model: {exc}") from exc
+    if isinstance(lipschitz, LipschitzBound):
+        if lipschitz.weights != weights_digest(analysed):
+            raise ValueError("certified_radii: the bound was computed from other weights than "
+                             "the model's now (trained on since, or another model); compute it "
+                             "again with lipschitz_bound on the model as it is")
+        lipschitz = lipschitz.value
     products = product_unit(dtype, user_device)
     caveat = convolution_caveat(net, user_device) or convolution_caveat(net, device)
     if caveat:
         warnings.warn(f"certified_radii: {caveat}", stacklevel=2)
     rounds_input = torch.finfo(x.dtype).eps < torch.finfo(dtype).eps if \
         torch.is_floating_point(x) else False
-    exact = float64_copy(traced if traced is not None else model, device)
+    exact = float64_copy(analysed, device)
     unit = torch.finfo(dtype).eps
     radii, pairwise = [], None
     with torch.no_grad(), eval_mode(model):
         for i in range(0, len(x), batch_size):
             batch = x[i:i + batch_size]
             z = exact(batch.to(device).double()).cpu()
-            z_user = model(batch.to(user_device, dtype)).double().cpu()
+            # a copy: an in-place first layer (ReLU(inplace=True)) would overwrite the data
+            z_user = model(batch.to(user_device, dtype, copy=True)).double().cpu()
             if z.dim() != 2 or z.shape[1] < 2:
                 raise ValueError(f"certificates need a (batch, classes) logit output with at "
                                  f"least 2 classes, got shape {tuple(z.shape)}")

@@ -4,7 +4,8 @@ labels checked.
 A deel-torchlip layer computes its weights as it runs (spectral normalisation by power iteration,
 then Bjorck orthonormalisation), so lipcore does not read it directly. :func:`export` converts the
 net with the library's own ``vanilla_model`` into torch layers holding the weights it runs with,
-and refuses the export unless it computes the same outputs as the original on random inputs.
+only where every layer it replaces is one of the library's own classes, and refuses the export
+unless it computes the same outputs as the original on random inputs.
 Every bound then reads the export; deel-torchlip's GroupSort activations and scaled average
 pooling are layers lipcore knows (:data:`lipcore.trace.LIBRARY_LEAVES`).
 
@@ -22,13 +23,15 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 
 import pandas as pd
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from .trace import (DEEL_TORCHLIP, NotAnalysable, claimed_constant, eval_mode, layer_shapes,
-                    model_dtype_device)
+                    foreign_refusal, model_dtype_device, tampered)
 
 AGREEMENT_POINTS = 8          # random inputs on which an export must match the original ...
 AGREEMENT_ULPS = 16           # ... to this many machine epsilons of its largest output: the same
@@ -45,20 +48,59 @@ def uses_library(model: nn.Module) -> bool:
 
 def export(model: nn.Module, input_shape: tuple[int, ...]) -> nn.Module:
     """A copy of ``model`` in plain torch layers (deel-torchlip's ``vanilla_model``), in eval
-    mode, refused (:class:`NotAnalysable`) unless it computes the model's outputs on random
-    inputs of ``input_shape`` (no batch axis) to rounding (AGREEMENT_ULPS)."""
+    mode, refused (:class:`NotAnalysable`) unless every layer it replaces is the library's own
+    (:func:`_export_refusal`) and it computes the model's outputs on random inputs of
+    ``input_shape`` (no batch axis) to rounding (AGREEMENT_ULPS)."""
     from deel.torchlip import vanilla_model
+    why = _export_refusal(model)
+    if why:
+        raise NotAnalysable(why)
     plain = copy.deepcopy(model).eval()
     if hasattr(plain, "vanilla_export"):                # deel's Sequential: vanilla_model keeps it
         plain = plain.vanilla_export()
     return agreeing(model, vanilla_model(plain, in_place=True).eval(), input_shape)
 
 
+def _library_class(m: nn.Module) -> bool:
+    """Whether ``m``'s exact class (or the one torch.nn.utils.parametrize subclassed for it) is
+    one deel-torchlip defines."""
+    cls = type(m).__bases__[0] if parametrize.is_parametrized(m) else type(m)
+    return (cls.__module__.startswith(DEEL_TORCHLIP + ".")
+            and getattr(sys.modules.get(cls.__module__), cls.__qualname__, None) is cls)
+
+
+def _export_refusal(model: nn.Module) -> str | None:
+    """Why the library's export of ``model`` may not compute what the model does, or None.
+    ``vanilla_model`` replaces every module with a ``vanilla_export`` method and bakes every
+    parametrisation, whatever its class: a user's layer whose export drops part of its forward
+    was certified on the export's bound (a reviewer's hole; agreement at random points is not a
+    proof). So every module must be untampered (:func:`lipcore.trace.tampered`) and either one
+    of the library's own classes, a parametrisation's torch or library module, or a module the
+    export keeps as it is (no ``vanilla_export``, no parametrisation), which the trace of the
+    export then checks."""
+    inside = {id(p) for m in model.modules() if parametrize.is_parametrized(m)
+              for p in m.parametrizations.modules()}
+    for path, m in model.named_modules():
+        own = _library_class(m) or (id(m) in inside and type(m).__module__.startswith(
+            ("torch.nn.utils.parametriz", "torch.nn.modules.container")))
+        if not own and (id(m) in inside or hasattr(m, "vanilla_export")
+                        or parametrize.is_parametrized(m)):
+            return (f"{path or 'the model'} ({type(m).__qualname__}) is not a deel-torchlip "
+                    "class, but the library's export would replace it or bake its weights (a "
+                    "vanilla_export method, a parametrisation); lipcore trusts only the "
+                    "library's own exports. Use the library's layers, or plain torch layers")
+        why = (tampered(path, m) or foreign_refusal(path, m)) if own else None   # others:
+        # the export keeps them, and its trace checks them
+        if why:
+            return why
+    return None
+
+
 def agreeing(model: nn.Module, plain: nn.Module, input_shape: tuple[int, ...]) -> nn.Module:
     """``plain``, if it computes ``model``'s outputs (eval mode) on random inputs of
-    ``input_shape`` to rounding; else :class:`NotAnalysable`. The export's check, and
-    :func:`lipcore.certify.certified_radii`'s of the ``traced`` copy it is given (a net trained
-    on after its export, which refreshes deel-torchlip's cached weights, has moved on)."""
+    ``input_shape`` to rounding; else :class:`NotAnalysable` (a net trained on after an export,
+    which refreshes deel-torchlip's cached weights, has moved on from it). A check of the
+    export, not a proof: that is :func:`_export_refusal`'s."""
     dtype, device = model_dtype_device(model)
     x = torch.randn(AGREEMENT_POINTS, *input_shape, generator=torch.Generator().manual_seed(0),
                     dtype=dtype).to(device)

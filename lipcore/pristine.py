@@ -7,13 +7,15 @@ and the chain check, evaluated through the same functions, cannot see it: a ``To
 that triples every ``F.linear`` made a net three times steeper than its certified bound (found
 by a hostile reviewer). :func:`check` refuses in every such case it can see: an active torch
 function or dispatch mode, ``torch.autocast``, and a function of ``torch``,
-``torch.nn.functional``, ``torch._C._nn`` or the Tensor class replaced since lipcore was
-imported, or before it by one defined outside torch (profilers and quantisation simulators
+``torch.nn.functional``, ``torch._C._nn`` or the Tensor class (or a module they name, such as
+the ``torch`` that ``F.relu`` calls) replaced since lipcore was imported, or before it by one
+defined outside torch (profilers and quantisation simulators
 patch them), and a device that flushes subnormal numbers to zero (``torch.set_flush_denormal``,
 or a library built with fast-math: the rounding proof counts on gradual underflow, and a hidden
 unit of 1e-38 times a weight of 5e37 moved a logit by 0.5 when flushed; a second reviewer's
-hole). Kernels registered below Python (``torch.library`` on aten operators) are not seen
-(docs/robustness.md).
+hole). The code of each layer's class and module is checked per model by
+:func:`lipcore.trace.foreign_code`. Kernels registered below Python (``torch.library`` on aten
+operators) are not seen (docs/robustness.md).
 """
 from __future__ import annotations
 
@@ -35,7 +37,9 @@ HOMES = (os.path.dirname(os.path.abspath(torch.__file__)) + os.sep,
 
 
 def _functions(namespace: object) -> dict[str, object]:
-    return {name: obj for name, obj in vars(namespace).items() if isinstance(obj, FUNCTIONS)}
+    """Its functions, and the modules it names (``torch`` inside ``torch.nn.functional``)."""
+    return {name: obj for name, obj in vars(namespace).items()
+            if isinstance(obj, (*FUNCTIONS, types.ModuleType))}
 
 
 _AT_IMPORT = {label: _functions(namespace) for label, namespace in NAMESPACES.items()}
@@ -43,6 +47,8 @@ _AT_IMPORT = {label: _functions(namespace) for label, namespace in NAMESPACES.it
 
 def _foreign(obj: object) -> bool:
     """A Python function defined outside torch: a wrapper put in torch's place."""
+    if isinstance(obj, types.ModuleType):
+        return False
     code = getattr(getattr(obj, "__func__", obj), "__code__", None)
     return code is not None and not os.path.abspath(code.co_filename).startswith(HOMES)
 

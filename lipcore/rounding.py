@@ -59,7 +59,7 @@ from torch.nn import functional as F
 
 from .estimators.layerwise import conv2d_norm_bound, linear_norm, op_bound
 from .graph import Graph
-from .trace import Chain, Float64View, Op, batch_norm_scale, leaf_of
+from .trace import Chain, Float64View, Op, batch_norm_scale, leaf_of, pair
 
 TF32_UNIT = 2.0 ** -11          # TF32 keeps 10 of float32's 23 mantissa bits
 BFLOAT16_UNIT = 2.0 ** -8
@@ -178,8 +178,9 @@ def _affine(op: Op, size: torch.Tensor, spread: torch.Tensor, unit: float, produ
         row_norms = weight.norm(dim=1)                         # per output
     else:
         terms = math.prod(weight.shape[1:]) + (bias is not None)
-        total = F.conv2d(size, weight, bias, m.stride, m.padding)
-        spread_gain = conv2d_norm_bound(weight, tuple(op.in_shape[-2:]), m.stride, m.padding)
+        stride, padding = pair(m.stride), pair(m.padding)
+        total = F.conv2d(size, weight, bias, stride, padding)
+        spread_gain = conv2d_norm_bound(weight, tuple(op.in_shape[-2:]), stride, padding)
         row_norms = weight.flatten(1).norm(dim=1).reshape(-1, 1, 1)     # per output channel
     if products:
         relative = (1 + 2 * products) ** 2 * (1 + gamma(terms, 2 * unit)) - 1
@@ -225,8 +226,8 @@ def _local(what: Op | str, sizes: list[torch.Tensor], spreads: list[torch.Tensor
     if kind == "pool":
         if isinstance(m, nn.AdaptiveAvgPool2d) or "Adaptive" in type(m).__name__:
             return _global_mean(size, spread, unit, eta, gain, gain != 1.0)
-        k = m.kernel_size if isinstance(m.kernel_size, tuple) else (m.kernel_size,) * 2
-        pooled = F.avg_pool2d(size, k, m.stride or m.kernel_size, m.padding)
+        k = pair(m.kernel_size)
+        pooled = F.avg_pool2d(size, k, pair(m.stride or m.kernel_size), pair(m.padding))
         window = math.prod(k) + 1 + 2 * (gain != 1.0)
         return gamma(window, unit) * gain * (_norm(pooled) + op_bound(what) / gain * spread) \
             + (window + 2) * eta * math.sqrt(pooled[0].numel())

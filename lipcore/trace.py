@@ -9,7 +9,8 @@ pooling, reshape) and refuses anything it cannot prove:
   exactly one of :data:`LEAVES` (torch's layers) or :data:`LIBRARY_LEAVES` (deel-torchlip's
   GroupSort activations and scaled average pooling, the class that library defines). A subclass
   (even one that changes nothing), a module with its own ``forward`` set on the instance or a
-  class whose ``forward`` was replaced after its definition, a module with forward hooks (or a
+  class running code its library did not write (:func:`foreign_code`), a module with forward
+  hooks (or a
   global forward hook), and a module owning a parameter or buffer its type does not have are
   refused: any of them can change the function without changing what the bounds see. So are
   modules whose weights
@@ -31,8 +32,9 @@ pooling, reshape) and refuses anything it cannot prove:
 * **The chain is checked against the model.** The extracted chain is evaluated from its own
   parameters with ``torch.nn.functional`` and compared with the outputs and Jacobian-vector
   products of a float64 copy of the model at random inputs, to 1e-9 (:func:`verify`); a model
-  whose function differs is refused. This catches what no list of types foresees (a patched
-  ``_conv_forward`` or ``__call__``, a container that reorders its layers). Parameters and
+  whose function differs is refused. This catches what no list of types foresees (a container
+  that reorders its layers, a patch acting in float64); a patch that acts only in the model's
+  own float32 is :func:`foreign_code`'s to find. Parameters and
   buffers must be plain tensors (a subclass can redefine every operation on it).
 
 The analysis concerns the model in eval mode (dropout off); :func:`trace` leaves the model's
@@ -41,13 +43,19 @@ train/eval mode as it found it.
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import numbers
+import os
 import sys
+import sysconfig
+import types
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
+import typing_extensions
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils import parametrize
@@ -56,6 +64,13 @@ from .models import FullyConnected, PooledMLP
 from .resnets import BasicBlock, CifarResNet, _Shortcut
 
 CONTAINERS = (nn.Sequential, FullyConnected, PooledMLP)   # forward = children in order
+TORCH_HOME = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
+PARAMETRIZE_HOME = os.path.abspath(parametrize.__file__)
+# where the functions a library's module imports may live besides the library and torch
+STANDARD_HOMES = (os.path.abspath(sysconfig.get_paths()["stdlib"]) + os.sep,
+                  os.path.dirname(os.path.abspath(typing_extensions.__file__)) + os.sep
+                  + "typing_extensions.py",
+                  os.path.dirname(os.path.abspath(np.__file__)) + os.sep)
 CHECK_POINTS = 4                                          # random inputs of the chain check
 VERIFY_TOLERANCE = 1e-9     # relative, in float64: rounding is ~1e-13 here, a real change shows
 
@@ -68,8 +83,34 @@ class InputShapeMismatch(ValueError):
     """The model does not run on inputs of the given shape."""
 
 
-def _pair(v) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else tuple(v)
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def pair(v) -> tuple[int, int]:
+    """A kernel size, stride, padding or dilation as torch's kernels read it: one int for both
+    axes, a sequence of one int for both axes (``stride=(1,)`` strides by 1 on each), or two
+    ints. Anything else raises a ValueError: read as a 1-tuple, a pooling bounded as if only
+    one axis overlapped came out below its true constant (a reviewer's hole)."""
+    if _is_int(v):
+        return (int(v), int(v))
+    if isinstance(v, (tuple, list)) and len(v) in (1, 2) and all(_is_int(a) for a in v):
+        return (int(v[0]), int(v[-1]))
+    raise ValueError(f"{v!r} is not one int, nor a sequence of one or two ints")
+
+
+def _pair_refusal(m: nn.Module, names: tuple[str, ...]) -> str | None:
+    """Why one of ``m``'s ``names`` (kernel_size, stride, ...) is not a size lipcore reads."""
+    for name in names:
+        value = getattr(m, name)
+        if name == "stride" and value is None:
+            continue                                # pooling: the stride is the kernel size
+        try:
+            pair(value)
+        except ValueError:
+            return (f"{name}={value!r}: give it as one int or a sequence of one or two ints "
+                    "(torch reads several forms; lipcore only these)")
+    return None
 
 
 @dataclass(frozen=True)
@@ -90,24 +131,31 @@ class Leaf:
 def _conv_refusal(m: nn.Conv2d) -> str | None:
     if isinstance(m.padding, str):
         return f"padding={m.padding!r}: give the padding as integers"
+    sizes = _pair_refusal(m, ("stride", "padding", "dilation"))
+    if sizes:
+        return sizes
     if m.padding_mode != "zeros":
         return f"padding_mode={m.padding_mode!r}: only zero padding is bounded"
     if m.groups != 1:
         return f"groups={m.groups}: only ungrouped convolutions are bounded"
-    if _pair(m.dilation) != (1, 1):
+    if pair(m.dilation) != (1, 1):
         return f"dilation={m.dilation}: only undilated convolutions are bounded"
     return None
 
 
 def _pool_refusal(m: nn.Module) -> str | None:
-    padded = _pair(m.padding) != (0, 0)
+    sizes = _pair_refusal(m, ("kernel_size", "stride", "padding")
+                          + (("dilation",) if hasattr(m, "dilation") else ()))
+    if sizes:
+        return sizes
+    padded = pair(m.padding) != (0, 0)
     if padded and isinstance(m, nn.AvgPool2d) and not m.count_include_pad:
         return (f"padding={m.padding} with count_include_pad=False: a window at the border is "
                 "divided by fewer than kh kw inputs; only padded averages over the whole window "
                 "(count_include_pad=True) are bounded")
     if m.ceil_mode:
         return "ceil_mode=True: only floor-mode pooling is bounded"
-    if getattr(m, "dilation", 1) not in (1, (1, 1)):
+    if pair(getattr(m, "dilation", 1)) != (1, 1):
         return f"dilation={m.dilation}: only undilated pooling is bounded"
     if getattr(m, "return_indices", False):
         return "return_indices=True: the output is not a tensor of pooled values"
@@ -164,8 +212,8 @@ def _range(name: str, value: float, low: float, high: float) -> str | None:
 
 def _pooling(pool: Callable) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
     """Max pooling pads with -inf and average pooling (count_include_pad) with zeros."""
-    return lambda m, x: pool(x, _pair(m.kernel_size), _pair(m.stride or m.kernel_size),
-                             _pair(m.padding))
+    return lambda m, x: pool(x, pair(m.kernel_size), pair(m.stride or m.kernel_size),
+                             pair(m.padding))
 
 
 BATCH_NORM = frozenset({"weight", "bias", "running_mean", "running_var", "num_batches_tracked"})
@@ -199,7 +247,8 @@ LEAVES: dict[type, Leaf] = {
     nn.Linear: Leaf("affine", frozenset({"weight", "bias"}), _none,
                     lambda m, x: F.linear(x, m.weight, m.bias)),
     nn.Conv2d: Leaf("affine", frozenset({"weight", "bias"}), _conv_refusal,
-                    lambda m, x: F.conv2d(x, m.weight, m.bias, m.stride, m.padding)),
+                    lambda m, x: F.conv2d(x, m.weight, m.bias, pair(m.stride),
+                                          pair(m.padding))),
     nn.ReLU: Leaf("activation", frozenset(), _none, lambda m, x: F.relu(x), lambda m: (0.0, 1.0)),
     nn.Tanh: Leaf("activation", frozenset(), _none, lambda m, x: torch.tanh(x),
                   lambda m: (0.0, 1.0)),
@@ -342,8 +391,10 @@ def _name(path: str, m: nn.Module) -> str:
     return f"{path or 'the model'} ({type(m).__name__})"
 
 
-def _refusal(path: str, m: nn.Module) -> str | None:
-    """Why module ``m`` (at ``path``) cannot be analysed, or None."""
+def tampered(path: str, m: nn.Module) -> str | None:
+    """Why module ``m`` (at ``path``) may not compute what its class and parameters say, or
+    None: hooks, a torch.compile wrapper, methods set on the instance, tensors of a subclass as
+    parameters (its class's code is :func:`foreign_refusal`'s)."""
     if m._forward_hooks or m._forward_pre_hooks:
         return (f"{_name(path, m)} has forward hooks, which can change its output (remove them; "
                 "torch.nn.utils.remove_spectral_norm undoes spectral_norm)")
@@ -360,10 +411,24 @@ def _refusal(path: str, m: nn.Module) -> str | None:
     if odd:
         return (f"{_name(path, m)} holds tensors of a subclass ({', '.join(odd)}), which can "
                 "change every operation on them; lipcore bounds only plain tensors")
-    if _class_forward_replaced(m):
-        return (f"{_name(path, m)}: the forward of its class {type(m).__qualname__} is not the "
-                "one its library defines (replaced at run time?); lipcore bounds only the "
-                "library's own forward")
+    return None
+
+
+def foreign_refusal(path: str, m: nn.Module) -> str | None:
+    """Why ``m``'s class (at ``path``), one lipcore knows, does not run its library's code
+    (:func:`foreign_code`), or None."""
+    foreign = foreign_code(m)
+    if foreign:
+        return (f"{_name(path, m)} runs {foreign}, which is not the code its library defines "
+                "(replaced at run time?); lipcore bounds only the library's own code")
+    return None
+
+
+def _refusal(path: str, m: nn.Module) -> str | None:
+    """Why module ``m`` (at ``path``) cannot be analysed, or None."""
+    why = tampered(path, m)
+    if why:
+        return why
     if type(m).__module__.startswith(DEEL_TORCHLIP) and leaf_of(m) is None:
         if not _children(m) and next(m.parameters(recurse=False), None) is None:
             return (f"{_name(path, m)} is a deel-torchlip layer lipcore does not know; of that "
@@ -379,7 +444,7 @@ def _refusal(path: str, m: nn.Module) -> str | None:
                 "leave_parametrized=True) on a copy), so that the weights bounded are the weights "
                 "run")
     if type(m) in CONTAINERS or is_residual(m):
-        return None
+        return foreign_refusal(path, m)
     if type(m) in NOT_LIPSCHITZ:
         return f"{_name(path, m)}: {NOT_LIPSCHITZ[type(m)]}"
     leaf = leaf_of(m)
@@ -405,22 +470,89 @@ def _refusal(path: str, m: nn.Module) -> str | None:
         value = getattr(m, n, None)
         if value is not None and not torch.isfinite(value.detach()).all():
             return f"{_name(path, m)} has non-finite values (NaN or inf) in {n}"
+    return foreign_refusal(path, m)
+
+
+def _package_homes(module_name: str) -> tuple[str, ...]:
+    """The folders of the top-level package that defines ``module_name`` (torch, torchvision,
+    lipcore; every folder of a namespace package such as deel)."""
+    top = sys.modules.get(module_name.split(".")[0])
+    paths = [os.path.dirname(top.__file__)] if getattr(top, "__file__", None) else \
+        list(getattr(top, "__path__", []))
+    return tuple(os.path.abspath(p) + os.sep for p in paths)
+
+
+def _written_in(fn: object, homes: tuple[str, ...]) -> bool:
+    """Whether Python function ``fn`` (or a property's, a static or class method's) has its
+    code in one of the folders or files ``homes`` or in Python's own frozen modules; True for
+    objects without Python code."""
+    fn = fn.fget if isinstance(fn, property) else getattr(fn, "__func__", fn)
+    code = getattr(fn, "__code__", None)
+    return (code is None or code.co_filename.startswith("<frozen ")
+            or os.path.abspath(code.co_filename).startswith(homes))
+
+
+def _named(module: types.ModuleType) -> dict[str, object]:
+    """The modules, functions and classes a module's globals name."""
+    return {name: value for name, value in vars(module).items()
+            if isinstance(value, (types.ModuleType, types.FunctionType, type))}
+
+
+_GLOBALS: dict[str, dict[str, object]] = {}       # each library module's, when lipcore first saw it
+
+
+def _globals_then(module: types.ModuleType) -> dict[str, object]:
+    return _GLOBALS.setdefault(module.__name__, _named(module))
+
+
+def foreign_code(m: nn.Module) -> str | None:
+    """The first piece of code ``m`` runs through its class that its library did not write, or
+    None: a function of any class in its MRO (``forward``, ``_conv_forward``, ``nn.Module.
+    __call__``) written outside that class's package, a ``forward`` under another name, or a
+    global of the class's module (the ``F`` that ``nn.Linear.forward`` calls) that names
+    another object than when lipcore first saw the module (torch's layers: when lipcore was
+    imported) or a function written outside the package, torch and the standard library. A
+    patch that acts only in float32 passes the float64 chain check (:func:`verify`); this check
+    sees it wherever it is installed in Python (a reviewer's hole). Code that forges its own
+    file name is beyond any check from inside Python."""
+    for cls in type(m).__mro__[:-1]:                                   # all but object
+        home = _package_homes(cls.__module__)
+        if cls is type(m) and parametrize.is_parametrized(m):
+            home += (PARAMETRIZE_HOME,)           # the class torch.nn.utils.parametrize made
+        for name, value in vars(cls).items():
+            if not _written_in(value, home):
+                return f"{cls.__qualname__}.{name}"
+        forward = vars(cls).get("forward")
+        if cls is not nn.Module and forward is not None and \
+                getattr(forward, "__qualname__", None) != f"{cls.__qualname__}.forward":
+            return f"{cls.__qualname__}.forward"
+        module = sys.modules.get(cls.__module__)
+        if module is None:
+            return f"{cls.__qualname__} (its module {cls.__module__} is not loaded)"
+        now, then = vars(module), _globals_then(module)
+        for name, value in then.items():
+            if now.get(name) is not value:
+                return f"{cls.__module__}.{name}"
+        homes = (*home, TORCH_HOME, *STANDARD_HOMES)
+        for name, value in _named(module).items():
+            if isinstance(value, types.ModuleType):
+                foreign = sys.modules.get(value.__name__) is not value
+            else:
+                foreign = isinstance(value, types.FunctionType) and not _written_in(value, homes)
+            if foreign:
+                return f"{cls.__module__}.{name}"
     return None
 
 
-def _class_forward_replaced(m: nn.Module) -> bool:
-    """Whether the ``forward`` that ``m``'s class resolves to was not defined, under that name,
-    in the source file of the class in its MRO that holds it: a function assigned to the class
-    later (``nn.Linear.forward = ...``) was written elsewhere. (Code that forges its own file
-    name and qualified name is beyond any check from inside Python.)"""
-    owner = next((c for c in type(m).__mro__ if "forward" in vars(c)), None)
-    if owner is None or owner is nn.Module:
-        return False
-    forward = vars(owner)["forward"]
-    code = getattr(forward, "__code__", None)
-    source = getattr(sys.modules.get(owner.__module__), "__file__", None)
-    return (code is None or source is None or code.co_filename != source
-            or forward.__qualname__ != f"{owner.__qualname__}.forward")
+def _remember_known_modules() -> None:
+    """Record the globals of the modules that define the classes lipcore traces, as they are
+    when lipcore is imported."""
+    for cls in (*LEAVES, *CONTAINERS, CifarResNet, BasicBlock, _Shortcut):
+        for base in cls.__mro__[:-1]:
+            _globals_then(sys.modules[base.__module__])
+
+
+_remember_known_modules()
 
 
 def _known_library_layers() -> str:
@@ -577,8 +709,9 @@ def verify(chain, model: nn.Module, points: int = CHECK_POINTS, seed: int = 0) -
     x[points // 2:] = 4 * torch.randn(points - points // 2, *chain.input_shape, generator=gen,
                                       dtype=torch.float64)
     v = torch.randn(x.shape, generator=gen, dtype=torch.float64)
-    got, got_jvp = torch.func.jvp(model64, (x,), (v,))
-    want, want_jvp = torch.func.jvp(chain.float64(), (x,), (v,))
+    # each on its own copy: an in-place first layer (ReLU(inplace=True)) would change x
+    got, got_jvp = torch.func.jvp(model64, (x.clone(),), (v.clone(),))
+    want, want_jvp = torch.func.jvp(chain.float64(), (x.clone(),), (v.clone(),))
     for what, a, b in (("outputs", got, want), ("Jacobian-vector products", got_jvp, want_jvp)):
         a, b = a.detach(), b.detach()
         if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
@@ -597,6 +730,17 @@ def verify(chain, model: nn.Module, points: int = CHECK_POINTS, seed: int = 0) -
                                 "it computes more than its layers applied in order (a skip "
                                 "connection, a scale, a custom container, a patched method?); "
                                 "lipcore refuses to bound it")
+
+
+def weights_digest(model: nn.Module) -> str:
+    """A SHA-256 digest of ``model``'s parameters and buffers (names, dtypes, shapes, values):
+    what a bound was computed from, so that a certificate can refuse a bound of other weights."""
+    digest = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        digest.update(f"{name} {t.dtype} {tuple(t.shape)};".encode())
+        digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+                      .tobytes())
+    return digest.hexdigest()
 
 
 def float64_copy(model: nn.Module, device: str | torch.device = "cpu") -> nn.Module:

@@ -210,3 +210,35 @@ def test_certified_radius_never_exceeds_the_exact_radius_of_a_linear_model(seed,
     assert ((true_radius - exact) * nearest_pair <= 1e-4).all()
     assert (global_radii <= exact * (1 + 1e-9) + 1e-12).all()
     assert np.isfinite(global_radii.numpy()).all()
+
+
+def test_a_bound_of_other_weights_is_refused():
+    """A third reviewer: a bound computed before training went on (0.36 where the net is now
+    7.2) certified a radius of 8.7 with a class change 0.99 away. A LipSDP bound now records
+    the weights it read, and certified_radii refuses it for other weights, or another model."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    x = torch.rand(16, 4)
+    y = net(x).argmax(1)
+    bound = lipschitz_bound(net, "lipsdp")
+    assert (certified_radii(net, (x, y), bound) >= 0).all()
+    twin = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    with pytest.raises(ValueError, match="other weights"):
+        certified_radii(twin, (x, twin(x).argmax(1)), bound)
+    with torch.no_grad():
+        net[2].weight.mul_(20)                                   # training went on
+    with pytest.raises(ValueError, match="other weights"):
+        certified_radii(net, (x, y), bound)
+
+
+def test_an_in_place_first_layer_neither_changes_the_data_nor_fools_the_certificate():
+    """LeakyReLU(inplace=True) first: the chain check, whose random inputs have negative
+    entries, compared the chain on an input the model had overwritten, and refused the net as
+    "more than its layers applied in order". Each side now gets its own copy."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.LeakyReLU(0.1, inplace=True), nn.Linear(4, 2)).eval()
+    x = torch.rand(32, 4)
+    y = net(x.clone()).argmax(1)
+    before = x.clone()
+    radii = certified_radii(net, (x, y), lipschitz_bound(net, "naive"))
+    assert torch.equal(x, before) and (radii > 0).any()

@@ -35,9 +35,7 @@ def test_a_library_net_is_refused_until_exported_and_its_export_is_bounded_sound
     x = torch.rand(64, *SHAPE)
     with torch.no_grad():
         y = net(x).argmax(1)
-    with pytest.raises(NotAnalysable, match="rounding.*onelip.export"):
-        certified_radii(net, (x, y), bound)          # its rounding is proved from plain layers
-    radii = certified_radii(net, (x, y), bound, traced=plain)        # the net as it runs
+    radii = certified_radii(net, (x, y), lipschitz_bound(plain, "naive", SHAPE))  # it exports
     assert (radii > 0).any()
     assert not attack_inside(net, x[radii > 0], y[radii > 0], radii[radii > 0]).any()
 
@@ -49,6 +47,34 @@ def test_an_export_that_computes_something_else_is_refused():
         plain[0].weight.mul_(1.01)
     with pytest.raises(NotAnalysable, match="different outputs"):
         onelip.agreeing(net, plain, SHAPE)
+
+
+def test_a_layer_that_is_not_the_librarys_is_never_replaced_by_its_export():
+    """Third hostile review: deel-torchlip's vanilla_model replaces any module with a
+    vanilla_export method. A user's Linear whose forward adds a steep step near one point and
+    whose export is the plain Linear agreed with it at the random check points, and its bound
+    (1) certified a point that moved class 0.009 away. The export now refuses any module it
+    would replace that is not the library's own class."""
+    class Stepped(nn.Linear):
+        def forward(self, x):
+            step = ((x[:, 1:4] - 0.505).abs().amax(1) < 2e-4).to(x.dtype)
+            return super().forward(x) - 10 * step[:, None] * torch.tensor([1.0, -1.0])
+
+        def vanilla_export(self):
+            plain = nn.Linear(self.in_features, self.out_features)
+            plain.load_state_dict(self.state_dict())
+            return plain
+
+    layer = Stepped(10, 2)
+    net = nn.Sequential(tl.GroupSort2(), layer).eval()
+    x = torch.full((4, 10), 0.5)
+    y = torch.zeros(4, dtype=torch.long)
+    with pytest.raises(NotAnalysable, match="Stepped.*not a deel-torchlip class"):
+        onelip.export(net, (10,))
+    with pytest.raises(NotAnalysable, match="not a deel-torchlip class"):
+        certified_radii(net, (x, y), 1.0)
+    with pytest.raises(NotAnalysable, match="not a deel-torchlip class"):
+        audit(net, (x, y), eps=[0.1], attacks=("apgd-ce",), iterations=2)
 
 
 def test_every_claim_is_checked_and_a_false_one_is_reported():
@@ -124,10 +150,10 @@ def test_an_exactly_one_lipschitz_pool_holds_to_rounding_and_a_tensor_claim_is_n
 def test_a_tensor_or_nan_coefficient_is_refused_by_name():
     """The bounds read a layer's coefficient as one number: a per-channel or NaN coefficient is
     refused with its name, not a raw error or a blame on skip connections."""
-    from lipcore.trace import LIBRARY_LEAVES, _class_forward_replaced
+    from lipcore.trace import LIBRARY_LEAVES, foreign_code
     for module, name in LIBRARY_LEAVES:                     # the library's own forwards pass
         cls = getattr(__import__(module, fromlist=[name]), name)
-        assert not _class_forward_replaced(cls.__new__(cls)), name
+        assert foreign_code(cls.__new__(cls)) is None, name
     for bad in (torch.ones(4, 1, 1), float("nan")):
         net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), tl.GroupSort2(), nn.Flatten()).eval()
         net[1]._coefficient_lip = bad

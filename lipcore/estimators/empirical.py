@@ -56,8 +56,12 @@ def empirical_lower_bound(model: nn.Module, input_dim: int, n_random: int = 512,
 
     # Random pairs are lower bounds by themselves. Pair each point with the next one (never
     # with itself: a near-zero ||x - y|| would make the quotient pure rounding error).
+    # A point given twice pairs with its copy: 0 / 0 proves nothing (and a NaN would win the
+    # argmax, silently disabling every check against this bound; a reviewer's find).
     partner = torch.roll(x, 1, dims=0)
     pair_q = _quotients(net, x, partner)
+    pair_q = torch.where((x - partner).flatten(1).norm(dim=1) > 0, pair_q,
+                         torch.zeros_like(pair_q))
     best = int(pair_q.argmax())
     best_q, best_pair = pair_q[best].item(), (x[best], partner[best])
 

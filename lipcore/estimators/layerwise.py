@@ -50,7 +50,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..trace import Op, batch_norm_scale, leaf_of, trace
+from ..trace import Op, batch_norm_scale, leaf_of, pair, trace
 
 SAFETY = 1e-9          # relative inflation of every computed norm (rounding in FFT and SVD)
 
@@ -64,10 +64,6 @@ class LayerBound:
     input_shape: tuple[int, ...]
 
 
-def _pair(v) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else tuple(v)
-
-
 def conv2d_norm_bound(weight: torch.Tensor, input_hw: tuple[int, int],
                       stride: tuple[int, int] | int = 1, padding: tuple[int, int] | int = 0
                       ) -> float:
@@ -76,7 +72,7 @@ def conv2d_norm_bound(weight: torch.Tensor, input_hw: tuple[int, int],
     docstring: the DFT bound, folded by the stride). Every torus of at least H + p rows gives a
     sound bound, and different sizes sample different frequencies: the least of two is kept."""
     kh, kw = weight.shape[-2:]
-    (s1, s2), (p1, p2) = _pair(stride), _pair(padding)
+    (s1, s2), (p1, p2) = pair(stride), pair(padding)
     sizes = {(_multiple(max(h, kh), s1), _multiple(max(w, kw), s2))
              for h, w in ((input_hw[0] + p1, input_hw[1] + p2),
                           (input_hw[0] + max(kh - 1, p1), input_hw[1] + max(kw - 1, p2)))}
@@ -143,7 +139,7 @@ def _unscaled_bound(op: Op) -> float:
     if isinstance(m, nn.AdaptiveAvgPool2d):                    # global mean of h w inputs
         return math.nextafter(1 / math.sqrt(math.prod(op.in_shape[-2:])), math.inf)
     if op.kind == "pool":
-        kernel, stride = _pair(m.kernel_size), _pair(m.stride or m.kernel_size)
+        kernel, stride = pair(m.kernel_size), pair(m.stride or m.kernel_size)
         windows = math.prod(_windows_per_input(k, s) for k, s in zip(kernel, stride))
         return math.sqrt(windows if isinstance(m, nn.MaxPool2d) else windows / math.prod(kernel))
     return 1.0                                     # sort (1-Lipschitz), reshape, identity

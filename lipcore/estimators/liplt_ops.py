@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..trace import trace
+from ..trace import pair, trace
 
 SAFETY = 1e-8
 ROUNDING_SLACK = 1e-9       # of G_ii + G_jj, for the cancellation in G_ii + G_jj - 2 G_ij
@@ -88,7 +88,7 @@ def linear_op(module: nn.Conv2d | nn.Linear, in_shape: tuple[int, ...],
               out_shape: tuple[int, ...]) -> LinearOp:
     if isinstance(module, nn.Linear):
         return LinearOp(module.weight, in_shape, out_shape)
-    return LinearOp(module.weight, in_shape, out_shape, module.stride, module.padding)
+    return LinearOp(module.weight, in_shape, out_shape, pair(module.stride), pair(module.padding))
 
 
 @dataclass
