@@ -112,7 +112,17 @@ def clip_lesson():
     return clip_algorithm
 
 
+def steepest_slope(net) -> float:
+    """max |f'| of a 1D net on a fine float64 grid of [-10, 10] (the pairs start in [-4, 4])."""
+    import copy
+    x = torch.linspace(-10, 10, 400_001, dtype=torch.float64).unsqueeze(1).requires_grad_(True)
+    grad, = torch.autograd.grad(copy.deepcopy(net).double()(x).sum(), x)
+    return float(grad.abs().max())
+
+
 def test_the_pair_quotient_is_below_every_sound_bound_and_near_the_steepest_slope(ax, clip_lesson):
+    """A reviewer found the float32 quotients of the shrunk pairs 0.4-1.8% above the nets' true
+    steepest slope; reported in float64, they are lower bounds again."""
     shown = {lam: clip_lesson.draw_clip_fit(ax, lam) for lam in clip_lesson.LAMBDAS}
     for lam, s in shown.items():
         net = clip_lesson.clip_fit(lam)["net"]
@@ -120,7 +130,8 @@ def test_the_pair_quotient_is_below_every_sound_bound_and_near_the_steepest_slop
             assert s["estimate"] <= lipschitz_bound(net, method).value, (lam, method)
         assert s["sound"] > 2 * s["estimate"]                              # "several times"
         # observations the lesson states: Algorithm 1 finds the steepest place and shrinks the pair
-        assert abs(s["estimate"] - s["grid"]) <= 0.02 * s["grid"]
+        assert abs(s["estimate"] - s["grid"]) <= 1e-4 * s["grid"]
+        assert s["estimate"] <= steepest_slope(net) * (1 + 1e-6)       # a lower bound (float64)
         assert abs(s["pair"][0] - s["pair"][1]) < 0.01
         assert s["estimate"] >= s["estimate_start"]
     estimates = [shown[lam]["estimate"] for lam in clip_lesson.LAMBDAS]
