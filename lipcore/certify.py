@@ -58,7 +58,7 @@ class LipschitzBound:
     label: str             # what a table or legend says
     seconds: float
     input_shape: tuple[int, ...]   # the inputs it holds for (a conv's norm grows with its grid)
-    weights: str                   # the digest of the weights it read (trace.weights_digest)
+    weights: str                   # the digest of the net it read (trace.weights_digest)
 
 
 def dense_core(chain: Chain) -> tuple[list[np.ndarray], float, float, float, float]:
@@ -262,9 +262,10 @@ def certified_radii(model: nn.Module, data: TensorDataset | tuple[torch.Tensor, 
                             f"its traced layers, and cannot analyse this model: {exc}") from exc
     if isinstance(lipschitz, LipschitzBound):
         if lipschitz.weights != weights_digest(analysed):
-            raise ValueError("certified_radii: the bound was computed from other weights than "
-                             "the model's now (trained on since, or another model); compute it "
-                             "again with lipschitz_bound on the model as it is")
+            raise ValueError("certified_radii: the bound was computed from another net than "
+                             "the model now (other weights, layers or settings: trained on "
+                             "since, or another model); compute it again with lipschitz_bound "
+                             "on the model as it is")
         lipschitz = lipschitz.value
     products = product_unit(dtype, user_device)
     caveat = convolution_caveat(net, user_device) or convolution_caveat(net, device)

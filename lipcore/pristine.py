@@ -6,10 +6,10 @@ functions for the whole process changes what the model computes without changing
 and the chain check, evaluated through the same functions, cannot see it: a ``TorchFunctionMode``
 that triples every ``F.linear`` made a net three times steeper than its certified bound (found
 by a hostile reviewer). :func:`check` refuses in every such case it can see: an active torch
-function or dispatch mode, ``torch.autocast``, and a function of ``torch``,
-``torch.nn.functional``, ``torch._C._nn`` or the Tensor class (or a module they name, such as
-the ``torch`` that ``F.relu`` calls) replaced since lipcore was imported, or before it by one
-defined outside torch (profilers and quantisation simulators
+function or dispatch mode, a running ``torch.jit`` trace, ``torch.autocast``, and a function of
+``torch``, ``torch.nn.functional``, ``torch._C``, ``torch._C._nn`` or the Tensor class (or a
+module they name, such as the ``torch`` that ``F.relu`` calls) replaced since lipcore was
+imported, or before it by one defined outside torch (profilers and quantisation simulators
 patch them), and a device that flushes subnormal numbers to zero (``torch.set_flush_denormal``,
 or a library built with fast-math: the rounding proof counts on gradual underflow, and a hidden
 unit of 1e-38 times a weight of 5e37 moved a logit by 0.5 when flushed; a second reviewer's
@@ -27,8 +27,11 @@ import torch
 import typing_extensions
 from torch.nn import functional as F
 
-NAMESPACES = {"torch": torch, "torch.nn.functional": F, "torch._C._nn": torch._C._nn,
-              "torch.Tensor": torch.Tensor, "torch._C.TensorBase": torch._C.TensorBase}
+NAMESPACES = {"torch": torch, "torch.nn.functional": F, "torch._C": torch._C,
+              "torch._C._nn": torch._C._nn, "torch.Tensor": torch.Tensor,
+              "torch._C.TensorBase": torch._C.TensorBase}
+# torch replaces it with its own wrapper once torchvision loads
+TORCH_SWAPS = {"torch.manual_seed"}
 FUNCTIONS = (types.FunctionType, types.BuiltinFunctionType, types.MethodDescriptorType,
              types.WrapperDescriptorType, staticmethod, classmethod)
 # where torch's own functions are defined (torch re-exports a few typing helpers)
@@ -49,21 +52,26 @@ def _foreign(obj: object) -> bool:
     """A Python function defined outside torch: a wrapper put in torch's place."""
     if isinstance(obj, types.ModuleType):
         return False
-    code = getattr(getattr(obj, "__func__", obj), "__code__", None)
+    obj = getattr(obj, "__func__", obj)
+    while getattr(obj, "__wrapped__", None) is not None:     # a decorator's wrapper: what it wraps
+        obj = obj.__wrapped__
+    code = getattr(obj, "__code__", None)
     return code is not None and not os.path.abspath(code.co_filename).startswith(HOMES)
 
 
 def replaced() -> list[str]:
-    """The torch functions that are not torch's own (module docstring), by qualified name: one
-    defined outside torch, a C function swapped for another, or one that is no longer a
-    function (a ``functools.partial`` or a callable object in its place). Torch itself swaps
-    some Python functions for its own wrappers (``torch.manual_seed`` once torchvision loads)."""
+    """The torch functions that are not torch's own (module docstring), by qualified name: any
+    function or module other than the one there when lipcore was imported (``F.relu = F.selu``
+    counts: a reviewer's hole), and one added since that was written outside torch (through
+    any decorator's ``__wrapped__``). Torch itself swaps ``torch.manual_seed`` for its own
+    wrapper once torchvision loads (TORCH_SWAPS)."""
     found = []
     for label, namespace in NAMESPACES.items():
         now, then = _functions(namespace), _AT_IMPORT[label]
         for name, obj in now.items():
             old = then.get(name)
-            swapped = old is not None and old is not obj and not isinstance(old, types.FunctionType)
+            swapped = old is not None and old is not obj and not (
+                f"{label}.{name}" in TORCH_SWAPS and isinstance(obj, types.FunctionType))
             if swapped or _foreign(obj):
                 found.append(f"{label}.{name}")
         found += [f"{label}.{name}" for name in then if name not in now]
@@ -98,6 +106,9 @@ def check(who: str, devices: tuple[str, ...] = ("cpu",)) -> None:
         why.append("a TorchFunctionMode is active")
     if torch._C._len_torch_dispatch_stack():
         why.append("a TorchDispatchMode is active")
+    if torch._C._get_tracing_state() is not None or torch.jit._trace._trace_module_map is not None:
+        why.append("a torch.jit trace is running, which calls back into Python around every "
+                   "layer")
     why += [f"torch.autocast ({kind}) is active: the model would run in a narrower precision "
             "than its parameters' dtype" for kind in sorted(set(devices)) if _autocast(kind)]
     why += [f"the {kind} flushes subnormal numbers to zero (torch.set_flush_denormal(True), or "

@@ -42,7 +42,9 @@ train/eval mode as it found it.
 """
 from __future__ import annotations
 
+import collections
 import copy
+import functools
 import hashlib
 import math
 import numbers
@@ -60,7 +62,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
-from .models import FullyConnected, PooledMLP
+from .models import Activation, FullyConnected, PooledMLP
 from .resnets import BasicBlock, CifarResNet, _Shortcut
 
 CONTAINERS = (nn.Sequential, FullyConnected, PooledMLP)   # forward = children in order
@@ -401,17 +403,53 @@ def tampered(path: str, m: nn.Module) -> str | None:
     if type(m).__name__ == "OptimizedModule" and hasattr(m, "_orig_mod"):
         return (f"{_name(path, m)} is a torch.compile wrapper; pass the module it compiles "
                 "(model._orig_mod)")
-    shadowed = sorted(n for n, v in vars(m).items()
-                      if callable(v) and callable(getattr(type(m), n, None)))
-    if shadowed:
-        return (f"{_name(path, m)} has its own {', '.join(shadowed)} set on the instance, "
-                "in place of its class's method; lipcore bounds only the class's own code")
+    if vars(m).get("_compiled_call_impl") is not None:
+        return (f"{_name(path, m)} was compiled in place (module.compile()), so it runs what "
+                "torch.compile made of it; certify a fresh copy of the uncompiled model")
+    cls = type(m).__bases__[0] if parametrize.is_parametrized(m) else type(m)
+    home = _package_homes(cls.__module__)           # (parametrize subclasses the library's)
+    own = sorted(n for n, v in vars(m).items() if callable(v) and not isinstance(v, type) and (
+        callable(getattr(type(m), n, None)) or not isinstance(v, types.FunctionType)
+        or not _written_in(v, home)))
+    if own:
+        return (f"{_name(path, m)} has its own {', '.join(own)} set on the instance (in "
+                "place of its class's method, or written outside its library); lipcore bounds "
+                "only the class's own code")
     odd = [n for n, t in (*m.named_parameters(recurse=False), *m.named_buffers(recurse=False))
            if type(t) not in (torch.Tensor, nn.Parameter)]
     if odd:
         return (f"{_name(path, m)} holds tensors of a subclass ({', '.join(odd)}), which can "
                 "change every operation on them; lipcore bounds only plain tensors")
+    unknown = sorted(n for n, v in vars(m).items() if not _plain(v))
+    unknown += sorted(f"{n}.{k}" for n, t in (*m._parameters.items(), *m._buffers.items())
+                      if t is not None for k, v in vars(t).items() if not _plain(v))
+    if unknown:
+        return (f"{_name(path, m)} holds attributes of types lipcore does not know "
+                f"({', '.join(unknown)}); copying the model (every check does) would run their "
+                "code, so lipcore refuses them (a reviewer's object armed a hook when copied)")
     return None
+
+
+PLAIN = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device,
+         torch.Size, torch.Tensor, nn.Parameter, types.FunctionType, Activation)
+
+
+def _plain(value: object, depth: int = 0) -> bool:
+    """Whether copying ``value`` runs no code but Python's, torch's and lipcore's own: numbers,
+    strings (numpy's scalars too), classes, plain tensors, modules (the walk checks each),
+    functions (hooks), lipcore's Activation records, and the builtin containers of such, a few
+    levels deep."""
+    if depth > 4:
+        return False
+    if type(value) in PLAIN or isinstance(value, (type, nn.Module)) or (
+            isinstance(value, np.generic) and type(value).__module__ == "numpy"):
+        return type(value) not in (torch.Tensor, nn.Parameter) or all(
+            _plain(v, depth + 1) for v in vars(value).values())
+    if type(value) in (tuple, list, set, frozenset):
+        return all(_plain(v, depth + 1) for v in value)
+    if type(value) in (dict, collections.OrderedDict):
+        return all(_plain(k, depth + 1) and _plain(v, depth + 1) for k, v in value.items())
+    return False
 
 
 def foreign_refusal(path: str, m: nn.Module) -> str | None:
@@ -482,14 +520,44 @@ def _package_homes(module_name: str) -> tuple[str, ...]:
     return tuple(os.path.abspath(p) + os.sep for p in paths)
 
 
-def _written_in(fn: object, homes: tuple[str, ...]) -> bool:
-    """Whether Python function ``fn`` (or a property's, a static or class method's) has its
-    code in one of the folders or files ``homes`` or in Python's own frozen modules; True for
-    objects without Python code."""
-    fn = fn.fget if isinstance(fn, property) else getattr(fn, "__func__", fn)
-    code = getattr(fn, "__code__", None)
-    return (code is None or code.co_filename.startswith("<frozen ")
-            or os.path.abspath(code.co_filename).startswith(homes))
+CODELESS = (types.BuiltinFunctionType, types.MethodDescriptorType, types.WrapperDescriptorType,
+            types.ClassMethodDescriptorType, types.GetSetDescriptorType,
+            types.MemberDescriptorType, types.MethodWrapperType)
+
+
+def _written_in(value: object, homes: tuple[str, ...], depth: int = 0) -> bool:
+    """Whether class attribute ``value`` runs only code written in ``homes`` (folders or files)
+    or by Python itself: a function whose code lies there (a wrapper may lie in torch or the
+    standard library if what it wraps, ``__wrapped__`` or a function in its closure, lies in
+    ``homes``; a torch decorator's wrapper hid a reviewer's function), a property or static or
+    class method of such, a C function or slot, a class, or plain data. Any other callable or
+    descriptor (a ``functools.partialmethod``, a callable object) is not."""
+    if depth > 4:
+        return False
+    if isinstance(value, property):
+        return all(_written_in(f, homes, depth + 1)
+                   for f in (value.fget, value.fset, value.fdel) if f is not None)
+    if isinstance(value, (staticmethod, classmethod)):
+        return _written_in(value.__func__, homes, depth + 1)
+    if isinstance(value, types.FunctionType):
+        file = value.__code__.co_filename
+        inner = [getattr(value, "__wrapped__", None)] + [
+            c.cell_contents for c in value.__closure__ or () if _cell_holds_code(c)]
+        inner = [f for f in inner if f is not None]
+        place = homes + (TORCH_HOME, *STANDARD_HOMES) if inner else homes
+        return ((file.startswith("<frozen ") or os.path.abspath(file).startswith(place))
+                and all(_written_in(f, homes, depth + 1) for f in inner))
+    if isinstance(value, CODELESS) or isinstance(value, type):
+        return True
+    return not callable(value) and not hasattr(type(value), "__get__")
+
+
+def _cell_holds_code(cell) -> bool:
+    try:
+        return isinstance(cell.cell_contents, (types.FunctionType, property, staticmethod,
+                                               classmethod, functools.partial))
+    except ValueError:                                   # an empty cell
+        return False
 
 
 def _named(module: types.ModuleType) -> dict[str, object]:
@@ -499,6 +567,8 @@ def _named(module: types.ModuleType) -> dict[str, object]:
 
 
 _GLOBALS: dict[str, dict[str, object]] = {}       # each library module's, when lipcore first saw it
+_CLASSES: dict[type, dict[str, object]] = {}      # each layer class's attributes, likewise
+_MISSING = object()
 
 
 def _globals_then(module: types.ModuleType) -> dict[str, object]:
@@ -507,8 +577,10 @@ def _globals_then(module: types.ModuleType) -> dict[str, object]:
 
 def foreign_code(m: nn.Module) -> str | None:
     """The first piece of code ``m`` runs through its class that its library did not write, or
-    None: a function of any class in its MRO (``forward``, ``_conv_forward``, ``nn.Module.
-    __call__``) written outside that class's package, a ``forward`` under another name, or a
+    None: an attribute of any class in its MRO (``forward``, ``_conv_forward``, ``nn.Module.
+    __call__``) that is not the object it was when lipcore first saw the class (torch's layers:
+    when lipcore was imported) or not written in that class's package (:func:`_written_in`),
+    a ``forward`` under another name, or a
     global of the class's module (the ``F`` that ``nn.Linear.forward`` calls) that names
     another object than when lipcore first saw the module (torch's layers: when lipcore was
     imported) or a function written outside the package, torch and the standard library. A
@@ -519,8 +591,11 @@ def foreign_code(m: nn.Module) -> str | None:
         home = _package_homes(cls.__module__)
         if cls is type(m) and parametrize.is_parametrized(m):
             home += (PARAMETRIZE_HOME,)           # the class torch.nn.utils.parametrize made
+        made = cls is type(m) and parametrize.is_parametrized(m)
+        then = None if made else _CLASSES.setdefault(cls, dict(vars(cls)))
         for name, value in vars(cls).items():
-            if not _written_in(value, home):
+            if (then is not None and then.get(name, _MISSING) is not value) or \
+                    not _written_in(value, home):
                 return f"{cls.__qualname__}.{name}"
         forward = vars(cls).get("forward")
         if cls is not nn.Module and forward is not None and \
@@ -545,11 +620,12 @@ def foreign_code(m: nn.Module) -> str | None:
 
 
 def _remember_known_modules() -> None:
-    """Record the globals of the modules that define the classes lipcore traces, as they are
-    when lipcore is imported."""
+    """Record the classes lipcore traces and the globals of their modules, as they are when
+    lipcore is imported."""
     for cls in (*LEAVES, *CONTAINERS, CifarResNet, BasicBlock, _Shortcut):
         for base in cls.__mro__[:-1]:
             _globals_then(sys.modules[base.__module__])
+            _CLASSES.setdefault(base, dict(vars(base)))
 
 
 _remember_known_modules()
@@ -732,14 +808,26 @@ def verify(chain, model: nn.Module, points: int = CHECK_POINTS, seed: int = 0) -
                                 "lipcore refuses to bound it")
 
 
+_BOOKKEEPING = frozenset(vars(nn.Module()))        # what torch keeps on every module
+
+
 def weights_digest(model: nn.Module) -> str:
-    """A SHA-256 digest of ``model``'s parameters and buffers (names, dtypes, shapes, values):
-    what a bound was computed from, so that a certificate can refuse a bound of other weights."""
+    """A SHA-256 digest of what a bound reads from ``model`` (after :func:`trace` has checked
+    it): every module's path, exact type and settings (stride, slope, Lipschitz coefficient:
+    its instance attributes but torch's bookkeeping), and every parameter and buffer, persistent
+    or not (names, dtypes, shapes, values), so that a certificate can refuse a bound of another
+    net. A reviewer swapped a sigmoid for a ReLU, and a non-persistent buffer, under a digest of
+    the state dict alone."""
     digest = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        digest.update(f"{name} {t.dtype} {tuple(t.shape)};".encode())
-        digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
-                      .tobytes())
+    for path, m in model.named_modules(remove_duplicate=False):
+        digest.update(f"{path}:{type(m).__module__}.{type(m).__qualname__};".encode())
+        settings = {k: v for k, v in vars(m).items() if k not in _BOOKKEEPING}
+        digest.update(repr(sorted(settings.items())).encode())
+        for name, t in (*m._parameters.items(), *m._buffers.items()):
+            digest.update(f"{name} {None if t is None else (t.dtype, tuple(t.shape))};".encode())
+            if t is not None:
+                digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+                              .numpy().tobytes())
     return digest.hexdigest()
 
 

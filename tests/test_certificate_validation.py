@@ -223,11 +223,11 @@ def test_a_bound_of_other_weights_is_refused():
     bound = lipschitz_bound(net, "lipsdp")
     assert (certified_radii(net, (x, y), bound) >= 0).all()
     twin = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
-    with pytest.raises(ValueError, match="other weights"):
+    with pytest.raises(ValueError, match="another net"):
         certified_radii(twin, (x, twin(x).argmax(1)), bound)
     with torch.no_grad():
         net[2].weight.mul_(20)                                   # training went on
-    with pytest.raises(ValueError, match="other weights"):
+    with pytest.raises(ValueError, match="another net"):
         certified_radii(net, (x, y), bound)
 
 
@@ -242,3 +242,32 @@ def test_an_in_place_first_layer_neither_changes_the_data_nor_fools_the_certific
     before = x.clone()
     radii = certified_radii(net, (x, y), lipschitz_bound(net, "naive"))
     assert torch.equal(x, before) and (radii > 0).any()
+
+
+def test_a_bound_of_another_layer_or_buffer_and_data_of_a_tensor_subclass_are_refused():
+    """A fourth review: a sigmoid swapped for a ReLU, or a non-persistent BatchNorm buffer
+    changed, left the state dict (and the first digest) as it was; data whose
+    __torch_function__ added 5 to the label's logit was certified at 5.4 for a true 0.2."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Sigmoid(), nn.Linear(3, 2)).eval()
+    x = torch.rand(8, 4)
+    y = net(x).argmax(1)
+    bound = lipschitz_bound(net, "naive")
+    net[2] = nn.ReLU()
+    with pytest.raises(ValueError, match="another net"):
+        certified_radii(net, (x, y), bound)
+    net[2] = nn.Sigmoid()
+    assert (certified_radii(net, (x, y), bound) >= 0).all()
+    running_var = net[1].running_var
+    del net[1].running_var
+    net[1].register_buffer("running_var", running_var, persistent=False)
+    bound = lipschitz_bound(net, "naive")
+    with torch.no_grad():
+        net[1].running_var.mul_(0.25)
+    with pytest.raises(ValueError, match="another net"):
+        certified_radii(net, (x, y), bound)
+
+    class Lying(torch.Tensor):
+        pass
+    with pytest.raises(ValueError, match=r"inputs \(Lying\) must be plain torch.Tensor"):
+        certified_radii(net, (x.as_subclass(Lying), y), 1.0)

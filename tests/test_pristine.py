@@ -139,7 +139,7 @@ def test_an_export_the_net_has_moved_on_from_is_refused():
     net.train()
     net(x)                                                 # refreshes the cached weights
     net.eval()
-    with pytest.raises(ValueError, match="other weights"):    # certified_radii exports anew
+    with pytest.raises(ValueError, match="another net"):    # certified_radii exports anew
         certified_radii(net, (x, y), bound)
     with pytest.raises(NotAnalysable, match="Export it again"):
         onelip.agreeing(net, plain, (4,))
@@ -202,3 +202,62 @@ def test_a_module_that_torchs_functions_read_is_seen(monkeypatch):
     import types
     monkeypatch.setattr(F, "torch", types.SimpleNamespace(**vars(torch)))
     assert pristine.replaced() == ["torch.nn.functional.torch"]
+
+
+def _steep_sequential(monkeypatch, install):
+    """A net and a float32-only change of nn.Sequential's input (100 times steeper around x),
+    installed by ``install(evil_call_impl)``: invisible to every float64 check."""
+    x0 = torch.full((1, 4), 0.5)
+    original = nn.Module._call_impl
+
+    def evil(self, *args, **kwargs):
+        if type(self) is nn.Sequential and args[0].dtype == torch.float32:
+            args = (x0 + 100 * (args[0] - x0),) + args[1:]
+        return original(self, *args, **kwargs)
+    install(monkeypatch, evil)
+
+
+@pytest.mark.parametrize("install", [
+    lambda mp, evil: mp.setattr(nn.Module, "_call_impl", __import__("functools")
+                                .partialmethod(evil)),
+    lambda mp, evil: mp.setattr(nn.Module, "_call_impl", torch.enable_grad()(evil)),
+    lambda mp, evil: mp.setattr(F, "relu", torch.enable_grad()(lambda x, inplace=False:
+                                                                 10 * torch.relu(x))),
+    lambda mp, evil: mp.setattr(F, "relu", F.selu),
+    lambda mp, evil: mp.setattr(torch._C, "_get_tracing_state", lambda: None),
+], ids=["partialmethod", "torch-decorated", "decorated-F", "torch-for-torch", "torch._C"])
+def test_replacements_that_look_like_torchs_own_code_are_refused(monkeypatch, install):
+    """A fourth hostile review: a partialmethod (no code to check), torch's own decorator around
+    a user's function (its wrapper's code lies in torch), another torch function in F.relu's
+    place (SELU's slope is 1.76), a replaced torch._C function: each certified a point that
+    changed class inside its radius. Classes and torch's namespaces are now compared object by
+    object with what they held when lipcore was imported."""
+    from lipcore.trace import NotAnalysable
+    model = small_net()
+    x = torch.rand(8, 4)
+    y = model(x).argmax(1)
+    bound = lipschitz_bound(model, "naive", (4,))
+    _steep_sequential(monkeypatch, install)
+    with pytest.raises((NotAnalysable, RuntimeError), match="not the code|were replaced"):
+        certified_radii(model, (x, y), bound)
+
+
+def test_a_model_compiled_in_place_and_an_object_that_acts_when_copied_are_refused():
+    """module.compile() sets _compiled_call_impl, which nn.Module calls instead of the class's
+    code (a reviewer set a lambda there); an attribute whose __deepcopy__ installed a global
+    hook after every check (every check copies the model) certified a point 0.016 from a class
+    change."""
+    from lipcore.trace import NotAnalysable
+    model = small_net()
+    model._compiled_call_impl = lambda x: model._call_impl(2 * x)
+    with pytest.raises(NotAnalysable, match="compiled in place"):
+        lipschitz_bound(model, "naive", (4,))
+
+    class Armed:
+        def __deepcopy__(self, memo):
+            return Armed()
+    for holder in (lambda net: net, lambda net: net[0].weight):     # on a module, on a weight
+        model = small_net()
+        holder(model).note = Armed()
+        with pytest.raises(NotAnalysable, match="types lipcore does not know"):
+            lipschitz_bound(model, "naive", (4,))

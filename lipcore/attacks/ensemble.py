@@ -89,9 +89,17 @@ def describe_attacks(attacks: Sequence[str] = DEFAULT_ATTACKS) -> str:
 
 def as_tensors(data: TensorDataset | tuple[torch.Tensor, torch.Tensor]
                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(inputs, labels) of a TensorDataset or a pair of tensors, checked: inputs in [0, 1],
-    labels integer class indices (a float or bool label would be truncated to some class)."""
+    """(inputs, labels) of a TensorDataset or a pair of tensors, checked: plain tensors (a
+    subclass's __torch_function__ inflated a certified margin; a reviewer's hole), inputs in
+    [0, 1], labels integer class indices (a float or bool label would be truncated to some
+    class)."""
     x, y = data.tensors if isinstance(data, TensorDataset) else data
+    odd = [f"{what} ({type(t).__name__})" for what, t in (("inputs", x), ("labels", y))
+           if type(t) is not torch.Tensor]
+    if odd:              # a Tensor subclass can redefine every operation the model runs on it
+        raise ValueError(f"{' and '.join(odd)} must be plain torch.Tensor, not a subclass or "
+                         "another type; convert with torch.as_tensor(...).as_subclass("
+                         "torch.Tensor)")
     if y.dtype == torch.bool or torch.is_floating_point(y) or torch.is_complex(y):
         raise ValueError(f"labels must be integer class indices, got dtype {y.dtype} (convert "
                          "them with labels.long() only if they hold whole numbers)")
