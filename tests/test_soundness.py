@@ -7,6 +7,7 @@ regression test for each model the issue found that fooled the earlier code."""
 import math
 from fractions import Fraction
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, event, given, settings
@@ -637,3 +638,28 @@ def test_a_layer_whose_path_is_add_is_not_read_as_a_skip_connection():
                                     "naive", (2, 4, 4)).value for name in ("add", "scale")}
     assert bounds["add"] == bounds["scale"] >= 100 * lipschitz_bound(
         nn.Sequential(block), "naive", (2, 4, 4)).value * (1 - 1e-9)
+
+
+EPS32, ULP = float(np.float32(1e-5)), float(np.spacing(np.float32(1e-5)))
+
+
+# a subnormal eps over a zero variance; an eps float32 rounds down, cancelled by the variance
+@pytest.mark.parametrize("eps, var", [(2.0e-45, 0.0), (EPS32 + 0.49 * ULP, -EPS32 + ULP)])
+def test_a_batch_norm_eps_is_read_as_the_float32_kernel_adds_it(eps, var):
+    """A fifth reviewer: PyTorch adds a BatchNorm's eps in float32 for a float32 model, so a
+    subnormal eps over a zero running_var (or a running_var that nearly cancels eps) made the
+    net up to 1.2 times steeper than lipcore, reading the float64 eps, bounded it; a point
+    certified at 0.49999 changed class 0.42 away. No certified point may now be broken."""
+    bn, fc = nn.BatchNorm1d(1, eps=eps), nn.Linear(1, 2, bias=False)
+    with torch.no_grad():
+        bn.running_mean.zero_()
+        bn.running_var.fill_(var)
+        bn.bias.fill_(-0.5 / math.sqrt(float(bn.running_var) + eps))
+        fc.weight.copy_(torch.tensor([[1.0], [-1.0]]))
+    model = nn.Sequential(bn, fc).eval()
+    x, y = torch.zeros(1, 1), torch.tensor([1])
+    radius = float(certified_radii(model, (x, y), lipschitz_bound(model, "naive")))
+    steps = torch.linspace(0, 1, 1001)[1:].unsqueeze(1)
+    with torch.no_grad():
+        broken = steps[model(steps).argmax(1) != 1]
+    assert len(broken) and radius < float(broken.min())
