@@ -74,10 +74,11 @@ def _export_refusal(model: nn.Module) -> str | None:
     ``vanilla_model`` replaces every module with a ``vanilla_export`` method and bakes every
     parametrisation, whatever its class: a user's layer whose export drops part of its forward
     was certified on the export's bound (a reviewer's hole; agreement at random points is not a
-    proof). So every module must be untampered (:func:`lipcore.trace.tampered`) and either one
-    of the library's own classes, a parametrisation's torch or library module, or a module the
-    export keeps as it is (no ``vanilla_export``, no parametrisation), which the trace of the
-    export then checks."""
+    proof). So every module must be one of the library's own classes or a parametrisation's
+    torch or library module, both untampered (:func:`lipcore.trace.tampered`, :func:`lipcore.
+    trace.foreign_refusal`), or a module the export keeps as it is (no ``vanilla_export``, no
+    parametrisation), which the trace of the export then checks on its copy (a copy drops an
+    instance's ``_compiled_call_impl``, so that one is not seen on a kept module)."""
     inside = {id(p) for m in model.modules() if parametrize.is_parametrized(m)
               for p in m.parametrizations.modules()}
     for path, m in model.named_modules():

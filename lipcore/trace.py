@@ -592,10 +592,9 @@ def foreign_code(m: nn.Module) -> str | None:
     None: an attribute of any class in its MRO (``forward``, ``_conv_forward``, ``nn.Module.
     __call__``) that is not the object it was when lipcore first saw the class (torch's layers:
     when lipcore was imported) or not written in that class's package (:func:`_written_in`),
-    a ``forward`` under another name, or a
-    global of the class's module (the ``F`` that ``nn.Linear.forward`` calls) that names
-    another object than when lipcore first saw the module (torch's layers: when lipcore was
-    imported) or a function written outside the package, torch and the standard library. A
+    a ``forward`` under another name, or a global of the class's module (the ``F`` that
+    ``nn.Linear.forward`` calls) that names another object than when lipcore first saw the
+    module, or a function written outside the package, torch and the standard library. A
     patch that acts only in float32 passes the float64 chain check (:func:`verify`); this check
     sees it wherever it is installed in Python (a reviewer's hole). Code that forges its own
     file name is beyond any check from inside Python."""
